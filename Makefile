@@ -1,0 +1,50 @@
+# migrator: the two commands a new user needs are `make demo` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := unixodbc odbc-postgresql libsqliteodbc bind9 bind9-utils
+
+.PHONY: install system-packages node-packages test lint demo bench clean
+
+install: system-packages node-packages $(STAMP)
+
+# System packages: installed with apt-get only when one is missing (and only as root).
+system-packages:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing system packages:$$missing (run as root or install them)"; exit 1; fi; \
+	fi
+
+node-packages: node_modules/.package-lock.json
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+test: install
+	$(BIN)/ruff check migrator tests bench fixtures
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check migrator tests bench fixtures
+	$(BIN)/mypy migrator
+
+demo: install
+	$(BIN)/python -m fixtures.demo
+
+bench: install
+	$(BIN)/python bench/checkpoint.py
+
+clean:
+	rm -rf $(VENV) node_modules .migrator .pytest_cache

@@ -1,0 +1,561 @@
+"""Playbooks and environment files: YAML → typed models, references, and validation before anything runs.
+
+A *playbook* lists steps (``id``, ``uses``, ``with``, ``needs``, ``retry``, ``timeout``, ``on_failure``).
+An *environment file* describes one tenant: ``tenant`` (name, reference, time zone), ``source``, ``target``,
+``settings`` and ``dayparts``.
+
+References inside string values:
+
+``${source.a.b}``, ``${target.x}``, ``${settings.x}``, ``${tenant.name}``, ``${dayparts...}``
+    values of the environment file, substituted when the playbook loads. A reference that is the whole value
+    keeps its type (a mapping stays a mapping); inside a longer string it is interpolated.
+``${steps.ID.outputs.NAME}``, ``${run.id}``
+    resolved just before the step runs. ``ID`` must be a step this one needs (directly or not).
+``${env:NAME}``
+    a secret. Only fields typed :class:`~migrator.secrets.Secret` accept it; the variable must be set when the
+    playbook is validated, but its value is read only at the moment of use and never stored.
+
+Everything is checked at load: unknown keys, types, unknown kinds, duplicate ids, unknown or cyclic ``needs``,
+unresolvable references, missing environment variables. Each failure is one line naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+from migrator.errors import ValidationError
+from migrator.registry import Registry
+from migrator.secrets import ENV_REF, Secret
+from migrator.step import Params, Step
+from migrator.yamlsrc import Path_, SourceDoc, load_yaml_file, parse_yaml
+
+REF = re.compile(r"\$\{([^}]*)\}")
+STEP_ID = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+LATE_ROOTS = ("steps", "run")
+ENV_ROOTS = ("tenant", "source", "target", "settings", "dayparts")
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 15m or 2h")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    raise ValueError(f"expected a duration such as 30s, 15m or 2h, not {value!r}")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RetryPolicy(_Model):
+    """How often and how long a step's transient failures are retried (exponential backoff with jitter)."""
+
+    attempts: int = Field(3, ge=1, le=100, description="tries in all, the first included")
+    budget: Duration | None = Field(None, description="give up retrying after this long (e.g. 30m)")
+    initial: Duration = Field(1.0, description="first backoff")
+    max: Duration = Field(60.0, description="longest backoff")
+    jitter: Duration = Field(1.0, description="random extra wait, up to this")
+
+
+class StepSpec(_Model):
+    """One step of a playbook."""
+
+    id: str = Field(pattern=STEP_ID)
+    uses: str = Field(min_length=1, description="the step kind, e.g. blobs.presync")
+    name: str | None = None
+    description: str | None = None
+    with_: dict[str, Any] = Field(default_factory=dict, alias="with")
+    needs: list[str] | None = Field(
+        None, description="steps that must be done first; omitted: the step before this one; []: none")
+    retry: RetryPolicy | None = None
+    timeout: Duration | None = None
+    on_failure: Literal["rollback", "stop", "continue"] | None = None
+
+
+class Playbook(_Model):
+    """A named list of steps."""
+
+    name: str = Field(min_length=1)
+    description: str | None = None
+    version: Literal[1] = 1
+    on_failure: Literal["rollback", "stop"] = "stop"
+    concurrency: int = Field(4, ge=1, le=64)
+    checkpoint_batch: int = Field(500, ge=1, le=100_000, description="item checkpoints written per transaction")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    steps: list[StepSpec] = Field(min_length=1)
+
+
+class Daypart(_Model):
+    start: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
+    end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
+
+
+class Tenant(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    reference: str | None = Field(None, description="support reference number")
+    timezone: str = "UTC"
+    environments: list[str] = Field(default_factory=list, description="customer environment names")
+    contacts: list[str] = Field(default_factory=list, description="usernames involved (for support)")
+
+    @pydantic.field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+
+class Environment(_Model):
+    """One tenant's source, target and settings."""
+
+    tenant: Tenant
+    source: dict[str, Any] = Field(default_factory=dict)
+    target: dict[str, Any] = Field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
+    dayparts: dict[str, Daypart] | None = None
+
+
+# --------------------------------------------------------------------------------------------------------- errors
+
+
+def _loc_to_path(loc: tuple[Any, ...]) -> Path_:
+    return tuple(p for p in loc if isinstance(p, (str, int)))
+
+
+def _field_name(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _raise_model_error(exc: pydantic.ValidationError, doc: SourceDoc, prefix: Path_ = ()) -> None:
+    _raise_error_detail(exc.errors()[0], doc, prefix, exc)
+
+
+def _raise_error_detail(err: Any, doc: SourceDoc, prefix: Path_, cause: Exception) -> None:
+    path = (*prefix, *_loc_to_path(err["loc"]))
+    # pydantic reports the alias "with" in loc already
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required but missing"
+    raise ValidationError(msg, file=doc.file, line=doc.line_of(path), field=_field_name(path)) from cause
+
+
+def _validate(model: type[BaseModel], doc: SourceDoc) -> Any:
+    if not isinstance(doc.data, dict):
+        raise ValidationError("expected a mapping at the top level", file=doc.file, line=1)
+    try:
+        return model.model_validate(doc.data)
+    except pydantic.ValidationError as exc:
+        _raise_model_error(exc, doc)
+
+
+# ----------------------------------------------------------------------------------------------------- references
+
+
+def walk_strings(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str]]:
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from walk_strings(v, (*path, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from walk_strings(v, (*path, i))
+
+
+def _lookup(root: Any, dotted: list[str]) -> Any:
+    cur = root
+    for part in dotted:
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            raise KeyError(part)
+    return cur
+
+
+class _Unresolved(Exception):
+    def __init__(self, ref: str, reason: str) -> None:
+        super().__init__(reason)
+        self.ref = ref
+        self.reason = reason
+
+
+def substitute(value: Any, resolve: Any) -> Any:
+    """Replaces ``${...}`` references in every string of ``value`` using ``resolve(expr) -> value``.
+
+    ``resolve`` returns :data:`KEEP` to leave a reference as written (secrets, late references).
+    """
+    if isinstance(value, str):
+        whole = REF.fullmatch(value.strip()) if value.strip().startswith("${") else None
+        if whole and whole.group(0) == value.strip():
+            got = resolve(whole.group(1))
+            return value if got is KEEP else got
+
+        def sub(m: re.Match[str]) -> str:
+            got = resolve(m.group(1))
+            if got is KEEP:
+                return m.group(0)
+            if isinstance(got, (Mapping, list)):
+                raise _Unresolved(m.group(1), "a mapping or list cannot be interpolated into a string")
+            return "" if got is None else str(got)
+
+        return REF.sub(sub, value)
+    if isinstance(value, Mapping):
+        return {k: substitute(v, resolve) for k, v in value.items()}
+    if isinstance(value, list):
+        return [substitute(v, resolve) for v in value]
+    return value
+
+
+class _Keep:
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
+
+def params_hash(params: Params) -> str:
+    """The identity of a step's resolved params: secrets count only as their references."""
+    canonical = json.dumps(params.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":"),
+                           default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _secret_leaks(value: Any, path: Path_ = ()) -> Iterator[Path_]:
+    """Paths of plain strings (not Secret fields) that still hold a ``${env:...}`` reference."""
+    if isinstance(value, Secret):
+        return
+    if isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _secret_leaks(getattr(value, name), (*path, name))
+    elif isinstance(value, str):
+        if ENV_REF.search(value):
+            yield path
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _secret_leaks(v, (*path, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _secret_leaks(v, (*path, i))
+
+
+# ------------------------------------------------------------------------------------------------ loaded playbook
+
+
+@dataclass
+class PlannedStep:
+    """A step of a loaded playbook: its spec, its kind and its params with environment references resolved."""
+
+    spec: StepSpec
+    kind: type[Step[Any]]
+    raw_params: dict[str, Any]  # environment references substituted; late references and secrets kept
+    needs: list[str]
+    late_fields: set[str] = field(default_factory=set)
+    index: int = 0
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def retry_policy(self, playbook: Playbook) -> RetryPolicy:
+        return self.spec.retry or playbook.retry
+
+    def on_failure(self, playbook: Playbook) -> str:
+        return self.spec.on_failure or playbook.on_failure
+
+
+@dataclass
+class LoadedPlaybook:
+    playbook: Playbook
+    environment: Environment | None
+    steps: list[PlannedStep]
+    playbook_doc: SourceDoc
+    environment_doc: SourceDoc | None
+    env_var_names: set[str]
+
+    @property
+    def by_id(self) -> dict[str, PlannedStep]:
+        return {s.id: s for s in self.steps}
+
+    def environment_values(self) -> dict[str, Any]:
+        if self.environment is None:
+            return {}
+        return self.environment.model_dump(mode="json")
+
+    def ancestors(self, step_id: str) -> set[str]:
+        by_id = self.by_id
+        seen: set[str] = set()
+        stack = list(by_id[step_id].needs)
+        while stack:
+            cur = stack.pop()
+            if cur not in seen:
+                seen.add(cur)
+                stack.extend(by_id[cur].needs)
+        return seen
+
+    def resolve_params(self, step: PlannedStep, outputs: Mapping[str, Mapping[str, Any]], run_id: str) -> Params:
+        """The step's params with late references resolved: what ``apply`` receives."""
+
+        def resolve(expr: str) -> Any:
+            expr = expr.strip()
+            if expr.startswith("env:"):
+                return KEEP
+            parts = expr.split(".")
+            if parts[0] == "run" and parts[1:] == ["id"]:
+                return run_id
+            if parts[0] == "steps" and len(parts) >= 4 and parts[2] == "outputs":
+                if parts[1] not in outputs:
+                    raise _Unresolved(expr, f"step {parts[1]} has no outputs (not done yet)")
+                try:
+                    return _lookup(outputs[parts[1]], parts[3:])
+                except KeyError:
+                    raise _Unresolved(expr, f"step {parts[1]} has no output {'.'.join(parts[3:])}") from None
+            raise _Unresolved(expr, "unknown reference")
+
+        try:
+            values = substitute(step.raw_params, resolve)
+        except _Unresolved as exc:
+            raise ValidationError(f"cannot resolve ${{{exc.ref}}}: {exc.reason}", file=self.playbook_doc.file,
+                                  line=self.playbook_doc.line_of(("steps", step.index, "with")),
+                                  field=f"steps[{step.index}].with") from None
+        try:
+            return step.kind.Params.model_validate(values)
+        except pydantic.ValidationError as exc:
+            _raise_model_error(exc, self.playbook_doc, ("steps", step.index, "with"))
+            raise  # unreachable
+
+    def try_resolve_params(self, step: PlannedStep, outputs: Mapping[str, Mapping[str, Any]],
+                           run_id: str) -> Params | None:
+        """Like :meth:`resolve_params`, but None when an earlier step's outputs are not known yet (dry-run)."""
+        missing = {p for p in _late_step_refs(step.raw_params) if p not in outputs}
+        if missing:
+            return None
+        return self.resolve_params(step, outputs, run_id)
+
+
+def _late_step_refs(value: Any) -> set[str]:
+    found: set[str] = set()
+    for _, text in walk_strings(value):
+        for m in REF.finditer(text):
+            parts = m.group(1).strip().split(".")
+            if parts[0] == "steps" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def _check_needs(playbook: Playbook, doc: SourceDoc) -> dict[str, list[str]]:
+    ids: dict[str, int] = {}
+    for i, spec in enumerate(playbook.steps):
+        if spec.id in ids:
+            raise ValidationError(f"duplicate step id {spec.id!r} (first at step {ids[spec.id] + 1})", file=doc.file,
+                                  line=doc.line_of(("steps", i, "id")), field=f"steps[{i}].id")
+        ids[spec.id] = i
+    needs: dict[str, list[str]] = {}
+    for i, spec in enumerate(playbook.steps):
+        if spec.needs is None:
+            needs[spec.id] = [playbook.steps[i - 1].id] if i else []
+            continue
+        for j, dep in enumerate(spec.needs):
+            if dep not in ids:
+                raise ValidationError(f"needs unknown step {dep!r}", file=doc.file,
+                                      line=doc.line_of(("steps", i, "needs", j)), field=f"steps[{i}].needs[{j}]")
+            if dep == spec.id:
+                raise ValidationError("a step cannot need itself", file=doc.file,
+                                      line=doc.line_of(("steps", i, "needs", j)), field=f"steps[{i}].needs[{j}]")
+        needs[spec.id] = list(dict.fromkeys(spec.needs))
+    # cycle detection (iterative DFS, colours)
+    colour: dict[str, int] = {}
+    for start in needs:
+        if colour.get(start):
+            continue
+        stack: list[tuple[str, int]] = [(start, 0)]
+        trail: list[str] = []
+        while stack:
+            node, idx = stack.pop()
+            if idx == 0:
+                colour[node] = 1
+                trail.append(node)
+            deps = needs[node]
+            if idx < len(deps):
+                stack.append((node, idx + 1))
+                dep = deps[idx]
+                if colour.get(dep) == 1:
+                    cycle = [*trail[trail.index(dep):], dep]
+                    i = ids[node]
+                    raise ValidationError(f"cycle in needs: {' -> '.join(cycle)}", file=doc.file,
+                                          line=doc.line_of(("steps", i, "needs")), field=f"steps[{i}].needs")
+                if not colour.get(dep):
+                    stack.append((dep, 0))
+            else:
+                colour[node] = 2
+                trail.pop()
+    return needs
+
+
+def load(playbook_path: str | Path, environment_path: str | Path | None = None, *,
+         registry: Registry, playbook_text: str | None = None, environment_text: str | None = None,
+         environ: Mapping[str, str] | None = None) -> LoadedPlaybook:
+    """Loads and validates a playbook and its environment file. Raises :class:`PlaybookError` (exit 2)."""
+    environ = os.environ if environ is None else environ
+    pdoc = (parse_yaml(playbook_text, str(playbook_path)) if playbook_text is not None
+            else load_yaml_file(playbook_path))
+    playbook: Playbook = _validate(Playbook, pdoc)
+    edoc: SourceDoc | None = None
+    environment: Environment | None = None
+    if environment_path is not None or environment_text is not None:
+        name = str(environment_path or "environment")
+        edoc = parse_yaml(environment_text, name) if environment_text is not None else load_yaml_file(name)
+        environment = _validate(Environment, edoc)
+        _check_env_refs_in(edoc, environ)
+    env_values = environment.model_dump(mode="json") if environment else {}
+
+    needs = _check_needs(playbook, pdoc)
+    loaded_steps: list[PlannedStep] = []
+    env_names: set[str] = set()
+    if edoc is not None:
+        for _, text in walk_strings(edoc.data):
+            env_names.update(ENV_REF.findall(text))
+
+    for i, spec in enumerate(playbook.steps):
+        where = ("steps", i)
+        if spec.uses not in registry:
+            known = ", ".join(registry.names())
+            raise ValidationError(f"unknown step kind {spec.uses!r} (known: {known})", file=pdoc.file,
+                                  line=pdoc.line_of((*where, "uses")), field=f"steps[{i}].uses")
+        kind = registry.get(spec.uses)
+        ancestors = _ancestors(needs, spec.id)
+
+        def resolve(expr: str, _i: int = i, _anc: set[str] = ancestors) -> Any:
+            expr = expr.strip()
+            if expr.startswith("env:"):
+                name = expr[4:]
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                    raise _Unresolved(expr, "not a valid environment variable name")
+                if name not in environ:
+                    raise _Unresolved(expr, f"environment variable {name} is not set")
+                env_names.add(name)
+                return KEEP
+            parts = expr.split(".")
+            root = parts[0]
+            if root == "steps":
+                if len(parts) < 4 or parts[2] != "outputs":
+                    raise _Unresolved(expr, "expected ${steps.ID.outputs.NAME}")
+                if parts[1] not in needs:
+                    raise _Unresolved(expr, f"no step {parts[1]!r}")
+                if parts[1] not in _anc:
+                    raise _Unresolved(expr, f"step {parts[1]!r} is not among this step's needs")
+                return KEEP
+            if root == "run":
+                if parts[1:] != ["id"]:
+                    raise _Unresolved(expr, "expected ${run.id}")
+                return KEEP
+            if root in ENV_ROOTS:
+                if environment is None:
+                    raise _Unresolved(expr, "needs an environment file (-e)")
+                try:
+                    return _lookup(env_values, parts)
+                except KeyError as exc:
+                    raise _Unresolved(expr, f"the environment file has no {exc.args[0]!r} there") from None
+            raise _Unresolved(expr, "unknown reference (use env:, steps., run., " + ", ".join(ENV_ROOTS) + ")")
+
+        raw: dict[str, Any] = {}
+        for key, value in spec.with_.items():
+            try:
+                raw[key] = substitute(value, resolve)
+            except _Unresolved as exc:
+                path = (*where, "with", key)
+                raise ValidationError(f"cannot resolve ${{{exc.ref}}}: {exc.reason}", file=pdoc.file,
+                                      line=pdoc.line_of(path), field=_field_name(path)) from None
+        late = {k for k, v in raw.items() if _late_step_refs(v) or _has_run_ref(v)}
+        _validate_params(kind, raw, late, pdoc, where)
+        loaded_steps.append(PlannedStep(spec=spec, kind=kind, raw_params=raw, needs=needs[spec.id],
+                                        late_fields=late, index=i))
+    return LoadedPlaybook(playbook, environment, loaded_steps, pdoc, edoc, env_names)
+
+
+def _has_run_ref(value: Any) -> bool:
+    return any("${run." in text for _, text in walk_strings(value))
+
+
+def _check_env_refs_in(doc: SourceDoc, environ: Mapping[str, str]) -> None:
+    for path, text in walk_strings(doc.data):
+        for name in ENV_REF.findall(text):
+            if name not in environ:
+                raise ValidationError(f"environment variable {name} is not set", file=doc.file,
+                                      line=doc.line_of(path), field=_field_name(path))
+        for m in REF.finditer(text):
+            if not m.group(1).startswith("env:"):
+                raise ValidationError(f"only ${{env:NAME}} references are allowed in an environment file, "
+                                      f"not ${{{m.group(1)}}}", file=doc.file, line=doc.line_of(path),
+                                      field=_field_name(path))
+
+
+def _ancestors(needs: Mapping[str, list[str]], step_id: str) -> set[str]:
+    seen: set[str] = set()
+    stack = list(needs[step_id])
+    while stack:
+        cur = stack.pop()
+        if cur not in seen:
+            seen.add(cur)
+            stack.extend(needs[cur])
+    return seen
+
+
+def _validate_params(kind: type[Step[Any]], raw: dict[str, Any], late: set[str], doc: SourceDoc,
+                     where: Path_) -> None:
+    """Validates params now; fields fed by later step outputs are type-checked when the step runs."""
+    try:
+        model = kind.Params.model_validate(raw)
+    except pydantic.ValidationError as exc:
+        for err in exc.errors():
+            loc = err["loc"]
+            if loc and loc[0] in late:
+                continue
+            _raise_error_detail(err, doc, (*where, "with"), exc)
+        return
+    for path in _secret_leaks(model):
+        full = (*where, "with", *path)
+        raise ValidationError("holds a ${env:...} secret, but this field is not a secret field; secrets may "
+                              "only go where the step kind expects one", file=doc.file, line=doc.line_of(full),
+                              field=_field_name(full))
+
+
+def schemas() -> dict[str, Any]:
+    """JSON Schemas of playbooks and environment files, for editors."""
+    return {
+        "playbook": Playbook.model_json_schema(by_alias=True),
+        "environment": Environment.model_json_schema(by_alias=True),
+    }

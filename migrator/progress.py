@@ -1,0 +1,117 @@
+"""Showing a run as it goes: live bars on a terminal, plain timestamped lines otherwise (logs, CI)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+class PlainListener:
+    """One line per event; item progress at most every ``every`` seconds per step."""
+
+    def __init__(self, console: Console, every: float = 2.0) -> None:
+        self.console = console
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._started: dict[str, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def _line(self, text: str) -> None:
+        with self._lock:
+            self.console.print(f"{time.strftime('%H:%M:%S')} {text}", markup=False, highlight=False)
+
+    def step_started(self, step_id: str, kind: str) -> None:
+        self._line(f"{step_id}: started ({kind})")
+
+    def step_finished(self, step_id: str, status: str, note: str | None) -> None:
+        self._line(f"{step_id}: {status}" + (f" — {note}" if note else ""))
+
+    def progress(self, step_id: str, items: int, total_items: int | None, nbytes: int,
+                 total_bytes: int | None) -> None:
+        now = time.monotonic()
+        first = self._started.setdefault(step_id, (now, nbytes))
+        if now - self._last.get(step_id, 0.0) < self.every:
+            return
+        self._last[step_id] = now
+        text = f"{step_id}: {items}" + (f"/{total_items}" if total_items else "") + " items"
+        if nbytes or total_bytes:
+            text += f", {_human(nbytes)}" + (f" of {_human(total_bytes)}" if total_bytes else "")
+            elapsed = now - first[0]
+            if elapsed > 0.5:
+                rate = (nbytes - first[1]) / elapsed
+                text += f", {_human(rate)}/s"
+                if total_bytes and rate > 0:
+                    text += f", ETA {max(total_bytes - nbytes, 0) / rate:.0f}s"
+        self._line(text)
+
+    def message(self, text: str) -> None:
+        self._line(text)
+
+
+class LiveListener:
+    """Rich progress bars per step: items, bytes, rate and time left."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress_ui = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                    DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
+                                    console=console, transient=False)
+        self.tasks: dict[str, TaskID] = {}
+        self._lock = threading.Lock()
+        self.progress_ui.start()
+
+    def step_started(self, step_id: str, kind: str) -> None:
+        with self._lock:
+            if step_id not in self.tasks:
+                self.tasks[step_id] = self.progress_ui.add_task(f"{step_id} ({kind})", total=None)
+
+    def step_finished(self, step_id: str, status: str, note: str | None) -> None:
+        with self._lock:
+            task = self.tasks.get(step_id)
+            if task is not None:
+                self.progress_ui.update(task, description=f"{step_id}: {status}")
+                self.progress_ui.stop_task(task)
+        if note and status != "done":
+            self.progress_ui.console.print(f"  {step_id}: {note}", markup=False)
+
+    def progress(self, step_id: str, items: int, total_items: int | None, nbytes: int,
+                 total_bytes: int | None) -> None:
+        with self._lock:
+            task = self.tasks.get(step_id)
+            if task is None:
+                return
+            if total_bytes:
+                self.progress_ui.update(task, completed=nbytes, total=total_bytes)
+            else:
+                self.progress_ui.update(task, completed=items, total=total_items)
+
+    def message(self, text: str) -> None:
+        self.progress_ui.console.print(text, markup=False)
+
+    def close(self) -> None:
+        self.progress_ui.stop()
+
+
+def make_listener(console: Console) -> Any:
+    return LiveListener(console) if console.is_terminal else PlainListener(console)

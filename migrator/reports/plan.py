@@ -1,0 +1,122 @@
+"""The dry-run as a report: a terminal table, Markdown, JSON, and an HTML page with a timeline.
+
+The timeline places each step after the steps it needs, using each step's own estimate; the read-only window
+is the span from the first step that makes the tenant read-only to the end of the last step.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from migrator.playbook import LoadedPlaybook
+from migrator.runner import StepPlanView
+
+
+def timeline(loaded: LoadedPlaybook, views: list[StepPlanView]) -> dict[str, Any]:
+    """Start and end (seconds from the start of the run) of every step, and the read-only window."""
+    by_id = {v.step_id: v for v in views}
+    ends: dict[str, float] = {}
+    rows = []
+    unknown: list[str] = []
+    for step in loaded.steps:
+        view = by_id.get(step.id)
+        start = max((ends.get(d, 0.0) for d in step.needs), default=0.0)
+        seconds = view.estimate_seconds if view and view.estimate_seconds is not None else 0.0
+        if view is not None and view.estimate_seconds is None and view.status != "done":
+            unknown.append(step.id)
+        ends[step.id] = start + seconds
+        rows.append({"id": step.id, "kind": step.spec.uses, "start": start, "end": start + seconds,
+                     "seconds": seconds, "status": view.status if view else "?"})
+    total = max(ends.values(), default=0.0)
+    ro_start = next((r["start"] for r in rows if r["kind"].endswith("read_only")), None)
+    window = {"start": ro_start, "end": total, "seconds": total - ro_start} if ro_start is not None else None
+    return {"steps": rows, "total_seconds": total, "read_only_window": window, "unestimated": unknown}
+
+
+def _fmt_s(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _as_json(loaded: LoadedPlaybook, views: list[StepPlanView]) -> dict[str, Any]:
+    env = loaded.environment
+    return {
+        "playbook": loaded.playbook.name,
+        "tenant": env.tenant.name if env else None,
+        "steps": [asdict(v) for v in views],
+        "timeline": timeline(loaded, views),
+        "ok": all(v.status != "error" for v in views),
+    }
+
+
+def _markdown(loaded: LoadedPlaybook, views: list[StepPlanView]) -> str:
+    data = _as_json(loaded, views)
+    tl = data["timeline"]
+    lines = [f"# Migration plan: {data['tenant'] or loaded.playbook.name}", "",
+             f"Playbook **{loaded.playbook.name}**, {len(views)} steps. "
+             f"Estimated total: **{_fmt_s(tl['total_seconds'])}**."]
+    if tl["read_only_window"]:
+        lines.append(f"The tenant is read-only for about **{_fmt_s(tl['read_only_window']['seconds'])}**.")
+    if tl["unestimated"]:
+        lines.append(f"No estimate yet for: {', '.join(tl['unestimated'])}.")
+    lines += ["", "| step | kind | would | estimate | why |", "|---|---|---|---|---|"]
+    for v in views:
+        would = "; ".join(v.changes) if v.changes else ("nothing" if v.status == "done" else v.status)
+        lines.append(f"| {v.step_id} | {v.kind} | {would} | {_fmt_s(v.estimate_seconds)} | "
+                     f"{v.reason.replace('|', '/')} |")
+    problems = [v for v in views if v.status == "error"]
+    if problems:
+        lines += ["", "## Problems to fix before the migration", ""]
+        lines += [f"- **{v.step_id}**: {v.reason}" for v in problems]
+    return "\n".join(lines) + "\n"
+
+
+def _table(views: list[StepPlanView]) -> str:
+    table = Table(title="plan (dry-run: nothing was changed)", title_justify="left")
+    for col in ("step", "kind", "status", "would change", "estimate", "reason"):
+        table.add_column(col)
+    colours = {"done": "green", "change": "yellow", "deferred": "cyan", "error": "red"}
+    for v in views:
+        table.add_row(v.step_id, v.kind, f"[{colours.get(v.status, 'white')}]{v.status}[/]",
+                      "\n".join(v.changes), _fmt_s(v.estimate_seconds), v.reason)
+    buf = io.StringIO()
+    Console(file=buf, width=160, force_terminal=False).print(table)
+    return buf.getvalue()
+
+
+def _html(loaded: LoadedPlaybook, views: list[StepPlanView]) -> str:
+    from jinja2 import Environment, PackageLoader, select_autoescape
+
+    data = _as_json(loaded, views)
+    env = Environment(loader=PackageLoader("migrator.reports", "templates"), autoescape=select_autoescape())
+    env.filters["dur"] = _fmt_s
+    return env.get_template("plan.html.j2").render(data=data, views=views)
+
+
+def render_plan(loaded: LoadedPlaybook, views: list[StepPlanView], kind: str, *, out_dir: Path | None = None) -> str:
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "plan.json").write_text(json.dumps(_as_json(loaded, views), indent=2, default=str))
+        (out_dir / "plan.md").write_text(_markdown(loaded, views))
+        (out_dir / "plan.html").write_text(_html(loaded, views))
+    if kind == "json":
+        return json.dumps(_as_json(loaded, views), indent=2, default=str)
+    if kind in ("markdown", "md"):
+        return _markdown(loaded, views)
+    if kind == "table":
+        return _table(views)
+    from migrator.errors import InputError
+
+    raise InputError(f"--format {kind!r}: use table, markdown or json")

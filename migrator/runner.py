@@ -1,0 +1,849 @@
+"""The runner: the only place that orders steps, retries them, checkpoints them and compensates them.
+
+For every step: resolve its params, ``check`` (already done?), write RUNNING, ``apply``, flush its items,
+``verify``, write DONE. Transient errors are retried with exponential backoff and jitter (tenacity), each retry
+starting again from ``check``; permanent ones fail at once. Independent branches (``needs``) run concurrently
+up to the playbook's ``concurrency``. On failure the playbook's ``on_failure`` decides: ``stop`` leaves the run
+resumable, ``rollback`` compensates every step this run applied, newest first. A run holds a lock (host, pid,
+heartbeat, expiry) for as long as it works, so two runners never work on one run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity.wait import wait_exponential_jitter
+
+from migrator.clock import Clock
+from migrator.errors import (
+    Cancelled,
+    CompensationError,
+    ExitCode,
+    InputError,
+    MigratorError,
+    ParamsChanged,
+    StateError,
+    StepTimeout,
+    TransientError,
+    exit_code_for,
+    is_retryable,
+)
+from migrator.playbook import LoadedPlaybook, PlannedStep, RetryPolicy, params_hash
+from migrator.secrets import Redactor, Secret
+from migrator.state import LOCK_TTL_SECONDS, LockInfo, RunRecord, RunStatus, StateStore, StepRecord, StepStatus
+from migrator.step import ItemRecord, PlanResult, Step
+from migrator.testing import MemoryItems, MemoryMemo
+
+log = logging.getLogger("migrator")
+
+
+# ------------------------------------------------------------------------------------------------------ listener
+
+
+class Listener(Protocol):
+    """What a front end (the CLI's progress display) hears from the runner."""
+
+    def step_started(self, step_id: str, kind: str) -> None: ...
+
+    def step_finished(self, step_id: str, status: str, note: str | None) -> None: ...
+
+    def progress(self, step_id: str, items: int, total_items: int | None, nbytes: int,
+                 total_bytes: int | None) -> None: ...
+
+    def message(self, text: str) -> None: ...
+
+
+class NullListener:
+    def step_started(self, step_id: str, kind: str) -> None:
+        pass
+
+    def step_finished(self, step_id: str, status: str, note: str | None) -> None:
+        pass
+
+    def progress(self, step_id: str, items: int, total_items: int | None, nbytes: int,
+                 total_bytes: int | None) -> None:
+        pass
+
+    def message(self, text: str) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------------------------- items and memo
+
+
+class StoreItems:
+    """Item checkpoints of one step, buffered and written in batched transactions.
+
+    A batch goes out when it holds ``batch_size`` records or ``interval`` seconds have passed since the last
+    one, so a crash loses at most one batch: the items that were in flight.
+    """
+
+    def __init__(self, store: StateStore, run_id: str, step_id: str, *, batch_size: int = 500,
+                 interval: float = 1.0, on_progress: Callable[[StoreItems], None] | None = None,
+                 cancel_check: Callable[[], None] | None = None) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._step_id = step_id
+        self._batch_size = batch_size
+        self._interval = interval
+        self._buffer: dict[str, ItemRecord] = {}
+        self._lock = threading.Lock()
+        self._last_flush = time.monotonic()
+        self._on_progress = on_progress
+        self._cancel_check = cancel_check
+        self.total_items: int | None = None
+        self.total_bytes: int | None = None
+        self.done_items, self.done_bytes = store.count_items(run_id, step_id, "done")
+
+    def record(self, key: str, status: str = "done", *, bytes: int = 0, checksum: str | None = None,
+               detail: Any = None) -> None:
+        flush = False
+        with self._lock:
+            self._buffer[key] = ItemRecord(key, status, bytes, checksum, detail)
+            if status == "done":
+                self.done_items += 1
+                self.done_bytes += bytes
+            if len(self._buffer) >= self._batch_size or time.monotonic() - self._last_flush >= self._interval:
+                flush = True
+        if flush:
+            self.flush()
+            if self._cancel_check is not None:
+                self._cancel_check()
+
+    def flush(self) -> None:
+        with self._lock:
+            batch = list(self._buffer.values())
+            self._buffer.clear()
+            self._last_flush = time.monotonic()
+            if batch:
+                # written under our lock so batches of one step reach the store in order
+                self._store.write_items(self._run_id, self._step_id, batch)
+        if batch and self._on_progress is not None:
+            self._on_progress(self)
+
+    def get(self, key: str) -> ItemRecord | None:
+        with self._lock:
+            if key in self._buffer:
+                return self._buffer[key]
+        return self._store.get_item(self._run_id, self._step_id, key)
+
+    def keys(self, status: str | None = "done") -> set[str]:
+        self.flush()
+        return self._store.item_keys(self._run_id, self._step_id, status)
+
+    def iter(self, status: str | None = None) -> Iterator[ItemRecord]:
+        self.flush()
+        return self._store.iter_items(self._run_id, self._step_id, status)
+
+    def count(self, status: str | None = "done") -> int:
+        self.flush()
+        return self._store.count_items(self._run_id, self._step_id, status)[0]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._buffer.clear()
+        self._store.clear_items(self._run_id, self._step_id)
+        self.done_items = self.done_bytes = 0
+
+    def set_total(self, items: int | None = None, bytes: int | None = None) -> None:
+        self.total_items, self.total_bytes = items, bytes
+        if self._on_progress is not None:
+            self._on_progress(self)
+
+
+class StoreMemo:
+    """A step's small resumable facts; every change is written through at once."""
+
+    def __init__(self, store: StateStore, record: StepRecord) -> None:
+        self._store = store
+        self._record = record
+        self._lock = threading.Lock()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            return self._record.memo.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._record.memo[key] = value
+            self._store.set_memo(self._record.run_id, self._record.step_id, self._record.memo)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            if self._record.memo.pop(key, None) is not None:
+                self._store.set_memo(self._record.run_id, self._record.step_id, self._record.memo)
+
+    def as_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self._record.memo)
+
+
+# ------------------------------------------------------------------------------------------------------ context
+
+
+@dataclass
+class RunContext:
+    """The :class:`~migrator.step.StepContext` the runner hands a step."""
+
+    run_id: str
+    step_id: str
+    environment: Mapping[str, Any]
+    outputs: Mapping[str, Mapping[str, Any]]
+    items: Any
+    memo: Any
+    clock: Clock
+    log: logging.Logger
+    redactor: Redactor
+    dry_run: bool
+    options: Mapping[str, Any]
+    resources: dict[str, Any]
+    cancel_event: threading.Event
+    deadline: float | None = None
+    on_event: Callable[[str, str, dict[str, Any]], None] | None = None
+    on_message: Callable[[str], None] | None = None
+
+    def reveal(self, secret: Secret | str | None) -> str | None:
+        if isinstance(secret, Secret):
+            return secret.reveal(self.redactor)
+        return secret
+
+    def raise_if_cancelled(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled(f"{self.step_id}: interrupted", step_id=self.step_id)
+        if self.deadline is not None and self.clock.monotonic() > self.deadline:
+            raise StepTimeout(f"{self.step_id}: ran past its timeout", step_id=self.step_id,
+                              hint="raise the step's timeout: in the playbook, or look at why it is slow")
+
+    def event(self, type: str, message: str, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(type, message, data)
+
+    def progress(self, message: str | None = None) -> None:
+        if message and self.on_message is not None:
+            self.on_message(f"{self.step_id}: {self.redactor.redact(message)}")
+
+
+# ------------------------------------------------------------------------------------------------------ results
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    status: str
+    exit_code: ExitCode
+    error: str | None = None
+    failed_step: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StepPlanView:
+    """One row of a dry-run."""
+
+    step_id: str
+    kind: str
+    needs: list[str]
+    status: str  # "done" (no-op), "change", "deferred", "error"
+    reason: str
+    changes: list[str] = field(default_factory=list)
+    estimate_seconds: float | None = None
+    estimate_items: int | None = None
+    estimate_bytes: int | None = None
+    basis: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    error_exit: int | None = None
+
+
+@dataclass
+class _StepResult:
+    step_id: str
+    status: str  # DONE, FAILED, or "interrupted"
+    error: BaseException | None = None
+
+
+class _LockKeeper:
+    """Heartbeats the run lock in the background; sets ``lost`` (and cancels the run) if it is taken away."""
+
+    def __init__(self, store: StateStore, lock: LockInfo, ttl: float, cancel: threading.Event) -> None:
+        self.store, self.lock, self.ttl, self.cancel = store, lock, ttl, cancel
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="migrator-lock", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(max(self.ttl / 3.0, 0.2)):
+            try:
+                if not self.store.heartbeat(self.lock, self.ttl):
+                    self.lost.set()
+                    self.cancel.set()
+                    return
+            except Exception:  # a passing store fault: the next beat tries again before expiry
+                log.warning("lock heartbeat failed; retrying", exc_info=True)
+
+    def release(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        if not self.lost.is_set():
+            self.store.release_lock(self.lock)
+
+
+class _RedactFilter(logging.Filter):
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redactor.redact(record.getMessage())
+        record.args = None
+        if record.exc_info and record.exc_info[1] is not None:
+            record.exc_text = self.redactor.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
+        return True
+
+
+# ------------------------------------------------------------------------------------------------------- runner
+
+
+class Runner:
+    """Runs, resumes, rolls back and dry-runs one playbook against one state store."""
+
+    def __init__(self, store: StateStore, *, clock: Clock | None = None, listener: Listener | None = None,
+                 log_dir: str | Path | None = None, options: Mapping[str, Any] | None = None,
+                 lock_ttl: float = LOCK_TTL_SECONDS) -> None:
+        self.store = store
+        self.clock = clock or Clock()
+        self.listener: Listener = listener or NullListener()
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.options: dict[str, Any] = dict(options or {})
+        self.lock_ttl = lock_ttl
+        self.redactor = Redactor()
+        self.cancel_event = threading.Event()
+        self._resources: dict[str, Any] = {}
+
+    # ---------------------------------------------------------------------------------------------- commands
+
+    def cancel(self) -> None:
+        """Asks running steps to stop at their next checkpoint; the run stays resumable."""
+        self.cancel_event.set()
+
+    def run(self, loaded: LoadedPlaybook, *, run_id: str | None = None, playbook_path: str = "",
+            environment_path: str | None = None) -> RunOutcome:
+        run_id = run_id or new_run_id(loaded)
+        self._seed_redactor(loaded)
+        lock, stale = self.store.acquire_lock(run_id, ttl=self.lock_ttl)
+        keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
+        try:
+            now = time.time()
+            self.store.create_run(RunRecord(
+                run_id=run_id, playbook_name=loaded.playbook.name, playbook_path=playbook_path,
+                playbook_text=loaded.playbook_doc.text, environment_path=environment_path,
+                environment_text=loaded.environment_doc.text if loaded.environment_doc else None,
+                status=RunStatus.RUNNING, created_at=now, updated_at=now, options=self._public_options(),
+                tenant=loaded.environment.tenant.name if loaded.environment else None))
+            with self._run_logging(run_id):
+                self._event(run_id, None, "run.started", f"run {run_id} of playbook {loaded.playbook.name} started")
+                if stale:
+                    self._event(run_id, None, "lock.stale", stale)
+                return self._execute(run_id, loaded, force=False)
+        finally:
+            keeper.release()
+            self._close_resources()
+
+    def resume(self, run_id: str, loaded: LoadedPlaybook, *, force: bool = False) -> RunOutcome:
+        run = self.store.require_run(run_id)
+        if run.status in (RunStatus.ROLLED_BACK, RunStatus.ROLLING_BACK, RunStatus.ROLLBACK_FAILED):
+            raise InputError(f"run {run_id} was rolled back ({run.status}); it cannot be resumed",
+                             hint="start a new run with: migrator run")
+        self._seed_redactor(loaded)
+        lock, stale = self.store.acquire_lock(run_id, ttl=self.lock_ttl)
+        keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
+        try:
+            with self._run_logging(run_id):
+                if stale:
+                    self._event(run_id, None, "lock.stale", stale)
+                    self.listener.message(f"note: {stale}")
+                if run.status == RunStatus.SUCCEEDED:
+                    return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run had already succeeded"])
+                self.store.update_run(run_id, status=RunStatus.RUNNING, error=None, finished_at=None)
+                self._event(run_id, None, "run.resumed", f"run {run_id} resumed")
+                return self._execute(run_id, loaded, force=force)
+        finally:
+            keeper.release()
+            self._close_resources()
+
+    def rollback(self, run_id: str, loaded: LoadedPlaybook) -> RunOutcome:
+        """Compensates, newest first, every step this run applied."""
+        run = self.store.require_run(run_id)
+        self._seed_redactor(loaded)
+        lock, stale = self.store.acquire_lock(run_id, ttl=self.lock_ttl)
+        keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
+        try:
+            with self._run_logging(run_id):
+                if stale:
+                    self._event(run_id, None, "lock.stale", stale)
+                if run.status == RunStatus.ROLLED_BACK:
+                    return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run was already rolled back"])
+                self._event(run_id, None, "rollback.requested", "rollback requested")
+                clean, error = self._compensate(run_id, loaded)
+                status = RunStatus.ROLLED_BACK if clean else RunStatus.ROLLBACK_FAILED
+                self.store.update_run(run_id, status=status, finished_at=time.time(),
+                                      error=None if clean else error)
+                self._event(run_id, None, f"run.{status}", f"run {run_id} {status.replace('_', ' ')}")
+                code = ExitCode.OK if clean else ExitCode.FAILED
+                if error and "--accept-data-loss" in error:
+                    code = ExitCode.FAILED
+                return RunOutcome(run_id, status, code, error=error)
+        finally:
+            keeper.release()
+            self._close_resources()
+
+    def plan(self, loaded: LoadedPlaybook) -> list[StepPlanView]:
+        """The dry-run: ``check`` and ``plan`` of every step, in dependency order. Writes nothing."""
+        self._seed_redactor(loaded)
+        outputs: dict[str, Mapping[str, Any]] = {}
+        views: list[StepPlanView] = []
+        env = loaded.environment_values()
+        try:
+            for step in _topological(loaded):
+                view = StepPlanView(step.id, step.spec.uses, step.needs, "change", "")
+                try:
+                    params = loaded.try_resolve_params(step, outputs, "plan")
+                    if params is None:
+                        missing = sorted(
+                            {s for s in step.needs if s not in outputs} & loaded.ancestors(step.id))
+                        view.status = "deferred"
+                        view.reason = f"its params use outputs of {', '.join(missing) or 'earlier steps'}, " \
+                                      "known only when the run gets there"
+                    else:
+                        instance = step.kind(step.id, params)
+                        ctx = self._context("plan", step.id, env, outputs, MemoryItems(), MemoryMemo(),
+                                            dry_run=True)
+                        state = instance.check(ctx)
+                        result = instance.plan(ctx)
+                        if state.done:
+                            outputs[step.id] = dict(state.outputs)
+                        _fill_view(view, state.done, state.reason, result)
+                except MigratorError as exc:
+                    view.status = "error"
+                    view.reason = self.redactor.redact(exc.one_line())
+                    view.error_exit = int(exc.exit_code)
+                except Exception as exc:  # a dry-run reports every problem rather than stopping at the first
+                    view.status = "error"
+                    view.reason = self.redactor.redact(f"{type(exc).__name__}: {exc}")
+                    view.error_exit = int(ExitCode.FAILED)
+                views.append(view)
+        finally:
+            self._close_resources()
+        return views
+
+    # ------------------------------------------------------------------------------------------------ engine
+
+    def _execute(self, run_id: str, loaded: LoadedPlaybook, *, force: bool) -> RunOutcome:
+        records = self.store.get_steps(run_id)
+        self._check_hashes(run_id, loaded, records, force)
+        by_id = loaded.by_id
+        # A step left in any unfinished state is taken up again, from its check.
+        status: dict[str, str] = {
+            s.id: StepStatus.DONE if s.id in records and records[s.id].status == StepStatus.DONE
+            else StepStatus.PENDING for s in loaded.steps}
+        concurrency = int(self.options.get("concurrency") or loaded.playbook.concurrency)
+        failed: _StepResult | None = None
+        interrupted = False
+        running: dict[Future[_StepResult], str] = {}
+        tolerated: set[str] = set()
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="migrator-step") as pool:
+            while True:
+                if failed is None and not interrupted and not self.cancel_event.is_set():
+                    for step in loaded.steps:
+                        if len(running) >= concurrency:
+                            break
+                        if status[step.id] == StepStatus.DONE or step.id in running.values():
+                            continue
+                        if status[step.id] in (StepStatus.SKIPPED, "tolerated"):
+                            continue
+                        if any(status[d] in (StepStatus.SKIPPED, "tolerated") for d in step.needs):
+                            status[step.id] = StepStatus.SKIPPED
+                            self._mark_skipped(run_id, step, "a step it needs failed (on_failure: continue)")
+                            continue
+                        if all(status[d] == StepStatus.DONE for d in step.needs):
+                            outputs = {sid: self._outputs_of(run_id, sid) for sid in loaded.ancestors(step.id)}
+                            fut = pool.submit(self._run_step, run_id, loaded, step, outputs)
+                            running[fut] = step.id
+                if not running:
+                    break
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    step_id = running.pop(fut)
+                    result = fut.result()
+                    if result.status == StepStatus.DONE:
+                        status[step_id] = StepStatus.DONE
+                    elif result.status == "interrupted":
+                        interrupted = True
+                        status[step_id] = StepStatus.RUNNING
+                    elif by_id[step_id].on_failure(loaded.playbook) == "continue" and not isinstance(
+                            result.error, Cancelled):
+                        status[step_id] = "tolerated"
+                        tolerated.add(step_id)
+                    else:
+                        status[step_id] = StepStatus.FAILED
+                        if failed is None:
+                            failed = result
+        if interrupted or (failed is None and self.cancel_event.is_set()):
+            reason = "the run's lock was taken by another runner" if self.cancel_event.is_set() and \
+                self.store.get_lock(run_id) is None else "interrupted"
+            self.store.update_run(run_id, status=RunStatus.INTERRUPTED, error=reason)
+            self._event(run_id, None, "run.interrupted", f"run {run_id} interrupted; resume it to go on")
+            return RunOutcome(run_id, RunStatus.INTERRUPTED, ExitCode.FAILED, error=reason,
+                              notes=[f"resume with: migrator resume {run_id}"])
+        if failed is not None:
+            return self._fail(run_id, loaded, failed)
+        self.store.update_run(run_id, status=RunStatus.SUCCEEDED, finished_at=time.time(), error=None)
+        notes = [f"step {s} failed but was allowed to (on_failure: continue)" for s in sorted(tolerated)]
+        self._event(run_id, None, "run.succeeded", f"run {run_id} succeeded")
+        return RunOutcome(run_id, RunStatus.SUCCEEDED, ExitCode.OK, notes=notes)
+
+    def _fail(self, run_id: str, loaded: LoadedPlaybook, failed: _StepResult) -> RunOutcome:
+        assert failed.error is not None
+        error = self._describe_error(failed.error)
+        step = loaded.by_id[failed.step_id]
+        policy = step.on_failure(loaded.playbook)
+        if policy == "rollback":
+            self.store.update_run(run_id, status=RunStatus.ROLLING_BACK, error=error)
+            self._event(run_id, None, "rollback.started", f"step {failed.step_id} failed; rolling back")
+            self.listener.message(f"step {failed.step_id} failed; rolling back what this run did")
+            clean, comp_error = self._compensate(run_id, loaded)
+            if clean:
+                self.store.update_run(run_id, status=RunStatus.ROLLED_BACK, finished_at=time.time(), error=error)
+                self._event(run_id, None, "run.rolled_back", f"run {run_id} failed and was rolled back")
+                return RunOutcome(run_id, RunStatus.ROLLED_BACK, ExitCode.ROLLED_BACK, error=error,
+                                  failed_step=failed.step_id)
+            self.store.update_run(run_id, status=RunStatus.ROLLBACK_FAILED, finished_at=time.time(),
+                                  error=f"{error}; rollback: {comp_error}")
+            return RunOutcome(run_id, RunStatus.ROLLBACK_FAILED, ExitCode.FAILED,
+                              error=f"{error}; rollback incomplete: {comp_error}", failed_step=failed.step_id)
+        self.store.update_run(run_id, status=RunStatus.FAILED, error=error)
+        self._event(run_id, None, "run.failed", f"run {run_id} failed at step {failed.step_id}")
+        code = exit_code_for(failed.error)
+        return RunOutcome(run_id, RunStatus.FAILED, code if code != ExitCode.OK else ExitCode.FAILED,
+                          error=error, failed_step=failed.step_id,
+                          notes=[f"fix the cause, then: migrator resume {run_id}   (or undo: migrator rollback "
+                                 f"{run_id})"])
+
+    def _check_hashes(self, run_id: str, loaded: LoadedPlaybook, records: Mapping[str, StepRecord],
+                      force: bool) -> None:
+        outputs = {sid: r.outputs for sid, r in records.items() if r.status == StepStatus.DONE}
+        for step in loaded.steps:
+            rec = records.get(step.id)
+            if rec is None or rec.status != StepStatus.DONE or rec.params_hash is None:
+                continue
+            params = loaded.try_resolve_params(step, outputs, run_id)
+            if params is None:
+                continue
+            new_hash = params_hash(params)
+            if new_hash != rec.params_hash:
+                if not force:
+                    raise ParamsChanged(
+                        f"step {step.id} is done, but its params changed since (hash {rec.params_hash} → "
+                        f"{new_hash})", hint="resume with --force to keep it done as it is, or start a new run")
+                self._event(run_id, step.id, "step.params_changed",
+                            f"params of done step {step.id} changed; kept done (--force)")
+
+    def _outputs_of(self, run_id: str, step_id: str) -> Mapping[str, Any]:
+        rec = self.store.get_step(run_id, step_id)
+        return rec.outputs if rec else {}
+
+    def _mark_skipped(self, run_id: str, step: PlannedStep, why: str) -> None:
+        rec = self.store.get_step(run_id, step.id) or StepRecord(run_id, step.id, step.spec.uses)
+        rec.status, rec.note = StepStatus.SKIPPED, why
+        self.store.save_step(rec)
+        self._event(run_id, step.id, "step.skipped", f"step {step.id} skipped: {why}")
+        self.listener.step_finished(step.id, StepStatus.SKIPPED, why)
+
+    def _run_step(self, run_id: str, loaded: LoadedPlaybook, step: PlannedStep,
+                  outputs: Mapping[str, Mapping[str, Any]]) -> _StepResult:
+        rec = self.store.get_step(run_id, step.id) or StepRecord(run_id, step.id, step.spec.uses)
+        resuming_running = rec.status in (StepStatus.RUNNING, StepStatus.FAILED) and rec.applied
+        self.listener.step_started(step.id, step.spec.uses)
+        try:
+            params = loaded.resolve_params(step, outputs, run_id)
+        except MigratorError as exc:
+            return self._step_failed(run_id, rec, exc)
+        rec.params_hash = params_hash(params)
+        rec.kind = step.spec.uses
+        rec.error = None
+        if rec.started_at is None:
+            rec.started_at = time.time()
+        self.store.save_step(rec)
+        instance: Step[Any] = step.kind(step.id, params)
+        ctx = self._step_context(run_id, loaded, step, rec, outputs)
+        policy = step.retry_policy(loaded.playbook)
+        state = {"applied_here": resuming_running}
+
+        def attempt() -> tuple[dict[str, Any], str]:
+            rec.attempts += 1
+            self.store.save_step(rec)
+            ctx.raise_if_cancelled()
+            check = instance.check(ctx)
+            if check.done:
+                if state["applied_here"]:
+                    note = f"done (confirmed on re-check: {check.reason})"
+                else:
+                    note = f"already done: {check.reason}"
+                result = dict(check.outputs)
+            else:
+                if not rec.applied:
+                    rec.applied = True
+                    rec.seq = self.store.next_seq(run_id)
+                rec.status = StepStatus.RUNNING
+                self.store.save_step(rec)
+                state["applied_here"] = True
+                self._event(run_id, step.id, "step.apply", f"step {step.id} applying ({check.reason})")
+                result = dict(instance.apply(ctx) or {})
+                ctx.items.flush()
+                note = "applied"
+            ctx.raise_if_cancelled()
+            instance.verify(ctx)
+            return result, note
+
+        try:
+            result, note = self._retrying(policy, run_id, step.id)(attempt)
+        except BaseException as exc:
+            try:
+                ctx.items.flush()
+            except Exception:
+                log.warning("could not flush item checkpoints of %s", step.id, exc_info=True)
+            if isinstance(exc, Cancelled):
+                rec.status = StepStatus.RUNNING if rec.applied else StepStatus.PENDING
+                rec.error = "interrupted"
+                self.store.save_step(rec)
+                self._event(run_id, step.id, "step.interrupted", f"step {step.id} interrupted")
+                self.listener.step_finished(step.id, "interrupted", None)
+                return _StepResult(step.id, "interrupted", exc)
+            if not isinstance(exc, Exception):
+                raise
+            return self._step_failed(run_id, rec, exc)
+        rec.outputs = self._safe_outputs(step.id, result)
+        rec.status = StepStatus.DONE
+        rec.note = note
+        rec.finished_at = time.time()
+        self.store.save_step(rec)
+        self._event(run_id, step.id, "step.done", f"step {step.id} done: {note}",
+                    attempts=rec.attempts, seconds=round(rec.finished_at - (rec.started_at or rec.finished_at), 3))
+        self.listener.step_finished(step.id, StepStatus.DONE, note)
+        return _StepResult(step.id, StepStatus.DONE)
+
+    def _step_failed(self, run_id: str, rec: StepRecord, exc: BaseException) -> _StepResult:
+        rec.status = StepStatus.FAILED
+        rec.error = self._describe_error(exc)
+        rec.finished_at = time.time()
+        self.store.save_step(rec)
+        self._event(run_id, rec.step_id, "step.failed", f"step {rec.step_id} failed: {rec.error}",
+                    error_type=type(exc).__name__, retryable=is_retryable(exc), attempts=rec.attempts)
+        log.error("step %s failed: %s", rec.step_id, rec.error, exc_info=exc if not isinstance(
+            exc, MigratorError) else None)
+        self.listener.step_finished(rec.step_id, StepStatus.FAILED, rec.error)
+        return _StepResult(rec.step_id, StepStatus.FAILED, exc)
+
+    def _safe_outputs(self, step_id: str, outputs: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        try:
+            json.dumps(outputs)
+        except (TypeError, ValueError) as exc:
+            raise StateError(f"step {step_id} returned outputs that are not JSON: {exc}") from exc
+        return self.redactor.redact_obj(outputs, personal_data=False)
+
+    def _retrying(self, policy: RetryPolicy, run_id: str, step_id: str) -> Retrying:
+        stop = stop_after_attempt(policy.attempts)
+        if policy.budget is not None:
+            stop = stop | stop_after_delay(policy.budget)
+        backoff = wait_exponential_jitter(initial=policy.initial, max=policy.max, jitter=policy.jitter)
+
+        def wait_for(state: RetryCallState) -> float:
+            delay = backoff(state)
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, TransientError) and exc.retry_after:
+                delay = max(delay, min(exc.retry_after, policy.max))
+            return delay
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            delay = state.next_action.sleep if state.next_action else 0.0
+            message = (f"step {step_id} attempt {state.attempt_number} failed "
+                       f"({self._describe_error(exc) if exc else '?'}); retrying in {delay:.1f}s")
+            self._event(run_id, step_id, "step.retry", message, attempt=state.attempt_number)
+            self.listener.message(message)
+
+        return Retrying(stop=stop, wait=wait_for, retry=retry_if_exception(is_retryable), sleep=self.clock.sleep,
+                        before_sleep=before_sleep, reraise=True)
+
+    # ------------------------------------------------------------------------------------------ compensation
+
+    def _compensate(self, run_id: str, loaded: LoadedPlaybook) -> tuple[bool, str | None]:
+        records = self.store.get_steps(run_id)
+        todo = sorted((r for r in records.values() if r.applied and r.status != StepStatus.COMPENSATED),
+                      key=lambda r: r.seq or 0, reverse=True)
+        by_id = loaded.by_id
+        outputs = {sid: r.outputs for sid, r in records.items()}
+        clean = True
+        for rec in todo:
+            step = by_id.get(rec.step_id)
+            if step is None:
+                return False, f"step {rec.step_id} is no longer in the playbook; it cannot be undone from here"
+            try:
+                params = loaded.resolve_params(step, {k: v for k, v in outputs.items() if k != step.id}, run_id)
+            except MigratorError as exc:
+                return False, f"step {step.id} cannot be undone: {self._describe_error(exc)}"
+            instance: Step[Any] = step.kind(step.id, params)
+            if instance.irreversible:
+                clean = False
+                self._event(run_id, step.id, "step.irreversible", f"step {step.id} cannot be undone (irreversible)")
+                self.listener.message(f"step {step.id} cannot be undone: its kind {step.spec.uses} is irreversible")
+                continue
+            self.listener.step_started(step.id, f"undo {step.spec.uses}")
+            rec.status = StepStatus.COMPENSATING
+            self.store.save_step(rec)
+            try:
+                ctx = self._step_context(run_id, loaded, step, rec, outputs)
+                self._retrying(step.retry_policy(loaded.playbook), run_id, step.id)(instance.compensate, ctx)
+                ctx.items.flush()
+            except Exception as exc:
+                rec.status = StepStatus.COMPENSATION_FAILED
+                rec.error = self._describe_error(exc)
+                self.store.save_step(rec)
+                self._event(run_id, step.id, "step.compensation_failed",
+                            f"undoing step {step.id} failed: {rec.error}")
+                self.listener.step_finished(step.id, StepStatus.COMPENSATION_FAILED, rec.error)
+                if not isinstance(exc, CompensationError):
+                    log.error("undoing %s failed", step.id, exc_info=exc)
+                return False, f"undoing step {step.id} failed: {rec.error}"
+            rec.status = StepStatus.COMPENSATED
+            rec.finished_at = time.time()
+            self.store.save_step(rec)
+            self._event(run_id, step.id, "step.compensated", f"step {step.id} undone")
+            self.listener.step_finished(step.id, StepStatus.COMPENSATED, "undone")
+        return clean, None if clean else "some steps cannot be undone (irreversible)"
+
+    # ---------------------------------------------------------------------------------------------- plumbing
+
+    def _context(self, run_id: str, step_id: str, environment: Mapping[str, Any],
+                 outputs: Mapping[str, Mapping[str, Any]], items: Any, memo: Any, *,
+                 dry_run: bool = False) -> RunContext:
+        return RunContext(
+            run_id=run_id, step_id=step_id, environment=environment, outputs=outputs, items=items, memo=memo,
+            clock=self.clock, log=logging.getLogger(f"migrator.step.{step_id}"), redactor=self.redactor,
+            dry_run=dry_run, options=self.options, resources=self._resources, cancel_event=self.cancel_event,
+            on_message=self.listener.message)
+
+    def _step_context(self, run_id: str, loaded: LoadedPlaybook, step: PlannedStep, rec: StepRecord,
+                      outputs: Mapping[str, Mapping[str, Any]]) -> RunContext:
+        def on_progress(items: StoreItems) -> None:
+            self.listener.progress(step.id, items.done_items, items.total_items, items.done_bytes,
+                                   items.total_bytes)
+
+        ctx = self._context(run_id, step.id, loaded.environment_values(), outputs, None, StoreMemo(self.store, rec))
+        ctx.items = StoreItems(self.store, run_id, step.id, batch_size=loaded.playbook.checkpoint_batch,
+                               on_progress=on_progress, cancel_check=ctx.raise_if_cancelled)
+        if step.spec.timeout is not None:
+            ctx.deadline = self.clock.monotonic() + step.spec.timeout
+        ctx.on_event = lambda type, message, data: self._event(run_id, step.id, type, message, **data)
+        return ctx
+
+    def _event(self, run_id: str, step_id: str | None, type: str, message: str, **data: Any) -> None:
+        message = self.redactor.redact(message)
+        self.store.add_event(run_id, step_id, type, message, self.redactor.redact_obj(data))
+        log.info("%s", message)
+
+    def _describe_error(self, exc: BaseException) -> str:
+        text = exc.one_line() if isinstance(exc, MigratorError) else f"{type(exc).__name__}: {exc}"
+        return self.redactor.redact(text)
+
+    def _seed_redactor(self, loaded: LoadedPlaybook) -> None:
+        import os
+
+        for name in loaded.env_var_names:
+            self.redactor.add(os.environ.get(name))
+
+    def _public_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+
+    def _close_resources(self) -> None:
+        for key, resource in list(self._resources.items()):
+            close = getattr(resource, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:
+                    log.debug("closing %s failed", key, exc_info=True)
+        self._resources.clear()
+
+    def _run_logging(self, run_id: str) -> _RunLog:
+        return _RunLog(self.log_dir, run_id, self.redactor)
+
+
+class _RunLog:
+    """Attaches a redacting file handler (``<log_dir>/<run_id>.log``) for the length of a command."""
+
+    def __init__(self, log_dir: Path | None, run_id: str, redactor: Redactor) -> None:
+        self.path = log_dir / f"{run_id}.log" if log_dir else None
+        self.redactor = redactor
+        self.handler: logging.Handler | None = None
+
+    def __enter__(self) -> _RunLog:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(self.path, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"))
+            handler.addFilter(_RedactFilter(self.redactor))
+            logger = logging.getLogger("migrator")
+            logger.addHandler(handler)
+            if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                logger.setLevel(logging.INFO)
+            self.handler = handler
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handler is not None:
+            logging.getLogger("migrator").removeHandler(self.handler)
+            self.handler.close()
+
+
+def _fill_view(view: StepPlanView, done: bool, reason: str, result: PlanResult) -> None:
+    view.status = "done" if done or result.noop else "change"
+    view.reason = result.reason or reason
+    view.changes = list(result.changes)
+    view.estimate_seconds = 0.0 if done else result.estimate.seconds
+    view.estimate_items = result.estimate.items
+    view.estimate_bytes = result.estimate.bytes
+    view.basis = result.estimate.basis
+    view.details = dict(result.details)
+
+
+def _topological(loaded: LoadedPlaybook) -> list[PlannedStep]:
+    order: list[PlannedStep] = []
+    placed: set[str] = set()
+    remaining = list(loaded.steps)
+    while remaining:
+        for step in remaining:
+            if all(d in placed for d in step.needs):
+                order.append(step)
+                placed.add(step.id)
+                remaining.remove(step)
+                break
+    return order
+
+
+def new_run_id(loaded: LoadedPlaybook) -> str:
+    tenant = loaded.environment.tenant.name if loaded.environment else loaded.playbook.name
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return f"{tenant}-{stamp}-{uuid.uuid4().hex[:6]}"
