@@ -210,32 +210,40 @@ class _Unresolved(Exception):
         super().__init__(reason)
         self.ref = ref
         self.reason = reason
+        self.path: Path_ | None = None
 
 
-def substitute(value: Any, resolve: Any) -> Any:
+def substitute(value: Any, resolve: Any, path: Path_ = ()) -> Any:
     """Replaces ``${...}`` references in every string of ``value`` using ``resolve(expr) -> value``.
 
-    ``resolve`` returns :data:`KEEP` to leave a reference as written (secrets, late references).
+    ``resolve`` returns :data:`KEEP` to leave a reference as written (secrets, late references). A reference
+    that cannot be resolved raises ``_Unresolved`` carrying the path of the string that holds it.
     """
-    if isinstance(value, str):
-        whole = REF.fullmatch(value.strip()) if value.strip().startswith("${") else None
-        if whole and whole.group(0) == value.strip():
-            got = resolve(whole.group(1))
-            return value if got is KEEP else got
+    try:
+        if isinstance(value, str):
+            stripped = value.strip()
+            whole = REF.fullmatch(stripped)
+            if whole:
+                got = resolve(whole.group(1))
+                return value if got is KEEP else got
 
-        def sub(m: re.Match[str]) -> str:
-            got = resolve(m.group(1))
-            if got is KEEP:
-                return m.group(0)
-            if isinstance(got, (Mapping, list)):
-                raise _Unresolved(m.group(1), "a mapping or list cannot be interpolated into a string")
-            return "" if got is None else str(got)
+            def sub(m: re.Match[str]) -> str:
+                got = resolve(m.group(1))
+                if got is KEEP:
+                    return m.group(0)
+                if isinstance(got, (Mapping, list)):
+                    raise _Unresolved(m.group(1), "a mapping or list cannot be interpolated into a string")
+                return "" if got is None else str(got)
 
-        return REF.sub(sub, value)
+            return REF.sub(sub, value)
+    except _Unresolved as exc:
+        if exc.path is None:
+            exc.path = path
+        raise
     if isinstance(value, Mapping):
-        return {k: substitute(v, resolve) for k, v in value.items()}
+        return {k: substitute(v, resolve, (*path, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [substitute(v, resolve) for v in value]
+        return [substitute(v, resolve, (*path, i)) for i, v in enumerate(value)]
     return value
 
 
@@ -496,7 +504,7 @@ def load(playbook_path: str | Path, environment_path: str | Path | None = None, 
             try:
                 raw[key] = substitute(value, resolve)
             except _Unresolved as exc:
-                path = (*where, "with", key)
+                path = (*where, "with", key, *(exc.path or ()))
                 raise ValidationError(f"cannot resolve ${{{exc.ref}}}: {exc.reason}", file=pdoc.file,
                                       line=pdoc.line_of(path), field=_field_name(path)) from None
         late = {k for k, v in raw.items() if _late_step_refs(v) or _has_run_ref(v)}
