@@ -1,0 +1,259 @@
+"""Smoke tests of the new instance: HTTP checks, source = target comparisons, DNS resolution.
+
+Also home of :func:`http_call`, the one small HTTP client the tenant steps share (stdlib only: the requests
+are few and simple, and a failed one must never echo headers, which may carry a token).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from migrator.errors import InputError, TransientError, VerificationFailed
+from migrator.secrets import Secret
+from migrator.step import Estimate, Params, PlanResult, Step, StepContext
+
+_MAX_DETAIL = 10
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    elapsed_ms: float
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body or b"null")
+        except ValueError:
+            return None
+
+
+def http_call(ctx: StepContext, method: str, url: str, *, body: Any = None,
+              headers: Mapping[str, Secret | str] | None = None, timeout: float = 10.0) -> HttpResponse:
+    """One HTTP request; any status comes back as a response, network faults raise :class:`TransientError`.
+
+    Header values are revealed here, at the moment of use (so ``${env:...}`` tokens reach the redactor).
+    """
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"{url!r} is not an http(s) URL")
+    data: bytes | None = None
+    sent_headers: dict[str, str] = {}
+    if body is not None:
+        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        sent_headers["Content-Type"] = "text/plain" if isinstance(body, str) else "application/json"
+    for name, value in (headers or {}).items():
+        sent_headers[name] = ctx.reveal(value) or ""
+    request = urllib.request.Request(url, data=data, method=method.upper(), headers=sent_headers)
+    started = time.perf_counter()
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets are OSErrors
+        reason = getattr(exc, "reason", exc)
+        raise TransientError(f"{method.upper()} {url}: {type(reason).__name__}: {reason}") from None
+    return HttpResponse(status, raw, (time.perf_counter() - started) * 1000.0)
+
+
+# -- params ---------------------------------------------------------------------------------------------------
+
+
+class HttpCheck(Params):
+    """One request to the new instance and what its answer must be."""
+
+    name: str | None = None
+    url: str
+    method: str = "GET"
+    headers: dict[str, Secret] = Field(default_factory=dict)
+    body: Any = None
+    expect_status: int | list[int] = 200
+    #: Text (or texts) the response body must contain.
+    body_contains: str | list[str] | None = None
+    max_latency_ms: float | None = Field(None, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    def label(self) -> str:
+        return self.name or f"http {self.method.upper()} {self.url}"
+
+
+class Comparison(Params):
+    """Two values that must be equal: a fingerprint or an inventory of the source and of the target."""
+
+    name: str
+    source: Any
+    target: Any
+
+
+class DnsCheck(Params):
+    """A name that must resolve, at the given name server, to exactly the expected values."""
+
+    name: str
+    type: Literal["A", "AAAA", "CNAME", "TXT"] = "A"
+    expect: str | list[str]
+    nameserver: str = "127.0.0.1"
+    port: int = Field(53, gt=0, lt=65536)
+    timeout_seconds: float = Field(5.0, gt=0)
+
+
+class SmokeTestParams(Params):
+    http: list[HttpCheck] = Field(default_factory=list)
+    fingerprints: list[Comparison] = Field(default_factory=list)
+    inventories: list[Comparison] = Field(default_factory=list)
+    dns: list[DnsCheck] = Field(default_factory=list)
+    #: Whether a failed smoke test may be retried by the step's retry policy (a new instance warming up).
+    retry_failures: bool = False
+
+    @model_validator(mode="after")
+    def _some_check(self) -> SmokeTestParams:
+        if not (self.http or self.fingerprints or self.inventories or self.dns):
+            raise ValueError("a smoke test needs at least one check (http, fingerprints, inventories or dns)")
+        return self
+
+
+# -- checks ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    check: str
+    ok: bool
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"check": self.check, "ok": self.ok, "detail": self.detail}
+
+
+def run_http_check(ctx: StepContext, check: HttpCheck) -> CheckOutcome:
+    try:
+        response = http_call(ctx, check.method, check.url, body=check.body, headers=check.headers,
+                             timeout=check.timeout_seconds)
+    except TransientError as exc:
+        return CheckOutcome(check.label(), False, exc.message)
+    problems = []
+    expected = check.expect_status if isinstance(check.expect_status, list) else [check.expect_status]
+    if response.status not in expected:
+        problems.append(f"status {response.status}, expected {' or '.join(map(str, expected))}")
+    wanted = [check.body_contains] if isinstance(check.body_contains, str) else (check.body_contains or [])
+    text = response.body.decode("utf-8", "replace")
+    # The body itself is never quoted: it may hold personal data.
+    problems += [f"body does not contain {w!r}" for w in wanted if w not in text]
+    if check.max_latency_ms is not None and response.elapsed_ms > check.max_latency_ms:
+        problems.append(f"took {response.elapsed_ms:.0f} ms, more than {check.max_latency_ms:g} ms")
+    detail = "; ".join(problems) or f"status {response.status} in {response.elapsed_ms:.0f} ms"
+    return CheckOutcome(check.label(), not problems, detail)
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 16 else text[:12] + "…"
+
+
+def compare(kind: str, comparison: Comparison) -> CheckOutcome:
+    label = f"{kind} {comparison.name}"
+    source, target = comparison.source, comparison.target
+    if source is None or target is None:
+        missing = "source" if source is None else "target"
+        return CheckOutcome(label, False, f"no {missing} value to compare")
+    if source == target:
+        return CheckOutcome(label, True, "source = target")
+    if isinstance(source, Mapping) and isinstance(target, Mapping):
+        keys = sorted({str(k) for k in source} | {str(k) for k in target})
+        differing = [k for k in keys if source.get(k) != target.get(k)]
+        shown = ", ".join(differing[:_MAX_DETAIL]) + (" …" if len(differing) > _MAX_DETAIL else "")
+        return CheckOutcome(label, False, f"source ≠ target in {len(differing)} entries: {shown}")
+    return CheckOutcome(label, False, f"source {_short(source)} ≠ target {_short(target)}")
+
+
+def _normalise(record_type: str, value: str) -> str:
+    value = value.strip()
+    if record_type == "CNAME":
+        return value.rstrip(".").lower()
+    if record_type == "TXT":
+        return value.strip('"')
+    return value
+
+
+def run_dns_check(check: DnsCheck) -> CheckOutcome:
+    import dns.exception
+    import dns.resolver
+
+    label = f"dns {check.name} {check.type} @{check.nameserver}:{check.port}"
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [check.nameserver]
+    resolver.port = check.port
+    resolver.lifetime = resolver.timeout = check.timeout_seconds
+    resolver.cache = None
+    try:
+        answer = resolver.resolve(check.name, check.type, raise_on_no_answer=False)
+        got = sorted(_normalise(check.type, rdata.to_text()) for rdata in answer)
+    except dns.resolver.NXDOMAIN:
+        got = []
+    except dns.exception.DNSException as exc:
+        return CheckOutcome(label, False, f"no answer: {type(exc).__name__}")
+    expected = sorted(_normalise(check.type, v) for v in
+                      ([check.expect] if isinstance(check.expect, str) else check.expect))
+    if got == expected:
+        return CheckOutcome(label, True, f"resolves to {', '.join(got)}")
+    return CheckOutcome(label, False, f"resolves to {', '.join(got) or 'nothing'}, expected {', '.join(expected)}")
+
+
+# -- the step -------------------------------------------------------------------------------------------------
+
+
+class SmokeTest(Step[SmokeTestParams]):
+    """Tests the new instance end to end; changes nothing.
+
+    Runs every check (HTTP answers and latency, database fingerprints and blob inventories of source and target,
+    DNS resolution) and fails with :class:`VerificationFailed` naming each failing check. It is never "already
+    done": every run tests again. Nothing to undo (compensating it does nothing).
+    """
+
+    kind = "smoke.test"
+    Params = SmokeTestParams
+    summary = "HTTP checks of the new instance, source = target fingerprints and inventories, DNS resolution"
+
+    def _count(self) -> int:
+        p = self.params
+        return len(p.http) + len(p.fingerprints) + len(p.inventories) + len(p.dns)
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        p = self.params
+        checks = ([c.label() for c in p.http] + [f"fingerprint {c.name}" for c in p.fingerprints]
+                  + [f"inventory {c.name}" for c in p.inventories]
+                  + [f"dns {c.name} {c.type} @{c.nameserver}:{c.port}" for c in p.dns])
+        return PlanResult(changes=[f"test {c}" for c in checks], reason="read-only checks of the new instance",
+                          estimate=Estimate(seconds=0.5 * self._count(), items=self._count(),
+                                            basis="about 0.5 s per check"),
+                          details={"checks": checks})
+
+    def run_checks(self, ctx: StepContext) -> list[CheckOutcome]:
+        p = self.params
+        outcomes = [run_http_check(ctx, c) for c in p.http]
+        outcomes += [compare("fingerprint", c) for c in p.fingerprints]
+        outcomes += [compare("inventory", c) for c in p.inventories]
+        outcomes += [run_dns_check(c) for c in p.dns]
+        return outcomes
+
+    def apply(self, ctx: StepContext) -> Mapping[str, Any]:
+        outcomes = self.run_checks(ctx)
+        for outcome in outcomes:
+            ctx.event("smoke.check", ctx.redactor.redact(f"{outcome.check}: {outcome.detail}"),
+                      ok=outcome.ok)
+        failed = [o for o in outcomes if not o.ok]
+        if failed:
+            listing = "; ".join(f"{o.check}: {o.detail}" for o in failed)
+            raise VerificationFailed(
+                ctx.redactor.redact(f"{self.step_id}: {len(failed)} of {len(outcomes)} smoke checks failed: "
+                                    f"{listing}"),
+                step_id=self.step_id, retryable=self.params.retry_failures)
+        return {"checks": [o.as_dict() for o in outcomes], "passed": len(outcomes), "failed": 0}
