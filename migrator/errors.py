@@ -113,6 +113,10 @@ class StepTimeout(StepError):
     """A step ran past its time budget."""
 
 
+class DeadlineOverrun(StepError):
+    """The work would run past the deadline a step set for the run (the end of the read-only window)."""
+
+
 class Cancelled(StepError):
     """The run was asked to stop (signal, watchdog) while a step was working."""
 

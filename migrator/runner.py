@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from migrator.clock import Clock
 from migrator.errors import (
     Cancelled,
     CompensationError,
+    DeadlineOverrun,
     ExitCode,
     InputError,
     MigratorError,
@@ -317,6 +319,9 @@ class _RedactFilter(logging.Filter):
 class Runner:
     """Runs, resumes, rolls back and dry-runs one playbook against one state store."""
 
+    #: How often (seconds) the scheduler wakes to look at deadlines while steps run.
+    watchdog_interval = 0.5
+
     def __init__(self, store: StateStore, *, clock: Clock | None = None, listener: Listener | None = None,
                  log_dir: str | Path | None = None, options: Mapping[str, Any] | None = None,
                  lock_ttl: float = LOCK_TTL_SECONDS) -> None:
@@ -329,6 +334,8 @@ class Runner:
         self.redactor = Redactor()
         self.cancel_event = threading.Event()
         self._resources: dict[str, Any] = {}
+        self._abort: MigratorError | None = None
+        self._abort_step: str | None = None
 
     # ---------------------------------------------------------------------------------------------- commands
 
@@ -354,6 +361,8 @@ class Runner:
                 self._event(run_id, None, "run.started", f"run {run_id} of playbook {loaded.playbook.name} started")
                 if stale:
                     self._event(run_id, None, "lock.stale", stale)
+                if not self.options.get("no_forecast"):
+                    self._record_forecast(run_id, loaded, [s.id for s in loaded.steps])
                 return self._execute(run_id, loaded, force=False)
         finally:
             keeper.release()
@@ -481,7 +490,9 @@ class Runner:
                             running[fut] = step.id
                 if not running:
                     break
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                done, _ = wait(list(running), timeout=self.watchdog_interval, return_when=FIRST_COMPLETED)
+                if self._abort is None:
+                    self._watch_deadlines(run_id, loaded, status, set(running.values()))
                 for fut in done:
                     step_id = running.pop(fut)
                     result = fut.result()
@@ -498,6 +509,15 @@ class Runner:
                         status[step_id] = StepStatus.FAILED
                         if failed is None:
                             failed = result
+        if self._abort is not None:
+            culprit = self._abort_step or (failed.step_id if failed else loaded.steps[0].id)
+            for step_id, st in status.items():
+                if st == StepStatus.RUNNING:  # interrupted by the watchdog: record why
+                    rec = self.store.get_step(run_id, step_id)
+                    if rec is not None:
+                        rec.status, rec.error = StepStatus.FAILED, self._describe_error(self._abort)
+                        self.store.save_step(rec)
+            return self._fail(run_id, loaded, _StepResult(culprit, StepStatus.FAILED, self._abort))
         if interrupted or (failed is None and self.cancel_event.is_set()):
             reason = "the run's lock was taken by another runner" if self.cancel_event.is_set() and \
                 self.store.get_lock(run_id) is None else "interrupted"
@@ -517,7 +537,9 @@ class Runner:
         error = self._describe_error(failed.error)
         step = loaded.by_id[failed.step_id]
         policy = step.on_failure(loaded.playbook)
-        if policy == "rollback":
+        if policy == "rollback" or (self._abort is not None and policy != "continue"):
+            # A watchdog abort stopped the steps through the cancel flag; the undo must not see it.
+            self.cancel_event.clear()
             self.store.update_run(run_id, status=RunStatus.ROLLING_BACK, error=error)
             self._event(run_id, None, "rollback.started", f"step {failed.step_id} failed; rolling back")
             self.listener.message(f"step {failed.step_id} failed; rolling back what this run did")
@@ -586,6 +608,11 @@ class Runner:
         self.store.save_step(rec)
         instance: Step[Any] = step.kind(step.id, params)
         ctx = self._step_context(run_id, loaded, step, rec, outputs)
+        if instance.wants_forecast:
+            seconds, unknown = self._forecast_after(run_id, loaded, step.id)
+            ctx.options = {**self.options, "forecast_seconds": seconds, "forecast_unestimated": unknown}
+            self._event(run_id, step.id, "forecast", f"the steps after {step.id} are forecast to take {seconds:.0f}s"
+                        + (f" (no estimate for {', '.join(unknown)})" if unknown else ""), seconds=seconds)
         policy = step.retry_policy(loaded.playbook)
         state = {"applied_here": resuming_running}
 
@@ -686,6 +713,98 @@ class Runner:
 
         return Retrying(stop=stop, wait=wait_for, retry=retry_if_exception(is_retryable), sleep=self.clock.sleep,
                         before_sleep=before_sleep, reraise=True)
+
+    # -------------------------------------------------------------------------------------- forecast, deadline
+
+    def _estimate(self, run_id: str, loaded: LoadedPlaybook, step: PlannedStep,
+                  outputs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Plans one step (no side effects) and returns its estimate, or None when it cannot be known yet."""
+        try:
+            params = loaded.try_resolve_params(step, outputs, run_id)
+            if params is None:
+                return None
+            instance: Step[Any] = step.kind(step.id, params)
+            ctx = self._context(run_id, step.id, loaded.environment_values(), outputs, MemoryItems(), MemoryMemo(),
+                                dry_run=True)
+            result = instance.plan(ctx)
+        except Exception as exc:  # a forecast is advice: a step that cannot plan now is simply not estimated
+            log.info("no estimate for %s: %s", step.id, self._describe_error(exc))
+            return None
+        if result.estimate.seconds is None:
+            return None
+        return {"seconds": float(result.estimate.seconds), "items": result.estimate.items,
+                "bytes": result.estimate.bytes, "basis": result.estimate.basis, "at": time.time(),
+                "noop": result.noop}
+
+    def _record_forecast(self, run_id: str, loaded: LoadedPlaybook, step_ids: list[str]) -> dict[str, float | None]:
+        """Estimates the given steps now and keeps each estimate beside the step, for forecast-vs-actual."""
+        records = self.store.get_steps(run_id)
+        outputs = {sid: r.outputs for sid, r in records.items() if r.status == StepStatus.DONE}
+        wanted = set(step_ids)
+        found: dict[str, float | None] = {}
+        for step in _topological(loaded):
+            if step.id not in wanted:
+                continue
+            estimate = self._estimate(run_id, loaded, step, outputs)
+            rec = records.get(step.id) or StepRecord(run_id, step.id, step.spec.uses)
+            if estimate is not None:
+                rec.estimate = estimate
+                self.store.save_step(rec)
+            elif rec.estimate is None:
+                self.store.save_step(rec)
+            found[step.id] = estimate["seconds"] if estimate else (rec.estimate or {}).get("seconds")
+        return found
+
+    def _descendants(self, loaded: LoadedPlaybook, step_id: str) -> list[str]:
+        return [s.id for s in loaded.steps if step_id in loaded.ancestors(s.id)]
+
+    def _forecast_after(self, run_id: str, loaded: LoadedPlaybook, step_id: str) -> tuple[float, list[str]]:
+        """Seconds the steps after ``step_id`` should take (longest chain of their estimates), re-planned now."""
+        after = [sid for sid in self._descendants(loaded, step_id)
+                 if (r := self.store.get_step(run_id, sid)) is None or r.status != StepStatus.DONE]
+        estimates = self._record_forecast(run_id, loaded, after)
+        unknown = [sid for sid in after if estimates.get(sid) is None]
+        return _critical_path(loaded, {sid: estimates.get(sid) or 0.0 for sid in after}), unknown
+
+    def _watch_deadlines(self, run_id: str, loaded: LoadedPlaybook, status: Mapping[str, str],
+                         running: set[str]) -> None:
+        """Aborts the run when the work left cannot end before a deadline an earlier step set.
+
+        A step sets a deadline for the steps after it by giving an output ``deadline`` (ISO 8601); the window
+        gate does so with the end of the read-only window less the time a rollback needs.
+        """
+        now = self.clock.now()
+        for gate_id, st in status.items():
+            if st != StepStatus.DONE:
+                continue
+            deadline_text = self._outputs_of(run_id, gate_id).get("deadline")
+            if not deadline_text:
+                continue
+            try:
+                deadline = datetime.fromisoformat(str(deadline_text))
+            except ValueError:
+                continue
+            left = [sid for sid in self._descendants(loaded, gate_id) if status.get(sid) != StepStatus.DONE]
+            if not left:
+                continue
+            remaining: dict[str, float] = {}
+            for sid in left:
+                rec = self.store.get_step(run_id, sid)
+                est = float((rec.estimate or {}).get("seconds") or 0.0) if rec else 0.0
+                if sid in running and rec is not None and rec.started_at is not None:
+                    est = max(est - (time.time() - rec.started_at), 0.0)
+                remaining[sid] = est
+            need = _critical_path(loaded, remaining)
+            if now >= deadline or (now.timestamp() + need) > deadline.timestamp():
+                why = "passed" if now >= deadline else f"cannot be met: about {need:.0f}s of work is left"
+                self._abort = DeadlineOverrun(
+                    f"the deadline set by {gate_id} ({deadline.isoformat()}) {why}; aborting to roll back in time",
+                    step_id=gate_id, hint="choose a longer window or a quieter daypart, then run again")
+                self._abort_step = sorted(running)[0] if running else gate_id
+                self._event(run_id, gate_id, "watchdog.abort", self._abort.message, now=now.isoformat())
+                self.listener.message(self._abort.message)
+                self.cancel_event.set()
+                return
 
     # ------------------------------------------------------------------------------------------ compensation
 
@@ -827,6 +946,16 @@ def _fill_view(view: StepPlanView, done: bool, reason: str, result: PlanResult) 
     view.estimate_bytes = result.estimate.bytes
     view.basis = result.estimate.basis
     view.details = dict(result.details)
+
+
+def _critical_path(loaded: LoadedPlaybook, seconds: Mapping[str, float]) -> float:
+    """The longest chain of ``seconds`` through the steps named in it, following ``needs``."""
+    ends: dict[str, float] = {}
+    for step in _topological(loaded):
+        if step.id in seconds:
+            start = max((ends[d] for d in step.needs if d in ends), default=0.0)
+            ends[step.id] = start + seconds[step.id]
+    return max(ends.values(), default=0.0)
 
 
 def _topological(loaded: LoadedPlaybook) -> list[PlannedStep]:

@@ -170,6 +170,9 @@ class Step(ABC, Generic[P]):
     irreversible: ClassVar[bool] = False
     #: One-line summary for ``migrator steps``; the class docstring is the long form.
     summary: ClassVar[str] = ""
+    #: True for kinds that need the forecast of the steps after them: the runner re-plans those steps just
+    #: before this one runs and passes the seconds as ``ctx.options["forecast_seconds"]``.
+    wants_forecast: ClassVar[bool] = False
 
     def __init__(self, step_id: str, params: P) -> None:
         self.step_id = step_id

@@ -53,6 +53,7 @@ class WindowGate(Step[WindowGateParams]):
     Nothing to undo. Its outputs give the window's start, end and the watchdog's deadline as ISO 8601 strings.
     """
 
+    wants_forecast = True
     kind = "window.gate"
     Params = WindowGateParams
     summary = "wait for the read-only daypart window and check that the remaining work fits in it"

@@ -25,6 +25,14 @@ def write(tmp_path: Path, playbook: str, env: str = ENV) -> None:
     (tmp_path / "env.yaml").write_text(env)
 
 
+def running_with_lock(cli: Cli, run_id: str) -> bool:
+    store = open_store(cli.state)
+    try:
+        return store.get_run(run_id) is not None and store.get_lock(run_id) is not None
+    finally:
+        store.close()
+
+
 def status_json(cli: Cli, run_id: str) -> dict:
     result = cli("status", run_id, "--json")
     assert result.returncode == 0, result.stderr
@@ -168,7 +176,7 @@ def test_two_concurrent_runs_of_one_run_id_one_proceeds_other_exits_3(tmp_path: 
     journal = tmp_path / "journal"
     write(tmp_path, linear_playbook(journal, n=2, delay=1.5))
     first = cli.start("run", "pb.yaml", "-e", "env.yaml", "--run-id", "same")
-    wait_for(lambda: open_store(cli.state).get_lock("same") is not None, what="first runner's lock")
+    wait_for(lambda: running_with_lock(cli, "same"), what="first runner's lock")
     second = cli("run", "pb.yaml", "-e", "env.yaml", "--run-id", "same")
     assert second.returncode == 3, second.stderr
     assert f"pid {first.pid}" in second.stderr
@@ -182,7 +190,7 @@ def test_resume_takes_over_a_stale_lock_of_a_killed_runner_and_says_so(tmp_path:
     journal = tmp_path / "journal"
     write(tmp_path, linear_playbook(journal, n=2, delay=1.0))
     proc = cli.start("run", "pb.yaml", "-e", "env.yaml", "--run-id", "r1")
-    wait_for(lambda: open_store(cli.state).get_lock("r1") is not None, what="lock")
+    wait_for(lambda: running_with_lock(cli, "r1"), what="a locked run")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     status = status_json(cli, "r1")
@@ -196,7 +204,7 @@ def test_unlock_breaks_a_live_lock_deliberately(tmp_path: Path, cli: Cli) -> Non
     journal = tmp_path / "journal"
     write(tmp_path, linear_playbook(journal, n=1, delay=3.0))
     proc = cli.start("run", "pb.yaml", "-e", "env.yaml", "--run-id", "r1")
-    wait_for(lambda: open_store(cli.state).get_lock("r1") is not None, what="lock")
+    wait_for(lambda: running_with_lock(cli, "r1"), what="a locked run")
     result = cli("unlock", "r1")
     assert result.returncode == 0 and "unlocked" in result.stdout
     assert open_store(cli.state).get_lock("r1") is None
