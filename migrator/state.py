@@ -443,8 +443,14 @@ class StateStore:
             "detail = excluded.detail, updated_at = excluded.updated_at")
         with self._tx():
             if isinstance(self.backend, _PostgresBackend):
-                with self._conn.cursor() as cur:
-                    cur.executemany(sql, rows)
+                # one multi-row statement per chunk: a round trip per row would cap PostgreSQL at a few
+                # thousand checkpoints a second
+                for start in range(0, len(rows), 1000):
+                    chunk = rows[start:start + 1000]
+                    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+                    flat = [v for row in chunk for v in row]
+                    self._conn.execute(sql.replace("VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", f"VALUES {values}"),
+                                       flat)
             else:
                 self._conn.executemany(sql, rows)
 
