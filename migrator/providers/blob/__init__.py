@@ -1,0 +1,206 @@
+"""Blob endpoints as playbooks name them, and :func:`open_blob_store` to reach one.
+
+An endpoint is either an Azure Storage container (``kind: azure``) or a folder tree (``kind: folder``, the
+self-hosted file store). Credentials are :class:`~migrator.secrets.Secret` references (``${env:NAME}``) and are
+revealed only when the store is opened.
+
+```yaml
+source: { kind: folder, path: /srv/workspace365/files }
+backup:
+  kind: azure
+  account_url: https://contosobackup.blob.core.windows.net
+  container: tenant-files
+  account_key: ${env:BACKUP_KEY}        # or connection_string, sas, or credential: default
+```
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import requests
+from pydantic import BaseModel, ConfigDict, model_validator
+from urllib3.util.retry import Retry
+
+from migrator.errors import InputError
+from migrator.providers.blob.azure import AzureBlobStore, BlobAccessError, azure_errors, translate_error
+from migrator.providers.blob.base import BlobInfo, BlobStore
+from migrator.providers.blob.folder import FolderBlobStore, check_relative_name
+from migrator.secrets import Secret
+
+__all__ = [
+    "AzureBlobStore",
+    "BlobAccessError",
+    "BlobEndpoint",
+    "BlobInfo",
+    "BlobStore",
+    "FolderBlobStore",
+    "azure_errors",
+    "check_relative_name",
+    "open_blob_store",
+    "translate_error",
+]
+
+#: ``ctx.resources`` key under which instrumentation (tests, benchmarks) may put extra azure-core policies,
+#: applied on every try of every request to any Azure blob store opened in that context.
+PER_RETRY_POLICIES = "blob.per_retry_policies"
+
+
+class BlobEndpoint(BaseModel):
+    """Where blobs live: an Azure Storage container, or a folder tree."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["azure", "folder"]
+    # azure
+    account_url: str | None = None
+    container: str | None = None
+    connection_string: Secret | None = None
+    account_key: Secret | None = None
+    sas: Secret | None = None
+    credential: Literal["default"] | None = None
+    # folder
+    path: str | None = None
+    # both: only blobs under this prefix, names relative to it
+    prefix: str = ""
+    #: Seconds to wait for a connection and for each response before the try counts as a timeout (retried).
+    connection_timeout: float = 20.0
+    read_timeout: float = 120.0
+    #: Retries of one request inside the SDK (429, 5xx, timeouts), with exponential backoff from ``retry_backoff``.
+    retry_total: int = 4
+    retry_backoff: float = 1.0
+
+    @model_validator(mode="after")
+    def _complete(self) -> BlobEndpoint:
+        if self.kind == "folder":
+            if not self.path:
+                raise ValueError("a folder endpoint needs `path`")
+            extra = [f for f in ("account_url", "container", "connection_string", "account_key", "sas", "credential")
+                     if getattr(self, f) is not None]
+            if extra:
+                raise ValueError(f"a folder endpoint takes no {', '.join(extra)}")
+            return self
+        if not self.container:
+            raise ValueError("an azure endpoint needs `container`")
+        if self.path is not None:
+            raise ValueError("an azure endpoint takes no `path`")
+        auth = [f for f in ("connection_string", "account_key", "sas", "credential") if getattr(self, f) is not None]
+        if len(auth) != 1:
+            raise ValueError("an azure endpoint needs exactly one of connection_string, account_key, sas, "
+                             f"credential (got {', '.join(auth) or 'none'})")
+        if not self.account_url and self.connection_string is None:
+            raise ValueError("an azure endpoint needs `account_url` (or a connection_string)")
+        return self
+
+    def describe(self) -> str:
+        """Where it is, never how to get in."""
+        if self.kind == "folder":
+            return f"folder {self.path}" + (f", prefix {self.prefix}" if self.prefix else "")
+        return f"{self.account_url or 'connection string'}, container {self.container}" + (
+            f", prefix {self.prefix}" if self.prefix else "")
+
+    def cache_key(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _parse_connection_string(text: str) -> dict[str, str]:
+    parts = {}
+    for piece in text.split(";"):
+        if "=" in piece:
+            key, value = piece.split("=", 1)
+            parts[key.strip().lower()] = value.strip()
+    return parts
+
+
+def _session(pool_size: int) -> requests.Session:
+    session = requests.Session()
+    # azure-core does the retrying; urllib3 must not retry underneath it.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4),
+                                            max_retries=Retry(total=False, redirect=False, raise_on_status=False))
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlobStore:
+    from azure.core.pipeline.transport import RequestsTransport
+    from azure.storage.blob import BlobServiceClient, ExponentialRetry
+
+    reveal = ctx.reveal
+    redactor = getattr(ctx, "redactor", None)
+    on_secret = redactor.add if redactor is not None else (lambda value: None)
+    session = _session(concurrency + 2)
+    transport = RequestsTransport(session=session, session_owner=False,
+                                  connection_timeout=endpoint.connection_timeout,
+                                  read_timeout=endpoint.read_timeout)
+    options: dict[str, Any] = {
+        "transport": transport,
+        "retry_policy": ExponentialRetry(initial_backoff=endpoint.retry_backoff, increment_base=2,
+                                         retry_total=endpoint.retry_total, random_jitter_range=1),
+        # Bounded request sizes keep memory constant: 4 MiB per ranged GET, blocks of 4 MiB.
+        "max_single_get_size": 4 * 1024 * 1024,
+        "max_chunk_get_size": 4 * 1024 * 1024,
+        "max_single_put_size": 8 * 1024 * 1024,
+        "max_block_size": 4 * 1024 * 1024,
+        # azure-storage-blob appends these after its retry policy: they see every try of every request.
+        "_additional_pipeline_policies": list(ctx.resources.get(PER_RETRY_POLICIES, [])) if hasattr(ctx, "resources")
+        else [],
+    }
+    account_key = sas = None
+    token_credential = None
+    if endpoint.connection_string is not None:
+        text = reveal(endpoint.connection_string) or ""
+        parts = _parse_connection_string(text)
+        account_key = parts.get("accountkey")
+        sas = parts.get("sharedaccesssignature")
+        try:
+            service = BlobServiceClient.from_connection_string(text, **options)
+        except ValueError:
+            raise InputError(f"the connection string of {endpoint.describe()} cannot be parsed",
+                             hint="expected AccountName=...;AccountKey=...;BlobEndpoint=... or a SAS form") from None
+        if endpoint.account_url:
+            service = BlobServiceClient(endpoint.account_url, credential=service.credential, **options)
+    else:
+        credential: Any
+        if endpoint.account_key is not None:
+            account_key = reveal(endpoint.account_key)
+            credential = account_key
+        elif endpoint.sas is not None:
+            sas = (reveal(endpoint.sas) or "").lstrip("?")
+            credential = sas
+        else:
+            from azure.identity import DefaultAzureCredential
+
+            token_credential = credential = DefaultAzureCredential()
+        service = BlobServiceClient(str(endpoint.account_url), credential=credential, **options)
+    for value in (account_key, sas):
+        if value:
+            on_secret(value)
+    assert endpoint.container is not None
+    return AzureBlobStore(service, endpoint.container, prefix=endpoint.prefix, account_key=account_key,
+                          sas_token=sas, token_credential=token_credential, on_secret=on_secret, owned=[session])
+
+
+def open_blob_store(endpoint: BlobEndpoint | dict[str, Any], ctx: Any, *, concurrency: int = 8,
+                    create: bool = False) -> BlobStore:
+    """The store behind ``endpoint``, shared through ``ctx.resources`` for the run.
+
+    ``concurrency`` sizes the HTTP connection pool; ``create`` makes a missing folder root (destination side).
+    Azure containers are never created here: a missing container is an input error the engineer must fix.
+    """
+    if isinstance(endpoint, dict):
+        endpoint = BlobEndpoint.model_validate(endpoint)
+    resources = getattr(ctx, "resources", None)
+    key = f"blob-store:{endpoint.cache_key()}:{concurrency}"
+    if resources is not None and key in resources:
+        return resources[key]  # type: ignore[no-any-return]
+    store: BlobStore
+    if endpoint.kind == "folder":
+        assert endpoint.path is not None
+        store = FolderBlobStore(endpoint.path, endpoint.prefix, create=create)
+    else:
+        store = _open_azure(endpoint, ctx, concurrency)
+    if resources is not None:
+        resources[key] = store
+    return store

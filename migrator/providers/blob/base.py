@@ -1,0 +1,103 @@
+"""The narrow interface every blob store offers the steps: list, read, write, delete, by blob name.
+
+Stores that can do more say so: ``supports_blocks`` (stage blocks, list the uncommitted ones after a restart,
+commit a list) for block-level resume of large blobs, and ``copy_source_url`` / ``start_copy`` for server-side
+copies. Names are always relative to the store's prefix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+COPY_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What an inventory knows of one blob. ``md5`` is the Content-MD5 (16 bytes) when the store has one."""
+
+    name: str
+    size: int
+    md5: bytes | None = None
+    etag: str | None = None
+    last_modified: float | None = None  # POSIX seconds
+    content_type: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+class BlobStore(ABC):
+    """A container of blobs: an Azure Storage container, or a folder tree on a self-hosted file store."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where this is, for messages ("account src, container tenant-files"); never a secret."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        """Every blob under ``prefix``, streamed (an inventory may hold hundreds of thousands)."""
+
+    @abstractmethod
+    def info(self, name: str) -> BlobInfo | None:
+        """One blob's properties, or None when it does not exist."""
+
+    @abstractmethod
+    def open_read(self, name: str) -> BinaryIO:
+        """A stream of the blob's content, read in constant memory."""
+
+    @abstractmethod
+    def write(self, name: str, data: bytes | BinaryIO, *, length: int | None = None,
+              content_type: str | None = None, metadata: Mapping[str, str] | None = None,
+              md5: bytes | None = None) -> BlobInfo:
+        """Writes a whole blob (replacing it)."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Removes a blob; no error when it is already gone."""
+
+    def read_bytes(self, name: str) -> bytes:
+        with self.open_read(name) as stream:
+            return stream.read()
+
+    # Optional capabilities: a store that lacks one keeps these defaults.
+
+    #: Whether ``stage_block``/``staged_blocks``/``commit_blocks`` work (block-level resume of large blobs).
+    supports_blocks: bool = False
+
+    def stage_block(self, name: str, block_id: str, data: bytes) -> None:
+        raise NotImplementedError(f"{self.describe()}: blocks are not supported")
+
+    def staged_blocks(self, name: str) -> dict[str, int]:
+        """Uncommitted blocks of ``name`` (id -> size): what a restart can keep."""
+        raise NotImplementedError(f"{self.describe()}: blocks are not supported")
+
+    def commit_blocks(self, name: str, block_ids: list[str], *, content_type: str | None = None,
+                      metadata: Mapping[str, str] | None = None, md5: bytes | None = None) -> BlobInfo:
+        raise NotImplementedError(f"{self.describe()}: blocks are not supported")
+
+    def copy_source_url(self, name: str) -> str | None:
+        """A URL another store can copy ``name`` from server-side (with a SAS minted just in time), or None."""
+        return None
+
+    def start_copy(self, name: str, source_url: str) -> str:
+        """Starts a server-side copy into ``name``; returns its status ("success", "pending"...)."""
+        raise NotImplementedError(f"{self.describe()}: server-side copy is not supported")
+
+    def copy_status(self, name: str) -> tuple[str | None, str | None]:
+        """(status, description) of the last server-side copy into ``name``; (None, None) when there was none."""
+        return None, None
+
+    def compute_md5(self, name: str) -> bytes:
+        """The MD5 of the content, read through (for stores or blobs without a stored Content-MD5)."""
+        digest = hashlib.md5(usedforsecurity=False)
+        with self.open_read(name) as stream:
+            while chunk := stream.read(COPY_CHUNK):
+                digest.update(chunk)
+        return digest.digest()
+
+    def close(self) -> None:
+        """Releases connections; the store is not used afterwards."""
+        return None

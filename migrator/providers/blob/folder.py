@@ -1,0 +1,200 @@
+"""A folder tree as a blob store: the self-hosted file store on the source side (or a local target).
+
+A blob name is a relative path with ``/`` separators. Names that would leave the root (``..`` segments,
+absolute paths, empty segments, NUL) are refused with an :class:`~migrator.errors.InputError` before anything
+is written, and the resolved path is checked against the root as well (symlinks included).
+
+What a folder cannot hold itself (content type, metadata, a known MD5) lives in a sidecar JSON file under
+``.blobmeta/`` in the root; a sidecar MD5 counts only while the file's size and mtime still match it.
+Writes go to a temporary file beside the target and are renamed into place, so a reader never sees half a blob.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import mimetypes
+import os
+import re
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from migrator.errors import InputError, PermanentError
+from migrator.providers.blob.base import COPY_CHUNK, BlobInfo, BlobStore
+
+META_DIR = ".blobmeta"
+_DRIVE = re.compile(r"^[A-Za-z]:($|[/\\])")
+_TMP_SUFFIX = ".migrator-tmp"
+
+
+class FolderBlobStore(BlobStore):
+    """Blobs as files under ``root`` (optionally under ``prefix`` inside it)."""
+
+    def __init__(self, root: str | os.PathLike[str], prefix: str = "", *, create: bool = False) -> None:
+        self.root = Path(root)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
+        if not self.root.is_dir():
+            raise InputError(f"blob folder {self.root} does not exist or is not a directory",
+                             hint="check the endpoint's path (and that the share is mounted)")
+        self._real_root = self.root.resolve()
+        self.prefix = prefix.strip("/")
+        if self.prefix:
+            check_relative_name(self.prefix, where=str(self.root))
+
+    def describe(self) -> str:
+        return f"folder {self.root}" + (f", prefix {self.prefix}" if self.prefix else "")
+
+    # -- names and paths -----------------------------------------------------------------------------------
+
+    def _full_name(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def path_of(self, name: str) -> Path:
+        """The file that holds ``name``; refuses names that would leave the root."""
+        check_relative_name(name, where=self.describe())
+        path = self.root / self._full_name(name)
+        try:
+            path.parent.resolve().relative_to(self._real_root)
+        except ValueError:
+            raise InputError(f"blob name {name!r} resolves outside {self.describe()}",
+                             hint="a symbolic link inside the folder points elsewhere; remove it") from None
+        return path
+
+    def _meta_path(self, name: str) -> Path:
+        return self.root / META_DIR / (self._full_name(name) + ".json")
+
+    def _read_meta(self, name: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._meta_path(name).read_text("utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    # -- reading -------------------------------------------------------------------------------------------
+
+    def _info_from(self, name: str, path: Path, stat: os.stat_result) -> BlobInfo:
+        meta = self._read_meta(name) if (self.root / META_DIR).is_dir() else {}
+        md5 = None
+        if meta.get("md5") and meta.get("size") == stat.st_size and meta.get("mtime_ns") == stat.st_mtime_ns:
+            md5 = base64.b64decode(meta["md5"])
+        return BlobInfo(
+            name=name,
+            size=stat.st_size,
+            md5=md5,
+            etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+            last_modified=stat.st_mtime,
+            content_type=meta.get("content_type") or mimetypes.guess_type(path.name)[0]
+            or "application/octet-stream",
+            metadata=dict(meta.get("metadata") or {}),
+        )
+
+    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+        base = self.root / self.prefix if self.prefix else self.root
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            # Sorted in place so the walk is deterministic; the sidecar tree is not part of the inventory.
+            dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == self.root and d == META_DIR))
+            rel_dir = os.path.relpath(dirpath, base)
+            for filename in sorted(filenames):
+                if filename.endswith(_TMP_SUFFIX):
+                    continue
+                name = filename if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{filename}"
+                if prefix and not name.startswith(prefix):
+                    continue
+                path = Path(dirpath) / filename
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:  # removed while we walked
+                    continue
+                yield self._info_from(name, path, stat)
+
+    def info(self, name: str) -> BlobInfo | None:
+        path = self.path_of(name)
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return None
+        if not path.is_file():
+            return None
+        return self._info_from(name, path, stat)
+
+    def open_read(self, name: str) -> BinaryIO:
+        try:
+            return open(self.path_of(name), "rb")
+        except FileNotFoundError as exc:
+            raise PermanentError(f"blob {name!r} not found in {self.describe()}") from exc
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def write(self, name: str, data: bytes | BinaryIO, *, length: int | None = None,
+              content_type: str | None = None, metadata: Mapping[str, str] | None = None,
+              md5: bytes | None = None) -> BlobInfo:
+        path = self.path_of(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            with open(tmp, "wb") as out:
+                if isinstance(data, (bytes, bytearray, memoryview)):
+                    out.write(data)
+                    digest.update(data)
+                else:
+                    while chunk := data.read(COPY_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            if md5 is not None and digest.digest() != md5:
+                raise PermanentError(f"blob {name!r}: content does not match its MD5 while writing to "
+                                     f"{self.describe()}", hint="the source changed while it was read; retry")
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        stat = path.stat()
+        meta_path = self._meta_path(name)
+        meta_path.parent.mkdir(parents=True, exist_ok=True)
+        meta_path.write_text(json.dumps({
+            "content_type": content_type, "metadata": dict(metadata or {}),
+            "md5": base64.b64encode(digest.digest()).decode(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+        }), "utf-8")
+        return self._info_from(name, path, stat)
+
+    def delete(self, name: str) -> None:
+        for path in (self.path_of(name), self._meta_path(name)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def compute_md5(self, name: str) -> bytes:
+        info = self.info(name)
+        if info is not None and info.md5 is not None:
+            return info.md5
+        return super().compute_md5(name)
+
+
+def check_relative_name(name: str, *, where: str) -> None:
+    """Refuses a blob name that is not a plain relative path (``..``, absolute, empty segments, NUL)."""
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif "\x00" in name:
+        problem = "contains a NUL character"
+    elif name.startswith("/") or name.startswith("\\") or _DRIVE.match(name) is not None:
+        problem = "is an absolute path"
+    else:
+        segments = name.replace("\\", "/").split("/")
+        if any(s == ".." for s in segments):
+            problem = "contains a '..' segment"
+        elif any(s in ("", ".") for s in segments):
+            problem = "contains an empty or '.' path segment"
+        elif segments[0] == META_DIR:
+            problem = f"uses the reserved folder {META_DIR}/"
+    if problem:
+        raise InputError(f"blob name {name!r} {problem}: it cannot be written under {where}",
+                         hint="a folder destination only takes names that stay inside its root; rename the "
+                              "blob at the source or exclude it with the endpoint's prefix")

@@ -1,0 +1,767 @@
+"""Blob storage migration: presync while the tenant is live, delta sync in the window, put live, verify.
+
+All three copying kinds share one routine, :func:`transfer`. It reads both inventories, decides per blob
+whether the destination already holds the same content (size and MD5, or size and "written after the source
+last changed" where the source has no MD5), and copies only the rest, ``concurrency`` blobs at a time:
+
+* server-side (``start_copy_from_url`` with a SAS minted just in time) when the source is reachable by URL and
+  carries a Content-MD5 that the copy takes along;
+* otherwise streamed through this process in constant memory: small blobs in one request, large ones in
+  blocks (``stage_block`` + ``commit_block_list``) whose ids derive from the source version, so after a restart
+  the uncommitted blocks already at the destination are kept and only the rest are sent.
+
+Every destination blob gets a Content-MD5 (computed while streaming, checked against the source's when it has
+one), and keeps the source's content type and metadata. Each finished blob is recorded in ``ctx.items``; a
+resumed step skips recorded blobs whose source is unchanged, and the inventory diff skips everything else that
+is already in place, so no completed blob is sent twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Literal
+
+from pydantic import Field
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+
+from migrator.errors import (
+    Cancelled,
+    MigratorError,
+    PermanentError,
+    TransientError,
+    VerificationFailed,
+    is_retryable,
+)
+from migrator.providers.blob import BlobEndpoint, BlobInfo, BlobStore, check_relative_name, open_blob_store
+from migrator.providers.blob.azure import AzureBlobStore
+from migrator.providers.blob.folder import FolderBlobStore
+from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+
+MiB = 1024 * 1024
+#: Assumed rates for plan estimates before anything was measured.
+_ASSUMED_BLOBS_PER_S = 200.0
+_ASSUMED_BYTES_PER_S = 50.0 * MiB
+_MAX_LISTED = 20
+
+
+# -- params ---------------------------------------------------------------------------------------------------
+
+
+class TransferParams(Params):
+    source: BlobEndpoint
+    destination: BlobEndpoint
+    #: Blobs (and, for large blobs, blocks) in flight at once; the HTTP connection pool is sized to it.
+    concurrency: int = Field(8, ge=1, le=128)
+    #: Blobs larger than this go in blocks of ``block_size`` and resume block by block.
+    large_blob_threshold: int = Field(8 * MiB, ge=1)
+    block_size: int = Field(4 * MiB, ge=64 * 1024, le=100 * MiB)
+    #: Copy server-side (the storage service reads the source by URL) where possible.
+    server_side_copy: bool = True
+    #: Seconds between copy-status polls of a pending server-side copy.
+    copy_poll_interval: float = Field(1.0, gt=0)
+    #: Attempts per blob for transient faults, on top of the SDK's own per-request retries.
+    attempts_per_blob: int = Field(4, ge=1)
+
+
+class PresyncParams(TransferParams):
+    pass
+
+
+class SyncParams(TransferParams):
+    #: What to do with destination blobs whose source is gone: delete them, or keep them and report them.
+    on_source_deleted: Literal["delete", "keep"] = "delete"
+
+
+class PutLiveParams(TransferParams):
+    #: Whether blobs in the live container that the backup does not have are deleted (off: they are reported).
+    delete_extra: bool = False
+
+
+class VerifyParams(Params):
+    source: BlobEndpoint
+    destination: BlobEndpoint
+    #: Compare MD5s; where a side has no stored Content-MD5 the content is read and hashed.
+    compare_md5: bool = True
+    #: Also compare content type and metadata.
+    compare_properties: bool = True
+    concurrency: int = Field(8, ge=1, le=128)
+
+
+# -- inventory diff -------------------------------------------------------------------------------------------
+
+
+def same_content(src: BlobInfo, dst: BlobInfo) -> bool:
+    """Whether ``dst`` holds what ``src`` holds, judged from properties alone (no content read)."""
+    if src.size != dst.size:
+        return False
+    if src.md5 is not None:
+        return dst.md5 == src.md5
+    # No MD5 at the source: the copy is current when it was written strictly after the source last changed
+    # (storage clocks tick in whole seconds, so "the same second" counts as changed).
+    if src.last_modified is None or dst.last_modified is None:
+        return False
+    return dst.md5 is not None and dst.last_modified > src.last_modified
+
+
+@dataclass(slots=True)
+class Compact:
+    """What the diff keeps of a destination blob: small, since an inventory may hold 200,000 of them."""
+
+    size: int
+    md5: bytes | None
+    last_modified: float | None
+
+
+def destination_inventory(store: BlobStore) -> dict[str, Compact]:
+    return {b.name: Compact(b.size, b.md5, b.last_modified) for b in store.list()}
+
+
+def _as_info(name: str, c: Compact) -> BlobInfo:
+    return BlobInfo(name=name, size=c.size, md5=c.md5, last_modified=c.last_modified)
+
+
+def b64(data: bytes | None) -> str | None:
+    return base64.b64encode(data).decode() if data is not None else None
+
+
+def redacted_names(ctx: StepContext, names: list[str]) -> str:
+    """Blob names for a message: personal data masked, at most a screenful."""
+    shown = ", ".join(ctx.redactor.redact(repr(n)) for n in names[:_MAX_LISTED])
+    more = len(names) - _MAX_LISTED
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+# -- progress -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Blobs and bytes done, rate and ETA, reported through ``ctx.progress`` at most once a second."""
+
+    ctx: StepContext
+    label: str
+    total_blobs: int | None = None
+    total_bytes: int | None = None
+    blobs: int = 0
+    bytes: int = 0
+    bytes_sent: int = 0
+    server_side: int = 0
+    started: float = field(default_factory=time.monotonic)
+    _last: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, *, blobs: int = 0, bytes: int = 0, sent: int = 0, server_side: int = 0) -> None:
+        with self._lock:
+            self.blobs += blobs
+            self.bytes += bytes
+            self.bytes_sent += sent
+            self.server_side += server_side
+            now = time.monotonic()
+            if now - self._last < 1.0:
+                return
+            self._last = now
+        self.report()
+
+    def message(self) -> str:
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate_b, rate_n = self.bytes / elapsed, self.blobs / elapsed
+        text = f"{self.label}: {self.blobs}"
+        text += f"/{self.total_blobs} blobs" if self.total_blobs is not None else " blobs"
+        text += f", {self.bytes / MiB:.1f}"
+        text += f"/{self.total_bytes / MiB:.1f} MiB" if self.total_bytes is not None else " MiB"
+        text += f", {rate_n:.0f} blobs/s, {rate_b / MiB:.1f} MiB/s"
+        if self.total_blobs is not None and self.total_bytes is not None and (rate_b > 0 or rate_n > 0):
+            left_n = (self.total_blobs - self.blobs) / rate_n if rate_n else 0.0
+            left_b = (self.total_bytes - self.bytes) / rate_b if rate_b else 0.0
+            text += f", ETA {max(left_n, left_b):.0f} s"
+        return text
+
+    def report(self) -> None:
+        self.ctx.progress(self.message())
+
+
+# -- copying one blob -----------------------------------------------------------------------------------------
+
+
+def _read_exactly(stream: BinaryIO, size: int) -> bytes:
+    parts, left = [], size
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def block_ids(info: BlobInfo, block_size: int) -> list[str]:
+    """Block ids for ``info``: equal length, and tied to the source version so stale blocks never match."""
+    version = hashlib.sha256(f"{info.etag}|{info.size}|{info.last_modified}|{block_size}".encode()).hexdigest()
+    count = max(1, -(-info.size // block_size))
+    return [base64.b64encode(f"{version[:16]}-{i:06d}".encode()).decode() for i in range(count)]
+
+
+@dataclass
+class CopyResult:
+    md5: bytes
+    sent: int  # bytes this process uploaded (0 for a server-side copy)
+    server_side: bool = False
+    resumed_blocks: int = 0
+
+
+class BlobCopier:
+    """Copies single blobs from ``src`` to ``dst`` as :func:`transfer` decides; thread-safe."""
+
+    def __init__(self, ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobStore) -> None:
+        self.ctx = ctx
+        self.params = params
+        self.src = src
+        self.dst = dst
+        # Blocks in flight across all blobs: bounds memory to about concurrency x block_size.
+        self._block_slots = threading.BoundedSemaphore(params.concurrency)
+        self._block_pool = ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-block")
+
+    def close(self) -> None:
+        self._block_pool.shutdown(wait=True, cancel_futures=True)
+
+    def copy(self, info: BlobInfo) -> CopyResult:
+        p = self.params
+        if p.server_side_copy and info.md5 is not None and isinstance(self.dst, AzureBlobStore):
+            url = self.src.copy_source_url(info.name)
+            if url is not None:
+                return self._server_side(info, url)
+        if self.dst.supports_blocks and info.size > p.large_blob_threshold:
+            return self._in_blocks(info)
+        return self._streamed(info)
+
+    def _check_md5(self, info: BlobInfo, md5: bytes) -> None:
+        if info.md5 is not None and md5 != info.md5:
+            raise TransientError(
+                f"blob {self.ctx.redactor.redact(repr(info.name))} in {self.src.describe()}: the content read does "
+                "not match its Content-MD5", hint="the source changed while it was copied; the copy is retried")
+
+    def _server_side(self, info: BlobInfo, url: str) -> CopyResult:
+        status = self.dst.start_copy(info.name, url)
+        if status == "success":
+            # A synchronous copy carries the source's properties (Content-MD5 included) as they were when it
+            # ran; verify compares them with what we recorded.
+            return CopyResult(md5=info.md5 or b"", sent=0, server_side=True)
+        while status == "pending":
+            self.ctx.raise_if_cancelled()
+            self.ctx.clock.sleep(self.params.copy_poll_interval)
+            status, description = self.dst.copy_status(info.name)
+        if status != "success":
+            _, description = self.dst.copy_status(info.name)
+            raise PermanentError(f"server-side copy of blob {self.ctx.redactor.redact(repr(info.name))} into "
+                                 f"{self.dst.describe()} ended {status}: {description or 'no reason given'}")
+        copied = self.dst.info(info.name)
+        if copied is None or copied.size != info.size or copied.md5 != info.md5:
+            raise TransientError(f"server-side copy of blob {self.ctx.redactor.redact(repr(info.name))} into "
+                                 f"{self.dst.describe()} does not match the source (size or MD5)",
+                                 hint="the source changed during the copy; retried")
+        return CopyResult(md5=info.md5 or b"", sent=0, server_side=True)
+
+    def _streamed(self, info: BlobInfo) -> CopyResult:
+        if info.size <= self.params.large_blob_threshold:
+            with self.src.open_read(info.name) as stream:
+                data = stream.read()
+            md5 = hashlib.md5(data, usedforsecurity=False).digest()
+            self._check_md5(info, md5)
+            self.dst.write(info.name, data, length=len(data), content_type=info.content_type,
+                           metadata=info.metadata, md5=md5)
+            return CopyResult(md5=md5, sent=len(data))
+        # A large blob to a store without blocks (a folder): stream it through, hashing on the way.
+        hashing = _HashingReader(self.src.open_read(info.name))
+        with hashing:
+            written = self.dst.write(info.name, hashing, length=info.size, content_type=info.content_type,
+                                     metadata=info.metadata, md5=info.md5)
+        md5 = hashing.digest.digest()
+        self._check_md5(info, md5)
+        return CopyResult(md5=written.md5 or md5, sent=info.size)
+
+    def _in_blocks(self, info: BlobInfo) -> CopyResult:
+        ids = block_ids(info, self.params.block_size)
+        staged = self.dst.staged_blocks(info.name)
+        digest = hashlib.md5(usedforsecurity=False)
+        futures: list[Future[None]] = []
+        sent = resumed = 0
+        failure: list[BaseException] = []
+
+        def stage(block_id: str, data: bytes) -> None:
+            try:
+                if not failure:
+                    self.dst.stage_block(info.name, block_id, data)
+            except BaseException as exc:
+                failure.append(exc)
+                raise
+            finally:
+                self._block_slots.release()
+
+        try:
+            with self.src.open_read(info.name) as stream:
+                for block_id in ids:
+                    self.ctx.raise_if_cancelled()
+                    if failure:
+                        break
+                    data = _read_exactly(stream, self.params.block_size)
+                    digest.update(data)
+                    if staged.get(block_id) == len(data):
+                        resumed += 1
+                        continue
+                    self._block_slots.acquire()
+                    futures.append(self._block_pool.submit(stage, block_id, data))
+                    sent += len(data)
+        finally:
+            for future in futures:
+                future.exception()  # wait for every block in flight, even when stopping
+        if failure:
+            raise failure[0]
+        md5 = digest.digest()
+        self._check_md5(info, md5)
+        self.dst.commit_blocks(info.name, ids, content_type=info.content_type, metadata=info.metadata, md5=md5)
+        return CopyResult(md5=md5, sent=sent, resumed_blocks=resumed)
+
+
+class _HashingReader:
+    """Wraps a stream and hashes what is read through it."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.digest = hashlib.md5(usedforsecurity=False)
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.digest.update(data)
+        return data
+
+    def __enter__(self) -> _HashingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stream.close()
+
+
+# -- the shared transfer --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Diff:
+    """What a transfer would do; built while listing, so it is counted, not kept, for the copies."""
+
+    to_copy: int = 0
+    to_copy_bytes: int = 0
+    unchanged: int = 0
+    extra: list[str] = field(default_factory=list)  # at the destination only
+    sample: list[str] = field(default_factory=list)
+
+
+def _open_pair(ctx: StepContext, params: TransferParams | VerifyParams) -> tuple[BlobStore, BlobStore]:
+    src = open_blob_store(params.source, ctx, concurrency=params.concurrency)
+    dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency,
+                          create=params.destination.kind == "folder" and not ctx.dry_run)
+    if isinstance(dst, AzureBlobStore):
+        dst.ensure_container()  # a missing container or a wrong key fails here, before anything is written
+    if isinstance(src, AzureBlobStore):
+        src.ensure_container()
+    return src, dst
+
+
+def _check_names_fit(ctx: StepContext, src: BlobStore, dst: BlobStore) -> None:
+    """A folder destination must be able to hold every source name: refuse before the first write."""
+    if isinstance(dst, FolderBlobStore):
+        for info in src.list():
+            check_relative_name(info.name, where=dst.describe())
+
+
+def _pending(src: BlobStore, dst_inventory: dict[str, Compact], diff: Diff) -> Iterator[BlobInfo]:
+    """Source blobs that need copying; pops every source name from ``dst_inventory`` (what is left is extra)."""
+    for info in src.list():
+        have = dst_inventory.pop(info.name, None)
+        if have is not None and same_content(info, _as_info(info.name, have)):
+            diff.unchanged += 1
+            continue
+        diff.to_copy += 1
+        diff.to_copy_bytes += info.size
+        if len(diff.sample) < _MAX_LISTED:
+            diff.sample.append(info.name)
+        yield info
+
+
+def compute_diff(src: BlobStore, dst: BlobStore) -> Diff:
+    diff = Diff()
+    inventory = destination_inventory(dst)
+    for _ in _pending(src, inventory, diff):
+        pass
+    diff.extra = sorted(inventory)
+    return diff
+
+
+def _retrying(params: TransferParams, ctx: StepContext) -> Retrying:
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        hinted = getattr(exc, "retry_after", None)
+        return float(hinted) if hinted else min(0.5 * 2 ** (state.attempt_number - 1), 15.0)
+
+    return Retrying(retry=retry_if_exception(lambda e: is_retryable(e) and not isinstance(e, Cancelled)),
+                    stop=stop_after_attempt(params.attempts_per_blob), wait=wait,
+                    sleep=ctx.clock.sleep, reraise=True)
+
+
+def transfer(ctx: StepContext, params: TransferParams, *, label: str,
+             extra: Literal["delete", "keep"] = "keep") -> dict[str, Any]:
+    """Copies what differs from source to destination; returns the step outputs."""
+    src, dst = _open_pair(ctx, params)
+    _check_names_fit(ctx, src, dst)
+    inventory = destination_inventory(dst)
+    done_before = {r.key: r for r in ctx.items.iter("done")}
+    diff = Diff()
+    progress = Progress(ctx, label)
+    copier = BlobCopier(ctx, params, src, dst)
+    retrying = _retrying(params, ctx)
+    slots = threading.BoundedSemaphore(params.concurrency * 2)
+    errors: list[BaseException] = []
+    skipped_by_checkpoint = 0
+    pool = ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-copy")
+
+    def work(info: BlobInfo, created: bool) -> None:
+        try:
+            if errors:
+                return
+            result = retrying(copier.copy, info)
+            ctx.items.record(info.name, "done", bytes=info.size, checksum=b64(result.md5),
+                             detail={"created": created, "server_side": result.server_side,
+                                     "resumed_blocks": result.resumed_blocks})
+            progress.add(blobs=1, bytes=info.size, sent=result.sent, server_side=int(result.server_side))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            slots.release()
+
+    try:
+        for info in src.list():
+            ctx.raise_if_cancelled()
+            if errors:
+                break
+            have = inventory.pop(info.name, None)
+            if have is not None and same_content(info, _as_info(info.name, have)):
+                diff.unchanged += 1
+                continue
+            record = done_before.get(info.name)
+            if record is not None and have is not None and record.bytes == info.size == have.size and \
+                    (info.md5 is None or b64(info.md5) == record.checksum) and b64(have.md5) == record.checksum:
+                # Finished by an earlier attempt of this step and the source has not changed since.
+                skipped_by_checkpoint += 1
+                continue
+            diff.to_copy += 1
+            diff.to_copy_bytes += info.size
+            slots.acquire()
+            pool.submit(work, info, have is None)
+        progress.total_blobs = diff.to_copy
+        progress.total_bytes = diff.to_copy_bytes
+        ctx.items.set_total(items=diff.to_copy, bytes=diff.to_copy_bytes)
+    finally:
+        pool.shutdown(wait=True)
+        copier.close()
+        ctx.items.flush()
+    if errors:
+        raise _first_error(errors)
+    ctx.raise_if_cancelled()
+    diff.extra = sorted(inventory)
+    deleted = 0
+    if diff.extra and extra == "delete":
+        for name in diff.extra:
+            ctx.raise_if_cancelled()
+            dst.delete(name)
+            ctx.items.record(name, "deleted")
+            deleted += 1
+        ctx.items.flush()
+    elif diff.extra:
+        ctx.event("blobs.extra", f"{len(diff.extra)} blob(s) in {dst.describe()} have no source; kept",
+                  count=len(diff.extra))
+    progress.report()
+    return {
+        "count": diff.unchanged + diff.to_copy + skipped_by_checkpoint,
+        "copied": progress.blobs,
+        "bytes_copied": progress.bytes,
+        "bytes_sent": progress.bytes_sent,
+        "server_side": progress.server_side,
+        "unchanged": diff.unchanged + skipped_by_checkpoint,
+        "deleted": deleted,
+        "kept_without_source": len(diff.extra) if extra == "keep" else 0,
+    }
+
+
+def _first_error(errors: list[BaseException]) -> BaseException:
+    # A permanent error explains more than the transient ones it may have caused in sibling workers.
+    for exc in errors:
+        if isinstance(exc, MigratorError) and not exc.retryable:
+            return exc
+    return errors[0]
+
+
+def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str) -> PlanResult:
+    src, dst = _open_pair(ctx, params)
+    _check_names_fit(ctx, src, dst)
+    diff = compute_diff(src, dst)
+    changes = []
+    if diff.to_copy:
+        changes.append(f"copy {diff.to_copy} blob(s), {diff.to_copy_bytes} bytes, from {src.describe()} to "
+                       f"{dst.describe()}")
+    if diff.extra and extra == "delete":
+        changes.append(f"delete {len(diff.extra)} blob(s) from {dst.describe()} that are gone at the source")
+    seconds = diff.to_copy / _ASSUMED_BLOBS_PER_S + diff.to_copy_bytes / _ASSUMED_BYTES_PER_S
+    estimate = Estimate(seconds=seconds, items=diff.to_copy, bytes=diff.to_copy_bytes,
+                        basis=f"assumed {_ASSUMED_BLOBS_PER_S:.0f} blobs/s and "
+                              f"{_ASSUMED_BYTES_PER_S / MiB:.0f} MiB/s (no measurement)")
+    details = {"unchanged": diff.unchanged, "to_copy": diff.to_copy, "extra": len(diff.extra)}
+    if not changes:
+        result = PlanResult.nothing(f"{what}: all {diff.unchanged} blob(s) already in place", **details)
+        if diff.extra:
+            result.reason += f"; {len(diff.extra)} destination blob(s) without a source are kept"
+        return result
+    return PlanResult(changes=changes, reason=f"{what}: {diff.unchanged} blob(s) already in place",
+                      estimate=estimate, details=details)
+
+
+def _check(ctx: StepContext, params: TransferParams, *, extra: str) -> CheckResult:
+    """Done when nothing is left to copy (or delete); stops reading at the first blob that still needs work."""
+    src, dst = _open_pair(ctx, params)
+    inventory = destination_inventory(dst)
+    unchanged = 0
+    for info in src.list():
+        have = inventory.pop(info.name, None)
+        if have is None or not same_content(info, _as_info(info.name, have)):
+            return CheckResult(False, f"blob {ctx.redactor.redact(repr(info.name))} (at least) still to copy "
+                                      f"to {dst.describe()}")
+        unchanged += 1
+    if inventory and extra == "delete":
+        return CheckResult(False, f"{len(inventory)} blob(s) to delete at {dst.describe()}")
+    return CheckResult(True, f"all {unchanged} blob(s) already in place at {dst.describe()}",
+                       outputs={"count": unchanged, "copied": 0, "bytes_copied": 0, "bytes_sent": 0,
+                                "server_side": 0, "unchanged": unchanged, "deleted": 0,
+                                "kept_without_source": 0 if extra == "delete" else len(inventory)})
+
+
+def _compensate(ctx: StepContext, params: TransferParams) -> None:
+    """Deletes the blobs this run created at the destination; overwritten or deleted ones cannot come back."""
+    dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency)
+    removed = 0
+    not_undone = 0
+    for record in ctx.items.iter(None):
+        if record.status == "done" and isinstance(record.detail, Mapping) and record.detail.get("created"):
+            dst.delete(record.key)
+            ctx.items.record(record.key, "compensated")
+            removed += 1
+        elif record.status in ("done", "deleted"):
+            not_undone += 1
+    ctx.items.flush()
+    ctx.event("blobs.compensated", f"removed {removed} blob(s) this run created in {dst.describe()}",
+              removed=removed, not_undone=not_undone)
+    if not_undone:
+        ctx.log.warning("%d blob(s) were overwritten or deleted in %s and cannot be restored; the source still "
+                        "holds them", not_undone, dst.describe())
+
+
+def compare_inventories(ctx: StepContext, params: VerifyParams | TransferParams, *, md5: bool = True,
+                        properties: bool = False) -> list[str]:
+    """Differences between source and destination: missing, extra, size, MD5 (and properties) mismatches."""
+    src, dst = _open_pair(ctx, params)
+    inventory: dict[str, BlobInfo] = {b.name: b for b in dst.list()} if properties else {}
+    compact = destination_inventory(dst) if not properties else {}
+    missing: list[str] = []
+    size: list[str] = []
+    content: list[str] = []
+    props: list[str] = []
+    to_hash: list[tuple[BlobInfo, BlobInfo]] = []
+    for info in src.list():
+        ctx.raise_if_cancelled()
+        if properties:
+            other = inventory.pop(info.name, None)
+        else:
+            have = compact.pop(info.name, None)
+            other = _as_info(info.name, have) if have is not None else None
+        if other is None:
+            missing.append(info.name)
+        elif other.size != info.size:
+            size.append(info.name)
+        elif md5 and (info.md5 is None or other.md5 is None):
+            to_hash.append((info, other))
+        elif md5 and info.md5 != other.md5:
+            content.append(info.name)
+        if properties and other is not None and (
+                (info.content_type or "application/octet-stream") != (other.content_type or "application/octet-stream")
+                or dict(info.metadata) != dict(other.metadata)):
+            props.append(info.name)
+    if to_hash:
+        with ThreadPoolExecutor(getattr(params, "concurrency", 8)) as pool:
+            def differs(pair: tuple[BlobInfo, BlobInfo]) -> bool:
+                a, b = pair
+                return (a.md5 or src.compute_md5(a.name)) != (b.md5 or dst.compute_md5(b.name))
+            for pair, bad in zip(to_hash, pool.map(differs, to_hash), strict=True):
+                if bad:
+                    content.append(pair[0].name)
+    extra = sorted(inventory if properties else compact)
+    problems = []
+    for label, names in (("missing at the destination", missing), ("only at the destination", extra),
+                         ("size differs", size), ("MD5 differs", content),
+                         ("content type or metadata differ", props)):
+        if names:
+            problems.append(f"{len(names)} {label}: {redacted_names(ctx, sorted(names))}")
+    return problems
+
+
+# -- the step kinds -------------------------------------------------------------------------------------------
+
+
+class Presync(Step[PresyncParams]):
+    """Copies every source blob to the cloud backup container while the tenant is still live.
+
+    Changes: writes blobs into the destination container (never deletes).
+    Done when: every source blob is at the destination with the same size and MD5 (or, for a source without
+    MD5, written after the source last changed); per-blob checkpoints make a resume skip finished blobs and
+    uncommitted blocks make a large blob resume where it stopped.
+    Undone by: deleting the blobs this run created at the destination.
+    """
+
+    kind = "blobs.presync"
+    Params = PresyncParams
+    summary = "copy every blob to the cloud backup container while the tenant is live"
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        return _check(ctx, self.params, extra="keep")
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        return _plan(ctx, self.params, extra="keep", what="presync")
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        return transfer(ctx, self.params, label="presync", extra="keep")
+
+    def verify(self, ctx: StepContext) -> None:
+        # The tenant is live, so new blobs may have appeared since: prove what this step copied, not more.
+        dst = open_blob_store(self.params.destination, ctx, concurrency=self.params.concurrency)
+        inventory = destination_inventory(dst)
+        wrong = []
+        for record in ctx.items.iter("done"):
+            have = inventory.get(record.key)
+            if have is None or have.size != record.bytes or b64(have.md5) != record.checksum:
+                wrong.append(record.key)
+        if wrong:
+            raise VerificationFailed(f"{self.step_id}: {len(wrong)} copied blob(s) are missing or differ at "
+                                     f"{dst.describe()}: {redacted_names(ctx, sorted(wrong))}",
+                                     step_id=self.step_id)
+
+    def compensate(self, ctx: StepContext) -> None:
+        _compensate(ctx, self.params)
+
+
+class Sync(Step[SyncParams]):
+    """Copies blobs that are new or changed since the last sync, and handles blobs deleted at the source.
+
+    Changes: writes new and changed blobs into the destination; deletes destination blobs whose source is
+    gone (or keeps and reports them, ``on_source_deleted: keep``).
+    Done when: the destination inventory equals the source's (names, sizes, MD5).
+    Undone by: deleting the blobs this run created; overwritten and deleted blobs stay as they are (the
+    source still has them).
+    """
+
+    kind = "blobs.sync"
+    Params = SyncParams
+    summary = "copy blobs added or changed since the presync; remove those deleted at the source"
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        return _check(ctx, self.params, extra=self.params.on_source_deleted)
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        return _plan(ctx, self.params, extra=self.params.on_source_deleted, what="delta sync")
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        return transfer(ctx, self.params, label="sync", extra=self.params.on_source_deleted)
+
+    def verify(self, ctx: StepContext) -> None:
+        problems = compare_inventories(ctx, self.params, md5=True)
+        if self.params.on_source_deleted == "keep":
+            problems = [p for p in problems if "only at the destination" not in p]
+        if problems:
+            raise VerificationFailed(f"{self.step_id}: source and destination differ: " + "; ".join(problems),
+                                     step_id=self.step_id)
+
+    def compensate(self, ctx: StepContext) -> None:
+        _compensate(ctx, self.params)
+
+
+class PutLive(Step[PutLiveParams]):
+    """Puts the backup live: server-side copies from the backup container into the new instance's container.
+
+    Changes: writes blobs into the live container (``start_copy_from_url``, polling the copy status; streamed
+    where the backup is not reachable by URL); deletes blobs the backup lacks only with ``delete_extra``.
+    Done when: every backup blob is in the live container with the same size and MD5.
+    Undone by: deleting the blobs this run created in the live container.
+    """
+
+    kind = "blobs.put_live"
+    Params = PutLiveParams
+    summary = "server-side copy of the backup container into the new instance's live container"
+
+    def _extra(self) -> Literal["delete", "keep"]:
+        return "delete" if self.params.delete_extra else "keep"
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        return _check(ctx, self.params, extra=self._extra())
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        return _plan(ctx, self.params, extra=self._extra(), what="put live")
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        return transfer(ctx, self.params, label="put live", extra=self._extra())
+
+    def verify(self, ctx: StepContext) -> None:
+        problems = compare_inventories(ctx, self.params, md5=True)
+        if not self.params.delete_extra:
+            problems = [p for p in problems if "only at the destination" not in p]
+        if problems:
+            raise VerificationFailed(f"{self.step_id}: backup and live container differ: " + "; ".join(problems),
+                                     step_id=self.step_id)
+
+    def compensate(self, ctx: StepContext) -> None:
+        _compensate(ctx, self.params)
+
+
+class Verify(Step[VerifyParams]):
+    """Compares source and destination inventories (names, sizes, MD5, and content type and metadata).
+
+    Changes: nothing; it only reads (a blob without a stored MD5 is read through and hashed).
+    Done when: the inventories match; otherwise it fails naming the differences.
+    Undone by: nothing to undo.
+    """
+
+    kind = "blobs.verify"
+    Params = VerifyParams
+    summary = "compare source and destination blob inventories by name, size and MD5"
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        return CheckResult(False, "verification always runs")
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        _open_pair(ctx, self.params)
+        return PlanResult(changes=[], reason=f"read-only: compares {self.params.source.describe()} with "
+                                             f"{self.params.destination.describe()}")
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        problems = compare_inventories(ctx, self.params, md5=self.params.compare_md5,
+                                       properties=self.params.compare_properties)
+        if problems:
+            raise VerificationFailed(f"{self.step_id}: inventories differ: " + "; ".join(problems),
+                                     step_id=self.step_id)
+        return {"identical": True}
+
+    def verify(self, ctx: StepContext) -> None:
+        return None
+
+
+__all__ = ["Presync", "PutLive", "Sync", "Verify", "compare_inventories", "same_content", "transfer"]

@@ -1,0 +1,361 @@
+"""Blob migration steps against Azurite: presync, delta sync, put live, verify, resume, retries, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ServiceResponseError
+from azure.core.pipeline.policies import SansIOHTTPPolicy
+from azure.storage.blob import ContainerClient, ContentSettings
+
+from migrator.clock import FakeClock
+from migrator.errors import Cancelled, ExitCode, InputError, MigratorError, VerificationFailed
+from migrator.providers.blob import PER_RETRY_POLICIES, BlobAccessError
+from migrator.steps.blobs import Presync, PutLive, Sync, Verify
+from migrator.testing import MemoryContext, MemoryItems, plan_step, run_step
+from tests.support.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite, RequestCounter
+
+pytestmark = pytest.mark.integration
+
+KiB = 1024
+# Small blocks keep the multi-block cases fast while still taking several blocks per blob.
+BLOCKS = {"large_blob_threshold": 256 * KiB, "block_size": 64 * KiB}
+DEEP = "deep/" + "/".join(f"level{i}" for i in range(12)) + "/x"
+SPECIAL_NAMES = ["plain.txt", "with space/and more.txt", "unicodé/日本語/файл.txt", "hash#tag.txt",
+                 "percent%20literal.txt", "question?mark.txt", DEEP, "zero-bytes.bin"]
+
+
+def small_name(i: int) -> str:
+    return f"files/{i % 17:02d}/doc {i:05d} #ü.txt"
+
+
+def upload_many(container: ContainerClient, names: list[str], size: int = 64, seed: str = "v1") -> None:
+    def one(name: str) -> None:
+        body = hashlib.sha256(f"{seed}:{name}".encode()).digest() * (size // 32 + 1)
+        container.upload_blob(name, body[:size], overwrite=True, metadata={"origin": "test"},
+                              content_settings=ContentSettings(content_type="text/plain"))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, names))
+
+
+def upload_in_blocks(container: ContainerClient, name: str, size: int) -> bytes:
+    """A multi-block blob with no Content-MD5, as SDK block uploads leave them."""
+    data = os.urandom(size)
+    client = container.get_blob_client(name)
+    ids = []
+    for i in range(0, size, 100 * KiB):
+        block_id = f"{i:010d}"
+        client.stage_block(block_id, data[i:i + 100 * KiB])
+        ids.append(block_id)
+    client.commit_block_list(ids, content_settings=ContentSettings(content_type="application/x-test"),
+                             metadata={"kind": "large"})
+    # Azurite stores an MD5 for committed block lists; Azure does not. Clear it to behave like Azure.
+    client.set_http_headers(ContentSettings(content_type="application/x-test"))
+    return data
+
+
+def container(azurite: Azurite, account: str, name: str) -> ContainerClient:
+    return azurite.service(account).get_container_client(name)
+
+
+def inventory(c: ContainerClient) -> dict[str, tuple[int, bytes | None, str | None, dict[str, str]]]:
+    out = {}
+    for b in c.list_blobs(include=["metadata"]):
+        md5 = b.content_settings.content_md5
+        out[b.name] = (b.size, bytes(md5) if md5 else None, b.content_settings.content_type, dict(b.metadata))
+    return out
+
+
+def ctx_with(*policies: Any, items: MemoryItems | None = None) -> MemoryContext:
+    ctx = MemoryContext(clock=FakeClock())
+    if items is not None:
+        ctx.items = items
+    ctx.resources[PER_RETRY_POLICIES] = list(policies)
+    return ctx
+
+
+@pytest.fixture
+def containers(azurite: Azurite) -> dict[str, str]:
+    return {"source": azurite.create_container(SOURCE_ACCOUNT), "backup": azurite.create_container(CLOUD_ACCOUNT),
+            "live": azurite.create_container(CLOUD_ACCOUNT)}
+
+
+def test_presync_then_changes_sync_put_live_and_verify_reports_identical_inventories(
+        azurite: Azurite, containers: dict[str, str]) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    names = [small_name(i) for i in range(2000)]
+    upload_many(src, names)
+    large = {f"large/video {i}.bin": upload_in_blocks(src, f"large/video {i}.bin", 300 * KiB + i) for i in range(3)}
+    source = azurite.endpoint(SOURCE_ACCOUNT, containers["source"])
+    backup = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"])
+    live = azurite.endpoint(CLOUD_ACCOUNT, containers["live"])
+
+    _, presync_out = run_step(Presync("presync", Presync.Params(source=source, destination=backup, **BLOCKS)),
+                              MemoryContext())
+    assert presync_out["copied"] == 2003
+    assert presync_out["server_side"] == 2000  # small blobs carry an MD5: copied by the service
+    backup_inv = inventory(container(azurite, CLOUD_ACCOUNT, containers["backup"]))
+    assert all(md5 is not None for _, md5, _, _ in backup_inv.values()), "every destination blob has a Content-MD5"
+    for name, data in large.items():
+        assert backup_inv[name][1] == hashlib.md5(data).digest()
+        assert backup_inv[name][2:] == ("application/x-test", {"kind": "large"})
+
+    # The tenant keeps working: 20 new blobs, 20 changed (one large), 20 deleted.
+    upload_many(src, [f"new/{i}.txt" for i in range(20)])
+    upload_many(src, names[:19], size=80, seed="v2")
+    upload_in_blocks(src, "large/video 0.bin", 310 * KiB)
+    for name in names[100:120]:
+        src.delete_blob(name)
+
+    sync = Sync("sync", Sync.Params(source=source, destination=backup, **BLOCKS))
+    plan = plan_step(sync, MemoryContext())
+    assert plan.details == {"unchanged": 2003 - 20 - 20, "to_copy": 40, "extra": 20}
+    _, sync_out = run_step(sync, MemoryContext())
+    assert (sync_out["copied"], sync_out["deleted"]) == (40, 20)
+
+    _, live_out = run_step(PutLive("live", PutLive.Params(source=backup, destination=live, **BLOCKS)),
+                           MemoryContext())
+    assert live_out["copied"] == live_out["server_side"] == 2003
+
+    _, verified = run_step(Verify("verify", Verify.Params(source=source, destination=live)), MemoryContext())
+    assert verified == {"identical": True}
+    live_data = container(azurite, CLOUD_ACCOUNT, containers["live"]).download_blob(names[0]).readall()
+    assert live_data == src.download_blob(names[0]).readall()
+
+
+@pytest.mark.parametrize("destination_kind", ["azure", "folder"])
+def test_special_names_and_zero_byte_blobs_copy_with_content_type_and_metadata(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path, destination_kind: str) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    for name in SPECIAL_NAMES:
+        body = b"" if name == "zero-bytes.bin" else name.encode() * 3
+        src.upload_blob(name, body, metadata={"owner": "team"},
+                        content_settings=ContentSettings(content_type="application/vnd.test"))
+    source = azurite.endpoint(SOURCE_ACCOUNT, containers["source"])
+    destination = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]) if destination_kind == "azure" \
+        else {"kind": "folder", "path": str(tmp_path / "dest")}
+
+    _, out = run_step(Presync("p", Presync.Params(source=source, destination=destination)), MemoryContext())
+
+    assert out["copied"] == len(SPECIAL_NAMES)
+    run_step(Verify("v", Verify.Params(source=source, destination=destination)), MemoryContext())
+    if destination_kind == "folder":
+        assert (tmp_path / "dest" / "unicodé/日本語/файл.txt").read_bytes() == "unicodé/日本語/файл.txt".encode() * 3
+        assert (tmp_path / "dest" / "zero-bytes.bin").stat().st_size == 0
+
+
+def test_delta_sync_after_one_percent_changed_transfers_only_those(
+        azurite: Azurite, containers: dict[str, str]) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    names = [small_name(i) for i in range(500)]
+    upload_many(src, names)
+    params = Sync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                         destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
+    run_step(Presync("presync", Presync.Params(**params.model_dump(exclude={"on_source_deleted"}))),
+             MemoryContext())
+    changed = names[::100]  # 1%
+    upload_many(src, changed, seed="v2")
+
+    counter = RequestCounter()
+    _, out = run_step(Sync("sync", params), ctx_with(counter))
+
+    assert out["copied"] == len(changed)
+    assert sorted(counter.uploads) == sorted(changed)
+    assert all(n == 1 for n in counter.uploads.values())
+
+
+class CancelAfter(MemoryItems):
+    """Item store that asks the run to stop once ``limit`` blobs are done: a kill in the middle of a presync."""
+
+    def __init__(self, limit: int, event: threading.Event) -> None:
+        super().__init__()
+        self.limit, self.event = limit, event
+
+    def record(self, key: str, status: str = "done", **kwargs: Any) -> None:
+        super().record(key, status, **kwargs)
+        if self.count("done") >= self.limit:
+            self.event.set()
+
+
+@pytest.mark.parametrize("server_side_copy", [True, False], ids=["server-side", "streamed"])
+def test_resume_after_stop_mid_presync_uploads_no_completed_blob_again(
+        azurite: Azurite, containers: dict[str, str], server_side_copy: bool) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    upload_many(src, [small_name(i) for i in range(300)])
+    params = Presync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                            destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]),
+                            server_side_copy=server_side_copy, concurrency=4)
+    first = ctx_with(RequestCounter())
+    first.items = CancelAfter(100, first.cancel_event)
+    with pytest.raises(Cancelled):
+        run_step(Presync("presync", params), first)
+    done_first = first.items.keys("done")
+    assert 100 <= len(done_first) < 300
+
+    counter = RequestCounter()
+    resumed = ctx_with(counter, items=first.items)
+    _, out = run_step(Presync("presync", params), resumed)
+
+    assert not set(counter.uploads) & done_first, "a blob finished before the stop was uploaded again"
+    assert out["copied"] == 300 - out["unchanged"]
+    assert len(counter.uploads) == out["copied"]
+    run_step(Verify("verify", Verify.Params(source=params.source, destination=params.destination)),
+             MemoryContext())
+
+
+class FailBlocksAfter(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Lets ``allowed`` block uploads through, then fails every request: the process dies mid-blob."""
+
+    def __init__(self, allowed: int) -> None:
+        super().__init__()
+        self.allowed = allowed
+
+    def on_request(self, request: Any) -> None:
+        if "comp=block" in request.http_request.url and "blocklist" not in request.http_request.url:
+            if self.allowed <= 0:
+                raise RuntimeError("killed")
+            self.allowed -= 1
+
+
+def test_large_blob_resumes_at_block_level_after_a_failure(azurite: Azurite, containers: dict[str, str]) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    data = upload_in_blocks(src, "large.bin", 640 * KiB)  # 10 blocks of 64 KiB
+    params = Presync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                            destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]),
+                            concurrency=1, attempts_per_blob=1, **BLOCKS)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_step(Presync("presync", params), ctx_with(FailBlocksAfter(4)))
+
+    counter = RequestCounter()
+    run_step(Presync("presync", params), ctx_with(counter))
+
+    assert counter.blocks == {"large.bin": 6}, "only the 6 blocks not staged before the failure are sent"
+    backup = container(azurite, CLOUD_ACCOUNT, containers["backup"])
+    assert backup.download_blob("large.bin").readall() == data
+    assert bytes(backup.get_blob_client("large.bin").get_blob_properties().content_settings.content_md5) == \
+        hashlib.md5(data).digest()
+
+
+class FailFirst(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Turns the first ``times`` blob uploads into the given fault (after Azurite answered)."""
+
+    def __init__(self, fault: int | str, times: int) -> None:
+        super().__init__()
+        self.fault, self.times, self.seen = fault, times, 0
+
+    def on_request(self, request: Any) -> None:
+        if self.fault == "timeout" and self._counts(request):
+            raise ServiceResponseError("read timed out")
+
+    def on_response(self, request: Any, response: Any) -> None:
+        if isinstance(self.fault, int) and self._counts(request):
+            response.http_response.status_code = self.fault
+
+    def _counts(self, request: Any) -> bool:
+        if request.http_request.method != "PUT" or self.seen >= self.times:
+            return False
+        self.seen += 1
+        return True
+
+
+@pytest.mark.parametrize(("fault", "outcome"), [
+    (429, "retried"), (500, "retried"), (503, "retried"), ("timeout", "retried"),
+    (403, "fails fast"), (404, "fails fast"),
+])
+def test_provider_faults_are_retried_or_fail_fast(azurite: Azurite, containers: dict[str, str],
+                                                  fault: int | str, outcome: str) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    upload_many(src, ["a.txt", "b.txt"])
+    destination = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]) | {"retry_total": 0}
+    params = Presync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                            destination=destination, concurrency=1, server_side_copy=False)
+    policy = FailFirst(fault, times=2)
+    if outcome == "retried":
+        _, out = run_step(Presync("p", params), ctx_with(policy))
+        assert out["copied"] == 2
+        assert policy.seen == 2
+    else:
+        with pytest.raises(MigratorError) as raised:
+            run_step(Presync("p", params), ctx_with(policy))
+        assert not raised.value.retryable
+        assert policy.seen == 1, "a permanent fault is not retried"
+        assert f"container {containers['backup']}" in str(raised.value)
+
+
+BAD_INPUT = ["wrong source key", "wrong destination key", "missing destination container", "name escapes folder"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_fails_with_a_clear_error_and_writes_nothing(azurite: Azurite, containers: dict[str, str],
+                                                              tmp_path: Path, case: str) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    upload_many(src, ["ok-1.txt", "ok-2.txt"])
+    source = azurite.endpoint(SOURCE_ACCOUNT, containers["source"])
+    destination: dict[str, Any] = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"])
+    expected: str
+    if case == "wrong source key":
+        source["account_key"] = azurite.cloud_key
+        expected = f"account source, container {containers['source']}"
+    elif case == "wrong destination key":
+        destination["account_key"] = azurite.source_key
+        expected = f"account cloud, container {containers['backup']}"
+    elif case == "missing destination container":
+        destination["container"] = "does-not-exist"
+        expected = "container does-not-exist failed: the container does not exist"
+    else:
+        src.upload_blob("..\\..\\escape.txt", b"x")
+        destination = {"kind": "folder", "path": str(tmp_path / "dest")}
+        expected = "contains a '..' segment"
+
+    with pytest.raises(MigratorError) as raised:
+        run_step(Presync("p", Presync.Params(source=source, destination=destination)), MemoryContext())
+
+    assert isinstance(raised.value, (InputError, BlobAccessError))
+    assert raised.value.exit_code == ExitCode.INVALID_INPUT
+    assert expected in raised.value.one_line()
+    assert raised.value.hint
+    if destination["kind"] == "folder":
+        assert not [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
+    else:
+        assert inventory(container(azurite, CLOUD_ACCOUNT, containers["backup"])) == {}
+
+
+def test_verify_names_missing_changed_and_extra_blobs(azurite: Azurite, containers: dict[str, str]) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    upload_many(src, ["same.txt", "changed.txt", "missing.txt"])
+    dst = container(azurite, CLOUD_ACCOUNT, containers["backup"])
+    upload_many(dst, ["same.txt", "extra.txt"])
+    upload_many(dst, ["changed.txt"], seed="other")
+    params = Verify.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                           destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
+
+    with pytest.raises(VerificationFailed) as raised:
+        run_step(Verify("verify", params), MemoryContext())
+
+    message = str(raised.value)
+    assert "1 missing at the destination: 'missing.txt'" in message
+    assert "1 only at the destination: 'extra.txt'" in message
+    assert "1 MD5 differs: 'changed.txt'" in message
+    assert "same.txt" not in message
+
+
+def test_compensate_removes_only_blobs_the_run_created(azurite: Azurite, containers: dict[str, str]) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    upload_many(src, ["new-1.txt", "new-2.txt", "already-there.txt"])
+    dst = container(azurite, CLOUD_ACCOUNT, containers["backup"])
+    upload_many(dst, ["already-there.txt"], seed="older")
+    step = Presync("p", Presync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                                       destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"])))
+    ctx = MemoryContext()
+    run_step(step, ctx)
+
+    step.compensate(ctx)
+
+    assert sorted(inventory(dst)) == ["already-there.txt"]

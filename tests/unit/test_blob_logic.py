@@ -1,0 +1,163 @@
+"""Pure logic of blob migration: endpoint validation, safe folder names, change detection, error mapping."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceResponseError
+from pydantic import ValidationError
+
+from migrator.errors import ExitCode, InputError, PermanentError, TransientError
+from migrator.providers.blob import BlobEndpoint, BlobInfo, FolderBlobStore, check_relative_name, translate_error
+from migrator.secrets import Secret
+from migrator.steps.blobs import block_ids, same_content
+
+AZ = {"kind": "azure", "account_url": "https://acct.blob.core.windows.net", "container": "files"}
+
+
+@pytest.mark.parametrize(("fields", "problem"), [
+    ({**AZ, "account_key": "${env:KEY}"}, None),
+    ({**AZ, "credential": "default"}, None),
+    ({"kind": "azure", "container": "c", "connection_string": "${env:CS}"}, None),
+    ({"kind": "folder", "path": "/srv/files"}, None),
+    ({**AZ}, "exactly one of"),
+    ({**AZ, "account_key": "k", "sas": "s"}, "exactly one of"),
+    ({"kind": "azure", "container": "c", "account_key": "k"}, "account_url"),
+    ({**AZ, "container": None, "account_key": "k"}, "container"),
+    ({"kind": "folder"}, "path"),
+    ({"kind": "folder", "path": "/x", "account_key": "k"}, "takes no account_key"),
+    ({**AZ, "account_key": "k", "surprise": 1}, "Extra inputs"),
+])
+def test_blob_endpoint_validation(fields: dict[str, Any], problem: str | None) -> None:
+    if problem is None:
+        BlobEndpoint.model_validate(fields)
+    else:
+        with pytest.raises(ValidationError, match=problem):
+            BlobEndpoint.model_validate(fields)
+
+
+def test_blob_endpoint_keeps_secrets_as_references() -> None:
+    endpoint = BlobEndpoint.model_validate({**AZ, "account_key": "${env:BACKUP_KEY}"})
+    assert endpoint.account_key == Secret("${env:BACKUP_KEY}")
+    assert "${env:BACKUP_KEY}" in endpoint.model_dump_json()
+    assert "BACKUP_KEY" not in endpoint.describe()
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("a/b/c.txt", None),
+    ("unicodé/файл #1 %20?.txt", None),
+    ("a..b/c..", None),
+    ("c:colon-is-fine", None),
+    ("../x", "'..' segment"),
+    ("a/../../x", "'..' segment"),
+    ("a\\..\\x", "'..' segment"),
+    ("/etc/passwd", "absolute path"),
+    ("\\\\server\\share", "absolute path"),
+    ("C:/Windows", "absolute path"),
+    ("a//b", "empty or '.'"),
+    ("a/./b", "empty or '.'"),
+    ("", "is empty"),
+    ("a\x00b", "NUL"),
+    (".blobmeta/x.json", "reserved"),
+])
+def test_folder_names_that_would_escape_the_root_are_refused(name: str, problem: str | None) -> None:
+    if problem is None:
+        check_relative_name(name, where="folder /dest")
+    else:
+        with pytest.raises(InputError, match=problem) as raised:
+            check_relative_name(name, where="folder /dest")
+        assert raised.value.exit_code == ExitCode.INVALID_INPUT
+
+
+def test_folder_store_refuses_a_symlink_leading_outside_its_root(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(outside)
+    store = FolderBlobStore(root)
+
+    with pytest.raises(InputError, match="outside"):
+        store.write("link/x.txt", b"data")
+    assert list(outside.iterdir()) == []
+
+
+def test_folder_store_round_trips_content_type_metadata_and_md5(tmp_path: Path) -> None:
+    store = FolderBlobStore(tmp_path / "root", create=True)
+    store.write("a/b.bin", b"hello", content_type="x/y", metadata={"k": "v"})
+
+    info = store.info("a/b.bin")
+    assert info is not None
+    assert (info.size, info.content_type, dict(info.metadata)) == (5, "x/y", {"k": "v"})
+    assert info.md5 == bytes.fromhex("5d41402abc4b2a76b9719d911017c592")
+    assert [b.name for b in store.list()] == ["a/b.bin"]  # the sidecar is not part of the inventory
+
+    (tmp_path / "root" / "a" / "b.bin").write_bytes(b"changed")
+    assert store.info("a/b.bin").md5 is None  # type: ignore[union-attr]  # a stale sidecar MD5 no longer counts
+
+
+def blob(size: int = 10, md5: bytes | None = b"1" * 16, modified: float | None = 100.0) -> BlobInfo:
+    return BlobInfo(name="n", size=size, md5=md5, last_modified=modified)
+
+
+@pytest.mark.parametrize(("source", "destination", "same"), [
+    (blob(), blob(modified=50.0), True),  # MD5 decides when the source has one
+    (blob(), blob(md5=b"2" * 16), False),
+    (blob(size=10), blob(size=11), False),
+    (blob(md5=None, modified=100.0), blob(modified=101.0), True),  # no MD5: written after the last change
+    (blob(md5=None, modified=100.0), blob(modified=100.0), False),  # same second: copy again to be safe
+    (blob(md5=None, modified=100.0), blob(modified=99.0), False),
+    (blob(md5=None), blob(md5=None, modified=200.0), False),  # a destination without MD5 is never current
+    (blob(md5=None, modified=None), blob(), False),
+])
+def test_same_content_decides_what_a_delta_sync_copies(source: BlobInfo, destination: BlobInfo, same: bool) -> None:
+    assert same_content(source, destination) is same
+
+
+def test_block_ids_are_equal_length_and_change_with_the_source_version() -> None:
+    first = block_ids(BlobInfo("n", 10 * 1024 + 1, etag="e1"), 1024)
+    assert len(first) == 11
+    assert len({len(i) for i in first}) == 1
+    assert first == block_ids(BlobInfo("n", 10 * 1024 + 1, etag="e1"), 1024)
+    assert not set(first) & set(block_ids(BlobInfo("n", 10 * 1024 + 1, etag="e2"), 1024))
+
+
+def http_error(status: int, code: str | None = None, headers: dict[str, str] | None = None) -> HttpResponseError:
+    class Response:
+        def __init__(self) -> None:
+            self.status_code = status
+            self.reason = "x"
+            self.headers = headers or {}
+
+        def text(self) -> str:
+            return ""
+
+    exc = HttpResponseError(message="boom", response=Response())  # type: ignore[arg-type]
+    exc.status_code = status
+    exc.error_code = code
+    return exc
+
+
+@pytest.mark.parametrize(("exc", "kind", "exit_code", "text"), [
+    (http_error(429, headers={"Retry-After": "7"}), TransientError, ExitCode.FAILED, "HTTP 429"),
+    (http_error(500), TransientError, ExitCode.FAILED, "HTTP 500"),
+    (http_error(503, "ServerBusy"), TransientError, ExitCode.FAILED, "ServerBusy"),
+    (ServiceResponseError("read timed out"), TransientError, ExitCode.FAILED, "timed out"),
+    (ClientAuthenticationError("nope"), PermanentError, ExitCode.INVALID_INPUT, "authentication failed"),
+    (http_error(403, "AuthorizationFailure"), PermanentError, ExitCode.INVALID_INPUT, "access denied"),
+    (http_error(404, "ContainerNotFound"), PermanentError, ExitCode.INVALID_INPUT, "does not exist"),
+    (http_error(404, "BlobNotFound"), PermanentError, ExitCode.FAILED, "not found"),
+    (http_error(404, "CannotVerifyCopySource"), PermanentError, ExitCode.FAILED, "source SAS"),
+])
+def test_azure_errors_map_to_retryable_or_fail_fast(exc: Exception, kind: type, exit_code: ExitCode,
+                                                    text: str) -> None:
+    error = translate_error(exc, "account acct, container files", "listing blobs")
+    assert isinstance(error, kind)
+    assert error.exit_code == exit_code
+    assert error.retryable is (kind is TransientError)
+    assert "account acct, container files" in error.one_line()
+    assert text in error.one_line()
+    if "Retry-After" in str(getattr(getattr(exc, "response", None), "headers", {})):
+        assert error.retry_after == 7.0  # type: ignore[attr-defined]
