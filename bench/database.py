@@ -1,0 +1,103 @@
+"""Benchmark: database.backup + database.restore (PostgreSQL → PostgreSQL) against pg_dump -Fc + pg_restore.
+
+Both move the same table of mixed types (default 1,000,000 rows, about 240 MB in PostgreSQL) in the same run;
+the script prints both times, their ratio (target: at most 2.0) and this process's peak RSS, which must not grow
+with the table (backup and restore stream). Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres).
+
+    .venv/bin/python bench/database.py --rows 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from migrator.steps.database import Backup, Restore
+from migrator.testing import MemoryContext, run_step
+
+HOST, PORT, USER = "127.0.0.1", 5432, "postgres"
+
+
+def admin(sql: str) -> None:
+    with psycopg.connect(host=HOST, port=PORT, user=USER, dbname="postgres", autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def odbc(name: str) -> str:
+    return f"Driver={{PostgreSQL Unicode}};Server={HOST};Port={PORT};Database={name};Uid={USER}"
+
+
+def make_source(name: str, rows: int) -> str:
+    with psycopg.connect(host=HOST, port=PORT, user=USER, dbname=name, autocommit=True) as conn:
+        conn.execute("""CREATE TABLE people (
+            id bigint PRIMARY KEY, first_name text, surname text, email text, job_title text,
+            amount numeric(18,4), score double precision, active boolean, born date,
+            updated timestamptz, ref uuid, note text, avatar bytea)""")
+        conn.execute(f"""INSERT INTO people SELECT g, 'first ' || g, 'surname ' || (g % 5000),
+            'user' || g || '@example.test', 'job title number ' || (g % 300), g * 1.2345, g / 7.0, g % 3 = 0,
+            DATE '1950-01-01' + (g % 20000), TIMESTAMPTZ '2024-01-01 00:00:00+00' + g * INTERVAL '1 second',
+            md5(g::text)::uuid, repeat('note ', 10 + g % 20), decode(md5(g::text) || md5((g + 1)::text), 'hex')
+            FROM generate_series(1, {rows}) g""")
+        conn.execute("VACUUM ANALYZE people")
+        size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('people'))").fetchone()
+    return str(size[0] if size else "?")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--chunk-rows", type=int, default=50_000)
+    args = parser.parse_args()
+
+    tag = uuid.uuid4().hex[:8]
+    names = {k: f"bench_{k}_{tag}" for k in ("src", "dump", "mig")}
+    for name in names.values():
+        admin(f'CREATE DATABASE "{name}"')
+    try:
+        size = make_source(names["src"], args.rows)
+        print(f"table: {args.rows} rows, {size} in PostgreSQL")
+        with tempfile.TemporaryDirectory() as tmp:
+            dump = Path(tmp) / "people.dump"
+            t0 = time.perf_counter()
+            subprocess.run(["pg_dump", "-h", HOST, "-U", USER, "-Fc", "-t", "people", "-f", str(dump),
+                            names["src"]], check=True)
+            t1 = time.perf_counter()
+            subprocess.run(["pg_restore", "-h", HOST, "-U", USER, "-d", names["dump"], str(dump)], check=True)
+            t2 = time.perf_counter()
+            baseline = t2 - t0
+            print(f"pg_dump -Fc: {t1 - t0:.1f} s, pg_restore: {t2 - t1:.1f} s, total {baseline:.1f} s "
+                  f"({dump.stat().st_size / 1e6:.0f} MB)")
+
+            backup = {"kind": "folder", "path": str(Path(tmp) / "backup")}
+            source = {"dialect": "postgresql", "connection": odbc(names["src"])}
+            target = {"dialect": "postgresql", "connection": odbc(names["mig"])}
+            t3 = time.perf_counter()
+            _, out = run_step(Backup("backup", Backup.Params.model_validate(
+                {"database": source, "to": backup, "chunk_rows": args.chunk_rows})), MemoryContext())
+            t4 = time.perf_counter()
+            run_step(Restore("restore", Restore.Params.model_validate({"backup": backup, "database": target})),
+                     MemoryContext())
+            t5 = time.perf_counter()
+            ours = t5 - t3
+            print(f"database.backup: {t4 - t3:.1f} s ({out['bytes'] / 1e6:.0f} MB in {out['chunks']} chunks), "
+                  f"database.restore: {t5 - t4:.1f} s, total {ours:.1f} s")
+            print(f"ratio (migrator / pg_dump+pg_restore): {ours / baseline:.2f}x (target <= 2.0x)")
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(f"peak RSS of this process: {peak:.0f} MB")
+    finally:
+        for name in names.values():
+            admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The portable backup format: a manifest plus gzip-compressed JSON-lines chunks, in any blob store.
+
+Layout under the backup location::
+
+    manifest.json                         written last: its presence means the backup is complete
+    tables/0003-orders-1a2b3c4d/000000.jsonl.gz
+    tables/0003-orders-1a2b3c4d/000001.jsonl.gz
+
+A chunk holds up to ``chunk_rows`` rows (fewer when ``chunk_bytes`` is reached first), one JSON array per line
+in the manifest's column order, each value in its portable form (:func:`~.base.to_portable`). Rows come
+keyset-paged by primary key; a table without one is read ordered by every column and cut by row offset
+(identical rows are interchangeable, so the order is deterministic enough; resuming relies on the source being
+read-only). The manifest lists every chunk with its row count, byte size, SHA-256 and content fingerprint.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import re
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from migrator.errors import PermanentError
+from migrator.providers.blob.base import BlobStore
+from migrator.providers.database.base import Fingerprint, Table
+
+FORMAT = "migrator-database-backup/1"
+MANIFEST = "manifest.json"
+_SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def table_folder(index: int, name: str) -> str:
+    """A blob-safe folder for a table whatever its name holds (quotes, slashes, emoji)."""
+    slug = _SLUG.sub("_", name)[:40].strip("_") or "t"
+    return f"tables/{index:04d}-{slug}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def chunk_name(index: int, table: str, number: int) -> str:
+    return f"{table_folder(index, table)}/{number:06d}.jsonl.gz"
+
+
+@dataclass
+class ChunkInfo:
+    name: str
+    rows: int
+    bytes: int
+    sha256: str
+    fingerprint: str
+    #: Portable primary key of the last row (keyset tables), or the row offset after this chunk.
+    last_key: list[Any] | None = None
+    end_offset: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChunkInfo:
+        return cls(**data)
+
+
+@dataclass
+class TableBackup:
+    table: Table
+    row_count: int
+    fingerprint: Fingerprint
+    chunks: list[ChunkInfo] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.table.to_json(), "row_count": self.row_count, "fingerprint": self.fingerprint.as_dict(),
+                "chunks": [c.to_json() for c in self.chunks]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TableBackup:
+        return cls(Table.from_json(data), int(data["row_count"]), Fingerprint.from_dict(data["fingerprint"]),
+                   [ChunkInfo.from_json(c) for c in data["chunks"]])
+
+
+@dataclass
+class Manifest:
+    source_dialect: str
+    created_at: str
+    tables: list[TableBackup]
+    format: str = FORMAT
+
+    def table(self, name: str) -> TableBackup | None:
+        return next((t for t in self.tables if t.table.name == name), None)
+
+    def to_bytes(self) -> bytes:
+        return json.dumps({"format": self.format, "source_dialect": self.source_dialect,
+                           "created_at": self.created_at, "tables": [t.to_json() for t in self.tables]},
+                          ensure_ascii=False, indent=1).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str) -> Manifest:
+        try:
+            doc = json.loads(data)
+            if doc.get("format") != FORMAT:
+                raise PermanentError(f"{where}: backup format {doc.get('format')!r} is not {FORMAT!r}")
+            return cls(doc["source_dialect"], doc["created_at"], [TableBackup.from_json(t) for t in doc["tables"]])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PermanentError(f"{where}: the backup manifest cannot be read: {exc}") from exc
+
+
+def read_manifest(store: BlobStore) -> Manifest | None:
+    if store.info(MANIFEST) is None:
+        return None
+    return Manifest.from_bytes(store.read_bytes(MANIFEST), store.describe())
+
+
+class ChunkWriter:
+    """Accumulates encoded rows of one chunk: gzip stream, SHA-256 of the blob, content fingerprint."""
+
+    def __init__(self) -> None:
+        self._zip = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: backup speed matters more than size
+        self._parts: list[bytes] = []
+        self.fingerprint = Fingerprint()
+        self.raw_bytes = 0
+
+    def add(self, line: bytes) -> None:
+        self.fingerprint.add_line(line)
+        self.raw_bytes += len(line) + 1
+        self._parts.append(self._zip.compress(line + b"\n"))
+
+    @property
+    def rows(self) -> int:
+        return self.fingerprint.rows
+
+    def finish(self) -> bytes:
+        self._parts.append(self._zip.flush())
+        data = b"".join(self._parts)
+        self._parts = []
+        return data
+
+
+def read_chunk(store: BlobStore, chunk: ChunkInfo) -> Iterator[list[Any]]:
+    """The rows of a chunk, after checking the blob's SHA-256 against the manifest."""
+    for line in read_chunk_lines(store, chunk):
+        yield json.loads(line)
+
+
+def read_chunk_lines(store: BlobStore, chunk: ChunkInfo) -> list[bytes]:
+    """The encoded rows of a chunk, after checking the blob's SHA-256 against the manifest."""
+    data = store.read_bytes(chunk.name)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != chunk.sha256:
+        raise PermanentError(f"backup chunk {chunk.name} in {store.describe()} is corrupt: SHA-256 {digest[:12]}… "
+                             f"instead of {chunk.sha256[:12]}…", hint="take the backup again")
+    return gzip.decompress(data).splitlines()
+
+
+def check_chunk(store: BlobStore, chunk: ChunkInfo) -> str | None:
+    """Why the stored chunk is not the one the manifest lists, or None when it is."""
+    info = store.info(chunk.name)
+    if info is None:
+        return f"chunk {chunk.name} is missing"
+    if info.size != chunk.bytes:
+        return f"chunk {chunk.name} has {info.size} bytes, the manifest says {chunk.bytes}"
+    digest = hashlib.sha256()
+    with store.open_read(chunk.name) as stream:
+        while block := stream.read(1 << 20):
+            digest.update(block)
+    if digest.hexdigest() != chunk.sha256:
+        return f"chunk {chunk.name} does not match its SHA-256"
+    return None

@@ -1,0 +1,589 @@
+"""The portable side of database migration: a logical type system, catalog models, and the adapter interface.
+
+Every dialect maps its native column types onto a small set of *logical* types and converts the values its
+driver returns into one *portable* form per type (JSON-native: ``int``, ``float``, ``bool``, ``str``; see
+:func:`to_portable`). Backups store that form, restores feed it back through the target dialect, and content
+fingerprints hash it, so a table verifies the same whichever engine holds it.
+
+Identifiers are only ever put into SQL through :meth:`Database.quote`; a name read from a catalog is never
+pasted in unquoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import re
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import asdict, dataclass, field
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any, Literal
+
+from migrator.errors import InputError
+
+LogicalType = Literal[
+    "smallint", "integer", "bigint", "decimal", "real", "float", "text", "binary",
+    "date", "time", "timestamp", "timestamptz", "boolean", "uuid",
+]
+LOGICAL_TYPES: tuple[str, ...] = LogicalType.__args__  # type: ignore[attr-defined]
+INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
+#: Types whose widening from one to the other keeps every value (drift check of an existing target schema).
+_WIDENS_TO: dict[str, frozenset[str]] = {
+    "smallint": frozenset({"integer", "bigint", "decimal"}),
+    "integer": frozenset({"bigint", "decimal"}),
+    "bigint": frozenset({"decimal"}),
+    "real": frozenset({"float"}),
+}
+
+#: The table in a restore target that records which backup chunks are committed (same transaction as the rows).
+MARKER_TABLE = "_migrator_restore_chunks"
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # a LogicalType
+    nullable: bool = True
+    precision: int | None = None  # decimal
+    scale: int | None = None  # decimal
+    length: int | None = None  # text: maximum characters when bounded
+    native: str = ""  # the engine's own type name, for messages
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Column:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ForeignKey:
+    name: str
+    columns: tuple[str, ...]
+    ref_table: str
+    ref_columns: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "columns": list(self.columns), "ref_table": self.ref_table,
+                "ref_columns": list(self.ref_columns)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ForeignKey:
+        return cls(data["name"], tuple(data["columns"]), data["ref_table"], tuple(data["ref_columns"]))
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    foreign_keys: tuple[ForeignKey, ...] = ()
+
+    def column(self, name: str) -> Column:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "columns": [c.to_json() for c in self.columns],
+                "primary_key": list(self.primary_key), "foreign_keys": [f.to_json() for f in self.foreign_keys]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Table:
+        return cls(data["name"], tuple(Column.from_json(c) for c in data["columns"]), tuple(data["primary_key"]),
+                   tuple(ForeignKey.from_json(f) for f in data.get("foreign_keys", ())))
+
+
+# -- portable values ---------------------------------------------------------------------------------------
+
+_MICRO = "microseconds"
+# Wide enough for any DECIMAL(38, s) and for PostgreSQL's unconstrained numeric; the default context has 28 digits.
+_DECIMALS = Context(prec=1000)
+
+
+def _decimal_text(value: Any, scale: int | None) -> str:
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(value if isinstance(value, str) else repr(value))
+    except (InvalidOperation, ValueError) as exc:
+        raise ValueError(f"not a decimal: {value!r}") from exc
+    if scale is not None and number.is_finite():
+        number = number.quantize(Decimal(1).scaleb(-scale), context=_DECIMALS)
+    elif number.is_finite():
+        number = number.normalize(context=_DECIMALS)
+    text = format(number, "f")
+    return "0" + text[2:] if text.startswith("-0") and number.is_zero() else text
+
+
+def _datetime(value: Any) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str):
+        return dt.datetime.fromisoformat(value.strip())
+    raise ValueError(f"not a timestamp: {value!r}")
+
+
+def to_portable(column: Column, value: Any) -> Any:
+    """The one portable, JSON-native form of ``value`` for ``column``'s logical type (None stays None).
+
+    Accepts what any of our drivers returns (native Python values from pyodbc, the strings SQLite keeps).
+    """
+    if value is None:
+        return None
+    kind = column.type
+    if kind in INTEGER_TYPES:
+        return int(value)
+    if kind == "decimal":
+        return _decimal_text(value, column.scale)
+    if kind in ("float", "real"):
+        return float(value)
+    if kind == "text":
+        return value if isinstance(value, str) else str(value)
+    if kind == "binary":
+        if isinstance(value, str):  # already portable (base64)
+            return value
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if kind == "boolean":
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
+        return bool(value)
+    if kind == "uuid":
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+    if kind == "date":
+        if isinstance(value, dt.datetime):
+            value = value.date()
+        return (value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value).strip())).isoformat()
+    if kind == "time":
+        if not isinstance(value, dt.time):
+            value = dt.time.fromisoformat(str(value).strip())
+        return value.replace(tzinfo=None).isoformat(_MICRO)
+    if kind == "timestamp":
+        return _datetime(value).replace(tzinfo=None).isoformat(timespec=_MICRO)
+    if kind == "timestamptz":
+        stamp = _datetime(value)
+        # A driver that returns naive values for timestamptz does so in the session time zone, which every
+        # adapter sets to UTC.
+        stamp = stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+        return stamp.isoformat(timespec=_MICRO)
+    raise ValueError(f"unknown logical type {kind!r}")
+
+
+def portable_row(columns: Sequence[Column], row: Sequence[Any]) -> list[Any]:
+    return [to_portable(c, v) for c, v in zip(columns, row, strict=True)]
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def converter(column: Column) -> Callable[[Any], Any]:
+    """:func:`to_portable` for one column, with a shortcut for the values drivers usually return.
+
+    The backup and fingerprint loops call this once per value: skipping the type dispatch matters there.
+    """
+    kind = column.type
+    if kind in INTEGER_TYPES:
+        return lambda v: v if type(v) is int else to_portable(column, v)
+    if kind == "text":
+        return lambda v: v if type(v) is str else to_portable(column, v)
+    if kind in ("float", "real"):
+        return lambda v: v if type(v) is float else to_portable(column, v)
+    if kind == "boolean":
+        return lambda v: v if type(v) is bool else to_portable(column, v)
+    if kind == "uuid":
+        return lambda v: v.lower() if type(v) is str and len(v) == 36 else to_portable(column, v)
+    if kind == "binary":
+        return lambda v: base64.b64encode(v).decode("ascii") if type(v) is bytes else to_portable(column, v)
+    if kind == "decimal" and column.scale is not None:
+        exponent = -column.scale
+        return lambda v: (format(v, "f") if type(v) is Decimal and v.as_tuple().exponent == exponent and v
+                          else to_portable(column, v))
+    if kind == "date":
+        return lambda v: v.isoformat() if type(v) is dt.date else to_portable(column, v)
+    if kind == "timestamptz":
+        return lambda v: (v.isoformat(timespec=_MICRO) + "+00:00" if type(v) is dt.datetime and v.tzinfo is None
+                          else to_portable(column, v))
+    if kind == "timestamp":
+        return lambda v: (v.isoformat(timespec=_MICRO) if type(v) is dt.datetime and v.tzinfo is None
+                          else to_portable(column, v))
+    return lambda v: to_portable(column, v)
+
+
+def row_converter(columns: Sequence[Column]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A function turning a driver row into a portable row, for these columns."""
+    convs = [converter(c) for c in columns]
+
+    def convert(row: Sequence[Any]) -> list[Any]:
+        return [None if v is None else f(v) for f, v in zip(convs, row, strict=True)]
+
+    return convert
+
+
+def encode_row(values: Sequence[Any]) -> bytes:
+    """The canonical bytes of a portable row: what backups store (one line each) and fingerprints hash."""
+    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+FINGERPRINT_MODULUS = 1 << 128
+
+
+def row_hash(line: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(line, digest_size=16).digest(), "big")
+
+
+@dataclass
+class Fingerprint:
+    """Row count and an order-independent content checksum (sum of row hashes modulo 2**128).
+
+    A sum rather than XOR so that two identical rows do not cancel out (tables without a primary key).
+    """
+
+    rows: int = 0
+    total: int = 0
+
+    def add_line(self, line: bytes) -> None:
+        self.rows += 1
+        self.total = (self.total + row_hash(line)) % FINGERPRINT_MODULUS
+
+    def merge(self, other: Fingerprint) -> None:
+        self.rows += other.rows
+        self.total = (self.total + other.total) % FINGERPRINT_MODULUS
+
+    @property
+    def checksum(self) -> str:
+        return f"{self.total:032x}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "checksum": self.checksum}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
+        return cls(int(data["rows"]), int(data["checksum"], 16))
+
+
+# -- connection strings ------------------------------------------------------------------------------------
+
+_PAIR = re.compile(r"\s*([^=;{}]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|(?!\{)[^;]*)\s*(?:;|$)")
+
+
+def parse_odbc(text: str) -> dict[str, str]:
+    """``key=value;`` pairs of an ODBC connection string (keys lower-cased, braces removed).
+
+    Raises :class:`InputError` for text that is not such a list; the message never repeats the text itself
+    (it may hold a password).
+    """
+    pairs: dict[str, str] = {}
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        match = _PAIR.match(text, pos)
+        if not match or match.end() == pos:
+            raise InputError(f"malformed ODBC connection string (at character {pos + 1})",
+                             hint="write it as Key=Value;Key=Value, with {braces} around values containing ;")
+        value = match.group(2).strip()
+        if value.startswith("{") and value.endswith("}"):
+            value = value[1:-1].replace("}}", "}")
+        pairs[match.group(1).strip().lower()] = value
+        pos = match.end()
+    return pairs
+
+
+# -- the adapter interface ---------------------------------------------------------------------------------
+
+
+class UnsupportedType(InputError):
+    """A column whose type has no portable form."""
+
+
+@dataclass
+class Drift:
+    """How an existing target table differs from the backed-up one."""
+
+    table: str
+    missing_columns: list[str] = field(default_factory=list)
+    incompatible: list[str] = field(default_factory=list)  # "col: backup decimal(38,10), target integer"
+    extra_required: list[str] = field(default_factory=list)  # NOT NULL target columns the backup lacks
+
+    @property
+    def blocking(self) -> bool:
+        return bool(self.missing_columns or self.incompatible or self.extra_required)
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing_columns:
+            parts.append("missing columns " + ", ".join(self.missing_columns))
+        if self.incompatible:
+            parts.append("incompatible columns " + "; ".join(self.incompatible))
+        if self.extra_required:
+            parts.append("NOT NULL columns absent from the backup " + ", ".join(self.extra_required))
+        return f"table {self.table}: " + ("; ".join(parts) or "no drift")
+
+
+def compatible(backup: Column, target: Column) -> bool:
+    """Whether every value of ``backup``'s type fits ``target``'s without loss."""
+    if backup.type == target.type:
+        if backup.type == "decimal" and None not in (backup.scale, target.scale):
+            assert backup.scale is not None and target.scale is not None
+            int_digits = (backup.precision or 38) - backup.scale
+            return target.scale >= backup.scale and (target.precision or 38) - target.scale >= int_digits
+        if backup.type == "text" and target.length is not None:
+            return backup.length is not None and backup.length <= target.length
+        return True
+    return target.type in _WIDENS_TO.get(backup.type, frozenset())
+
+
+def drift(backup: Table, target: Table) -> Drift:
+    result = Drift(backup.name)
+    by_name = {c.name: c for c in target.columns}
+    for col in backup.columns:
+        other = by_name.get(col.name)
+        if other is None:
+            result.missing_columns.append(col.name)
+        elif not compatible(col, other):
+            result.incompatible.append(f"{col.name}: backup {type_label(col)}, target {type_label(other)}")
+    names = set(backup.column_names)
+    result.extra_required = [c.name for c in target.columns if c.name not in names and not c.nullable]
+    return result
+
+
+def type_label(col: Column) -> str:
+    if col.type == "decimal" and col.precision is not None:
+        return f"decimal({col.precision},{col.scale or 0})"
+    if col.type == "text" and col.length is not None:
+        return f"text({col.length})"
+    return col.type
+
+
+def keyset_params(key: Sequence[Any]) -> list[Any]:
+    params: list[Any] = []
+    for i in range(len(key)):
+        params.extend(key[: i + 1])
+    return params
+
+
+class Database(ABC):
+    """One connection to one database, through its dialect."""
+
+    dialect: str
+    #: The marker placeholder of the driver's parameter style.
+    placeholder = "?"
+
+    # -- identity and lifetime ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Which database this is, for messages; never a credential."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- SQL text ----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def quote(self, name: str) -> str:
+        """``name`` as a quoted identifier of this dialect."""
+
+    def table_ref(self, name: str) -> str:
+        return self.quote(name)
+
+    def column_list(self, names: Sequence[str]) -> str:
+        return ", ".join(self.quote(n) for n in names)
+
+    @abstractmethod
+    def column_ddl(self, column: Column) -> str:
+        """The native type of a logical column, with NOT NULL when it applies."""
+
+    def create_table_sql(self, table: Table) -> str:
+        cols = [f"{self.quote(c.name)} {self.column_ddl(c)}" for c in table.columns]
+        if table.primary_key:
+            cols.append(f"PRIMARY KEY ({self.column_list(table.primary_key)})")
+        return f"CREATE TABLE {self.table_ref(table.name)} (" + ", ".join(cols) + ")"
+
+    def foreign_key_sql(self, table: Table, fk: ForeignKey) -> str:
+        return (f"ALTER TABLE {self.table_ref(table.name)} ADD CONSTRAINT {self.quote(fk.name)} "
+                f"FOREIGN KEY ({self.column_list(fk.columns)}) "
+                f"REFERENCES {self.table_ref(fk.ref_table)} ({self.column_list(fk.ref_columns)})")
+
+    #: Whether the engine compares row values, ``(a, b) > (?, ?)``, and uses an index for it.
+    row_values = True
+
+    def marker(self, column: Column) -> str:
+        """The parameter marker for a value of ``column``, cast where the driver cannot say the type."""
+        return self.placeholder
+
+    @abstractmethod
+    def limit_query(self, select: str, rest: str, order: str, *, limit: int, offset: int = 0) -> str:
+        """``SELECT <select> <rest> ORDER BY <order>`` cut to ``limit`` rows after ``offset``."""
+
+    def page_sql(self, table: Table, columns: Sequence[str], *, after: bool, limit: int) -> str:
+        """Keyset page ordered by the primary key: the first ``limit`` rows after the key given as parameters."""
+        keys = [self.quote(n) for n in table.primary_key]
+        rest = f"FROM {self.table_ref(table.name)}"
+        if after:
+            markers = [self.marker(table.column(n)) for n in table.primary_key]
+            if self.row_values:
+                rest += f" WHERE ({', '.join(keys)}) > ({', '.join(markers)})"
+            else:
+                terms = []
+                for i, key in enumerate(keys):
+                    equal = [f"{k} = {m}" for k, m in zip(keys[:i], markers[:i], strict=True)]
+                    terms.append("(" + " AND ".join([*equal, f"{key} > {markers[i]}"]) + ")")
+                rest += " WHERE " + " OR ".join(terms)
+        return self.limit_query(self.select_list(table, columns), rest, ", ".join(keys), limit=limit)
+
+    def offset_sql(self, table: Table, columns: Sequence[str], *, offset: int, limit: int) -> str:
+        """For tables without a primary key: rows ``offset``..``offset + limit`` ordered by every column."""
+        order = ", ".join(self.quote(c.name) for c in table.columns)
+        return self.limit_query(self.select_list(table, columns), f"FROM {self.table_ref(table.name)}", order,
+                                limit=limit, offset=offset)
+
+    def select_expr(self, column: Column) -> str:
+        """How a column is read so the driver returns an exact value (dialects cast where drivers lose)."""
+        return self.quote(column.name)
+
+    def select_list(self, table: Table, columns: Sequence[str]) -> str:
+        return ", ".join(self.select_expr(table.column(n)) for n in columns)
+
+    # -- catalog -----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def tables(self) -> list[Table]:
+        """Every user table of the database (the marker table excluded), in name order."""
+
+    def table(self, name: str) -> Table | None:
+        for t in self.tables():
+            if t.name == name:
+                return t
+        return None
+
+    @abstractmethod
+    def count(self, table: str) -> int: ...
+
+    # -- reading -----------------------------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside share one consistent view of the database, as far as the engine offers one."""
+        yield
+
+    @abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = (), *, batch: int = 1000) -> Iterator[Sequence[Any]]:
+        """Rows of a query, fetched ``batch`` at a time."""
+
+    def read_page(self, table: Table, columns: Sequence[str], after: Sequence[Any] | None,
+                  limit: int) -> Iterator[Sequence[Any]]:
+        if not table.primary_key:
+            raise ValueError("keyset paging needs a primary key")
+        sql = self.page_sql(table, columns, after=after is not None, limit=limit)
+        params = self.key_params(table, after) if after is not None else []
+        return self.query(sql, params, batch=min(limit, 1000))
+
+    def key_params(self, table: Table, key: Sequence[Any]) -> list[Any]:
+        """Parameters for the keyset predicate of :meth:`page_sql`, from a portable key."""
+        cols = [table.column(n) for n in table.primary_key]
+        native = [self.param_value(c, v) for c, v in zip(cols, key, strict=True)]
+        return native if self.row_values else keyset_params(native)
+
+    def read_offset(self, table: Table, columns: Sequence[str], offset: int,
+                    limit: int) -> Iterator[Sequence[Any]]:
+        return self.query(self.offset_sql(table, columns, offset=offset, limit=limit), [], batch=min(limit, 1000))
+
+    def read_all(self, table: Table, columns: Sequence[str]) -> Iterator[Sequence[Any]]:
+        sql = f"SELECT {self.select_list(table, columns)} FROM {self.table_ref(table.name)}"
+        return self.query(sql, [], batch=2000)
+
+    # -- writing -----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Runs one statement in the current transaction; returns the row count it reports."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """Commits on success, rolls back on error."""
+
+    @abstractmethod
+    def param_value(self, column: Column, value: Any) -> Any:
+        """A portable value as this dialect's insert parameter."""
+
+    @abstractmethod
+    def insert_rows(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Inserts portable rows inside the current transaction, through the driver's fast bulk path."""
+
+    def insert_lines(self, table: Table, columns: Sequence[str], lines: Sequence[bytes]) -> None:
+        """Inserts rows given as encoded portable lines (:func:`encode_row`), as a backup chunk holds them."""
+        self.insert_rows(table, columns, [json.loads(line) for line in lines])
+
+    # -- restore bookkeeping -----------------------------------------------------------------------------
+
+    def ensure_marker_table(self) -> None:
+        if self.table_exists(MARKER_TABLE):
+            return
+        text = Column("x", "text", length=400)
+        with self.transaction():
+            self.execute(f"CREATE TABLE {self.table_ref(MARKER_TABLE)} ("
+                         f"{self.quote('chunk')} {self.column_ddl(text)} NOT NULL PRIMARY KEY, "
+                         f"{self.quote('sha256')} {self.column_ddl(Column('x', 'text', length=64))})")
+
+    def marker_chunks(self) -> set[str]:
+        if not self.table_exists(MARKER_TABLE):
+            return set()
+        return {r[0] for r in self.query(f"SELECT {self.quote('chunk')} FROM {self.table_ref(MARKER_TABLE)}")}
+
+    def mark_chunk(self, chunk: str, sha256: str) -> None:
+        self.execute(f"INSERT INTO {self.table_ref(MARKER_TABLE)} ({self.quote('chunk')}, {self.quote('sha256')}) "
+                     f"VALUES ({self.placeholder}, {self.placeholder})", [chunk, sha256])
+
+    def drop_table(self, name: str) -> None:
+        with self.transaction():
+            self.execute(f"DROP TABLE {self.table_ref(name)}")
+
+    @abstractmethod
+    def table_exists(self, name: str) -> bool: ...
+
+    def delete_all(self, name: str) -> None:
+        with self.transaction():
+            self.execute(f"DELETE FROM {self.table_ref(name)}")
+
+    # -- read-only switch --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def read_only(self) -> bool:
+        """Whether the database-level read-only switch is on."""
+
+    @abstractmethod
+    def set_read_only(self, on: bool) -> None: ...
+
+    @abstractmethod
+    def write_probe(self) -> str | None:
+        """Tries a write that leaves nothing behind; the engine's refusal message, or None if it was accepted."""
+
+
+def fk_order(tables: Sequence[Table]) -> list[Table]:
+    """Parents before children (Kahn's algorithm); tables in a cycle keep name order at the end."""
+    by_name = {t.name: t for t in tables}
+    deps = {t.name: {fk.ref_table for fk in t.foreign_keys if fk.ref_table in by_name and fk.ref_table != t.name}
+            for t in tables}
+    ordered: list[Table] = []
+    ready = sorted(n for n, d in deps.items() if not d)
+    done: set[str] = set()
+    while ready:
+        name = ready.pop(0)
+        ordered.append(by_name[name])
+        done.add(name)
+        for other, d in sorted(deps.items()):
+            if other not in done and other not in ready and d <= done:
+                ready.append(other)
+        ready.sort()
+    ordered.extend(by_name[n] for n in sorted(by_name) if n not in done)
+    return ordered

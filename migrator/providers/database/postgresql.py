@@ -1,0 +1,228 @@
+"""PostgreSQL through unixODBC and psqlODBC (the "PostgreSQL Unicode" driver; the ANSI one breaks on unicode).
+
+Driver facts this dialect works around: psqlODBC returns booleans as the string ``'1'`` unless the connection
+string says ``BoolsAsChar=0`` (added when missing), ``timestamptz`` as naive datetimes in the session time zone
+(set to UTC on connect), and UUIDs upper-case (portable values are lower-case). Parameters are sent as text
+and cast by the server (``CAST(? AS numeric(38,10))``), which keeps every digit and every microsecond.
+Result sets are read through a server-side cursor (``UseDeclareFetch=1``) so memory does not grow with a table.
+
+The read-only switch is ``ALTER DATABASE … SET default_transaction_read_only = on`` followed by ending the
+database's other sessions, so every session from then on starts read-only. It is a default, not a lock: a
+session may still ``SET default_transaction_read_only = off`` itself (the application does not); the write
+probe checks what a new session gets.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any
+
+import pyodbc
+
+from migrator.providers.database.base import (
+    MARKER_TABLE,
+    Column,
+    ForeignKey,
+    Table,
+    UnsupportedType,
+)
+from migrator.providers.database.odbc import OdbcDatabase, odbc_error
+
+_TYPES = {
+    "smallint": "smallint", "integer": "integer", "bigint": "bigint", "numeric": "decimal", "real": "real",
+    "double precision": "float", "text": "text", "character varying": "text", "character": "text",
+    "bytea": "binary", "date": "date", "time without time zone": "time", "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamptz", "boolean": "boolean", "uuid": "uuid",
+}
+_DDL = {
+    "smallint": "smallint", "integer": "integer", "bigint": "bigint", "real": "real", "float": "double precision",
+    "binary": "bytea", "date": "date", "time": "time", "timestamp": "timestamp", "timestamptz": "timestamptz",
+    "boolean": "boolean", "uuid": "uuid",
+}
+
+
+# A bare NaN/Infinity token, as Python's json writes non-finite floats (inside a string it only costs the fast path).
+_NON_FINITE = re.compile(rb"[\[,]-?(?:NaN|Infinity)[\],]")
+
+
+def connection_options(text: str) -> str:
+    """The connection string with the options this dialect relies on added when the user did not set them."""
+    lowered = text.lower().replace(" ", "")
+    extra = []
+    for key, value in (("boolsaschar", "0"), ("usedeclarefetch", "1"), ("fetch", "2000")):
+        if f"{key}=" not in lowered:
+            extra.append(f"{key}={value}")
+    if not extra:
+        return text
+    return text.rstrip().rstrip(";") + ";" + ";".join(extra)
+
+
+class PostgresDatabase(OdbcDatabase):
+    dialect = "postgresql"
+
+    def __init__(self, connection_string: str, *, label: str, schema: str = "public") -> None:
+        self.schema = schema
+        super().__init__(connection_options(connection_string), label=label)
+
+    def on_connect(self) -> None:
+        self.execute("SET TIME ZONE 'UTC'")
+        self.database = str(self.scalar("SELECT current_database()"))
+
+    # -- SQL text ----------------------------------------------------------------------------------------
+
+    def quote(self, name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def table_ref(self, name: str) -> str:
+        return f"{self.quote(self.schema)}.{self.quote(name)}"
+
+    def column_ddl(self, column: Column) -> str:
+        if column.type == "decimal":
+            native = (f"numeric({column.precision},{column.scale or 0})" if column.precision is not None
+                      else "numeric")
+        elif column.type == "text":
+            native = f"varchar({column.length})" if column.length is not None else "text"
+        else:
+            native = _DDL[column.type]
+        return native if column.nullable else f"{native} NOT NULL"
+
+    def marker(self, column: Column) -> str:
+        if column.type == "binary":
+            return "decode(?, 'base64')"
+        if column.type == "text":
+            return "?"
+        return f"CAST(? AS {self.column_ddl(replace(column, nullable=True))})"
+
+    def limit_query(self, select: str, rest: str, order: str, *, limit: int, offset: int = 0) -> str:
+        tail = f" OFFSET {int(offset)}" if offset else ""
+        return f"SELECT {select} {rest} ORDER BY {order} LIMIT {int(limit)}{tail}"
+
+    def param_value(self, column: Column, value: Any) -> Any:
+        if value is None or column.type in ("text", "binary"):
+            return value
+        if column.type == "boolean":
+            return "true" if value else "false"
+        if column.type in ("float", "real"):
+            return repr(float(value))
+        return str(value)
+
+    def insert_lines(self, table: Table, columns: Sequence[str], lines: Sequence[bytes]) -> None:
+        # The bulk path: one JSON array parameter per batch, unpacked and cast by the server. psqlODBC runs a
+        # parameter array row by row; this is one round trip, and no value is touched in Python.
+        cols = [table.column(n) for n in columns]
+        if any(c.type in ("float", "real") for c in cols) and any(_NON_FINITE.search(line) for line in lines):
+            return super().insert_lines(table, columns, lines)  # not JSON: PostgreSQL's parser refuses them
+        exprs = []
+        for i, col in enumerate(cols):
+            value = f"r->>{i}"
+            if col.type == "binary":
+                exprs.append(f"decode({value}, 'base64')")
+            elif col.type == "text":
+                exprs.append(value)
+            else:
+                exprs.append(f"CAST({value} AS {self.column_ddl(replace(col, nullable=True))})")
+        sql = (f"INSERT INTO {self.table_ref(table.name)} ({self.column_list(columns)}) "
+               f"SELECT {', '.join(exprs)} FROM json_array_elements(CAST(? AS json)) AS r")
+        self.execute(sql, [(b"[" + b",".join(lines) + b"]").decode("utf-8")])
+
+    # -- catalog -----------------------------------------------------------------------------------------
+
+    def tables(self) -> list[Table]:
+        columns: dict[str, list[Column]] = {}
+        rows = self.query(
+            "SELECT c.table_name, c.column_name, c.data_type, c.is_nullable, c.numeric_precision, "
+            "c.numeric_scale, c.character_maximum_length FROM information_schema.columns c "
+            "JOIN information_schema.tables t ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+            "WHERE c.table_schema = ? AND t.table_type = 'BASE TABLE' ORDER BY c.table_name, c.ordinal_position",
+            [self.schema])
+        for table, name, data_type, nullable, precision, scale, length in rows:
+            if table == MARKER_TABLE:
+                continue
+            kind = _TYPES.get(data_type)
+            if kind is None:
+                raise UnsupportedType(f"column {table}.{name} has type {data_type}, which has no portable form",
+                                      hint="supported: " + ", ".join(sorted(_TYPES)))
+            columns.setdefault(table, []).append(Column(
+                name, kind, nullable == "YES",
+                precision=int(precision) if kind == "decimal" and precision is not None else None,
+                scale=int(scale) if kind == "decimal" and scale is not None else None,
+                length=int(length) if kind == "text" and length is not None else None,
+                native=data_type))
+        keys: dict[str, tuple[str, ...]] = {}
+        fks: dict[tuple[str, str], tuple[list[str], str, list[str]]] = {}
+        rows = self.query(
+            "SELECT con.conname, con.contype, cl.relname, a.attname, rcl.relname, ra.attname "
+            "FROM pg_constraint con JOIN pg_class cl ON cl.oid = con.conrelid "
+            "JOIN pg_namespace n ON n.oid = cl.relnamespace "
+            "CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY AS k(attnum, ord) "
+            "JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum "
+            "LEFT JOIN pg_class rcl ON rcl.oid = con.confrelid "
+            "LEFT JOIN pg_attribute ra ON ra.attrelid = con.confrelid AND ra.attnum = con.confkey[k.ord] "
+            "WHERE n.nspname = ? AND con.contype IN ('p', 'f') ORDER BY cl.relname, con.conname, k.ord",
+            [self.schema])
+        for conname, contype, table, column, ref_table, ref_column in rows:
+            if contype == "p":
+                keys[table] = (*keys.get(table, ()), column)
+            else:
+                cols, _, refs = fks.setdefault((table, conname), ([], ref_table, []))
+                cols.append(column)
+                refs.append(ref_column)
+        return [
+            Table(name, tuple(cols), keys.get(name, ()),
+                  tuple(ForeignKey(fk, tuple(c), ref, tuple(r)) for (t, fk), (c, ref, r) in sorted(fks.items())
+                        if t == name))
+            for name, cols in sorted(columns.items())
+        ]
+
+    def table_exists(self, name: str) -> bool:
+        return bool(self.scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "
+                                "AND table_name = ?", [self.schema, name]))
+
+    def count(self, table: str) -> int:
+        return int(self.scalar(f"SELECT count(*) FROM {self.table_ref(table)}"))
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        with self.transaction():
+            self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            yield
+
+    # -- read-only switch --------------------------------------------------------------------------------
+
+    def read_only(self) -> bool:
+        settings = self.scalar(
+            "SELECT array_to_string(setconfig, ',') FROM pg_db_role_setting s JOIN pg_database d "
+            "ON d.oid = s.setdatabase WHERE d.datname = current_database() AND s.setrole = 0")
+        return "default_transaction_read_only=on" in str(settings or "")
+
+    def set_read_only(self, on: bool) -> None:
+        # Our own session may have started read-only: lift that for it alone before altering the database.
+        self.execute("SET SESSION default_transaction_read_only = off")
+        if on:
+            self.execute(f"ALTER DATABASE {self.quote(self.database)} SET default_transaction_read_only = on")
+            # Sessions already open keep their defaults: end them, so nobody writes with the old one.
+            self.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                         "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        else:
+            self.execute(f"ALTER DATABASE {self.quote(self.database)} RESET default_transaction_read_only")
+
+    def write_probe(self) -> str | None:
+        # A new session, since ours has lifted the default for itself; nothing is left behind (rolled back).
+        try:
+            probe = pyodbc.connect(self.connection_string, autocommit=False, timeout=15)
+        except pyodbc.Error as exc:
+            raise odbc_error(exc, f"write probe cannot connect to {self.label}", connecting=True) from None
+        try:
+            cursor = probe.cursor()
+            cursor.execute("CREATE TEMP TABLE _migrator_write_probe (x integer)")
+            probe.rollback()
+            return None
+        except pyodbc.Error as exc:
+            if str(exc.args[0]) == "25006":
+                return str(odbc_error(exc, "write probe").message)
+            raise odbc_error(exc, f"write probe on {self.label} failed") from None
+        finally:
+            probe.close()

@@ -1,0 +1,264 @@
+"""SQLite files through Python's own ``sqlite3`` module, not ODBC.
+
+The SQLite ODBC driver is not exact (DECIMAL comes back as lossy strings, NUMERIC as float, datetimes as
+strings) and crashes the process with ``fast_executemany``; ``sqlite3`` returns exactly what the file holds.
+
+Types: SQLite keeps the declared type name; it is mapped by keyword (``INTEGER`` → bigint, since SQLite
+integers are 64-bit; ``INT`` → integer; ``DECIMAL(p,s)``/``NUMERIC(p,s)`` → decimal ...). A column declared
+DECIMAL has NUMERIC affinity, so SQLite itself keeps only about 15 significant digits of what was written;
+migrator reads what is stored, exactly. Tables migrator creates declare decimals ``DECIMAL_TEXT(p,s)``: TEXT
+affinity, so every digit survives.
+
+Read-only switch: SQLite has no database-level switch and file permissions do not stop root. migrator adds
+``BEFORE INSERT/UPDATE/DELETE`` triggers named ``_migrator_ro_*`` to every table that abort the statement
+("read-only: migration in progress"); they bind every writer, whoever it runs as, and survive restarts.
+They do not stop schema changes (DDL). Switching off drops them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from migrator.errors import InputError, PermanentError, TransientError
+from migrator.providers.database.base import MARKER_TABLE, Column, Database, ForeignKey, Table
+
+READ_ONLY_MESSAGE = "read-only: migration in progress"
+_TRIGGER_PREFIX = "_migrator_ro_"
+_DECIMAL = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
+_LENGTH = re.compile(r"\(\s*(\d+)\s*\)")
+# Order matters: the first keyword found in the declared type wins ("TIMESTAMPTZ" before "TIMESTAMP" ...).
+_KEYWORDS: tuple[tuple[str, str], ...] = (
+    ("BIGINT", "bigint"), ("SMALLINT", "smallint"), ("TINYINT", "smallint"), ("INTEGER", "bigint"),
+    ("INT", "integer"), ("DECIMAL", "decimal"), ("NUMERIC", "decimal"), ("FLOAT4", "real"), ("DOUBLE", "float"),
+    ("FLOAT", "float"), ("REAL", "float"), ("BOOL", "boolean"), ("UUID", "uuid"), ("UNIQUEIDENTIFIER", "uuid"),
+    ("TIMESTAMPTZ", "timestamptz"), ("WITH TIME ZONE", "timestamptz"), ("DATETIMEOFFSET", "timestamptz"),
+    ("TIMESTAMP", "timestamp"), ("DATETIME", "timestamp"), ("DATE", "date"), ("TIME", "time"),
+    ("CHAR", "text"), ("CLOB", "text"), ("TEXT", "text"), ("BLOB", "binary"), ("BINARY", "binary"),
+)
+_DDL = {
+    "smallint": "SMALLINT", "integer": "INT", "bigint": "BIGINT", "real": "FLOAT4", "float": "DOUBLE",
+    "binary": "BLOB", "date": "DATE", "time": "TIME", "timestamp": "TIMESTAMP", "timestamptz": "TIMESTAMPTZ",
+    "boolean": "BOOLEAN", "uuid": "UUID",
+}
+
+
+def logical_type(declared: str, where: str) -> Column:
+    upper = declared.upper()
+    for keyword, kind in _KEYWORDS:
+        if keyword in upper:
+            if kind == "decimal":
+                m = _DECIMAL.search(upper)
+                if m:
+                    return Column(where, kind, precision=int(m.group(1)), scale=int(m.group(2) or 0),
+                                  native=declared)
+            if kind == "text":
+                m = _LENGTH.search(upper)
+                return Column(where, kind, length=int(m.group(1)) if m else None, native=declared)
+            return Column(where, kind, native=declared)
+    raise InputError(f"column {where} has declared type {declared or '(none)'!r}, which has no portable form",
+                     hint="declare it with a type name such as INTEGER, TEXT, BLOB, REAL, DECIMAL(p,s), TIMESTAMP")
+
+
+class SqliteDatabase(Database):
+    dialect = "sqlite"
+
+    def __init__(self, path: str, *, must_exist: bool = True) -> None:
+        self.path = Path(path).expanduser()
+        if must_exist and not self.path.is_file():
+            raise InputError(f"SQLite database {self.path} does not exist", hint="check the connection path")
+        if not self.path.parent.is_dir():
+            raise InputError(f"folder of SQLite database {self.path} does not exist")
+        try:
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            self.conn.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error as exc:
+            raise InputError(f"cannot open SQLite database {self.path}: {exc}") from None
+        self._in_transaction = False
+
+    def describe(self) -> str:
+        return f"sqlite database {self.path}"
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _error(self, exc: sqlite3.Error, what: str) -> Exception:
+        text = f"{what} on {self.describe()}: {exc}"
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return TransientError(text)
+        return PermanentError(text)
+
+    # -- SQL text ----------------------------------------------------------------------------------------
+
+    def quote(self, name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    def column_ddl(self, column: Column) -> str:
+        if column.type == "decimal":
+            native = (f"DECIMAL_TEXT({column.precision},{column.scale or 0})" if column.precision is not None
+                      else "DECIMAL_TEXT")
+        elif column.type == "text":
+            native = f"VARCHAR({column.length})" if column.length is not None else "TEXT"
+        else:
+            native = _DDL[column.type]
+        return native if column.nullable else f"{native} NOT NULL"
+
+    def limit_query(self, select: str, rest: str, order: str, *, limit: int, offset: int = 0) -> str:
+        tail = f" OFFSET {int(offset)}" if offset else ""
+        return f"SELECT {select} {rest} ORDER BY {order} LIMIT {int(limit)}{tail}"
+
+    def param_value(self, column: Column, value: Any) -> Any:
+        if value is None:
+            return None
+        if column.type == "binary":
+            return base64.b64decode(value)
+        if column.type == "boolean":
+            return 1 if value else 0
+        return value
+
+    # -- statements --------------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = (), *, batch: int = 1000) -> Iterator[Sequence[Any]]:
+        try:
+            cursor = self.conn.execute(sql, list(params))
+            while rows := cursor.fetchmany(batch):
+                yield from rows
+        except sqlite3.Error as exc:
+            raise self._error(exc, "query") from None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        try:
+            return self.conn.execute(sql, list(params)).rowcount
+        except sqlite3.Error as exc:
+            raise self._error(exc, "statement") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self._in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        finally:
+            self._in_transaction = False
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        # A read transaction: every read inside sees the same committed state.
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def insert_rows(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        cols = [table.column(n) for n in columns]
+        sql = (f"INSERT INTO {self.table_ref(table.name)} ({self.column_list(columns)}) "
+               f"VALUES ({', '.join('?' for _ in columns)})")
+        try:
+            self.conn.executemany(sql, ([self.param_value(c, v) for c, v in zip(cols, row, strict=True)]
+                                        for row in rows))
+        except sqlite3.Error as exc:
+            raise self._error(exc, f"insert into {table.name}") from None
+
+    # -- catalog -----------------------------------------------------------------------------------------
+
+    def _table_names(self) -> list[str]:
+        return [r[0] for r in self.query(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' "
+            "AND name <> ? ORDER BY name", [MARKER_TABLE])]
+
+    def tables(self) -> list[Table]:
+        result = []
+        for name in self._table_names():
+            columns, keyed = [], []
+            for _, col, declared, notnull, _, pk in self.query("SELECT * FROM pragma_table_info(?)", [name]):
+                base = logical_type(declared or "", f"{name}.{col}")
+                columns.append(Column(col, base.type, not notnull and not pk, base.precision, base.scale,
+                                      base.length, declared))
+                if pk:
+                    keyed.append((pk, col))
+            fks: dict[int, tuple[list[str], str, list[str]]] = {}
+            for fk_id, _, ref, src, dst, *_ in self.query("SELECT * FROM pragma_foreign_key_list(?)", [name]):
+                cols, _, refs = fks.setdefault(fk_id, ([], ref, []))
+                cols.append(src)
+                refs.append(dst)
+            foreign = tuple(ForeignKey(f"fk_{name}_{i}", tuple(c), ref, tuple(r))
+                            for i, (c, ref, r) in sorted(fks.items()))
+            result.append(Table(name, tuple(columns), tuple(c for _, c in sorted(keyed)), foreign))
+        return result
+
+    def table_exists(self, name: str) -> bool:
+        return any(True for _ in self.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                            [name]))
+
+    def count(self, table: str) -> int:
+        return int(next(iter(self.query(f"SELECT count(*) FROM {self.table_ref(table)}")))[0])
+
+    def foreign_key_sql(self, table: Table, fk: ForeignKey) -> str:
+        raise NotImplementedError("SQLite declares foreign keys only in CREATE TABLE")
+
+    def create_table_sql(self, table: Table) -> str:
+        # SQLite cannot add a foreign key later, so they are declared here (checked only when enforced).
+        sql = super().create_table_sql(table)
+        extra = [f"FOREIGN KEY ({self.column_list(fk.columns)}) REFERENCES {self.quote(fk.ref_table)} "
+                 f"({self.column_list(fk.ref_columns)})" for fk in table.foreign_keys]
+        return sql[:-1] + "".join(", " + e for e in extra) + ")" if extra else sql
+
+    # -- read-only switch --------------------------------------------------------------------------------
+
+    def _triggers(self) -> set[str]:
+        return {r[0] for r in self.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?",
+                                         [_TRIGGER_PREFIX + "%"])}
+
+    @staticmethod
+    def _trigger_name(table: str, op: str) -> str:
+        return f"{_TRIGGER_PREFIX}{hashlib.sha256(table.encode()).hexdigest()[:12]}_{op.lower()}"
+
+    def read_only(self) -> bool:
+        names = self._table_names()
+        triggers = self._triggers()
+        return bool(names) and all(self._trigger_name(t, op) in triggers for t in names
+                                   for op in ("INSERT", "UPDATE", "DELETE"))
+
+    def set_read_only(self, on: bool) -> None:
+        with self.transaction():
+            if on:
+                for table in self._table_names():
+                    for op in ("INSERT", "UPDATE", "DELETE"):
+                        self.execute(f"CREATE TRIGGER IF NOT EXISTS {self.quote(self._trigger_name(table, op))} "
+                                     f"BEFORE {op} ON {self.quote(table)} "
+                                     f"BEGIN SELECT RAISE(ABORT, '{READ_ONLY_MESSAGE}'); END")
+            else:
+                for name in self._triggers():
+                    self.execute(f"DROP TRIGGER IF EXISTS {self.quote(name)}")
+
+    def write_probe(self) -> str | None:
+        names = self._table_names()
+        if not names:
+            return None
+        try:
+            self.conn.execute("SAVEPOINT migrator_probe")
+            try:
+                self.conn.execute(f"INSERT INTO {self.quote(names[0])} DEFAULT VALUES")
+                return None
+            finally:
+                self.conn.execute("ROLLBACK TO migrator_probe")
+                self.conn.execute("RELEASE migrator_probe")
+        except sqlite3.Error as exc:
+            if READ_ONLY_MESSAGE in str(exc):
+                return str(exc)
+            # Rejected for another reason (a NOT NULL column): the trigger did not fire, so writes are open.
+            return None

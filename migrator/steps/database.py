@@ -1,0 +1,574 @@
+"""Database step kinds: read-only switch, portable backup to blob storage, resumable restore, fingerprints.
+
+``database.read_only`` → ``database.backup`` → ``database.restore`` → ``database.verify`` is the path that works
+for every target (Azure SQL Database cannot restore a native SQL Server backup). The dialects live in
+:mod:`migrator.providers.database`; the backup format in :mod:`migrator.providers.database.backup`.
+No row value is ever logged or written to an output: only table names, counts and checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from pydantic import model_validator
+
+from migrator.errors import InputError, PreconditionFailed, VerificationFailed
+from migrator.providers.blob import BlobEndpoint, open_blob_store
+from migrator.providers.blob.base import BlobStore
+from migrator.providers.database import (
+    MARKER_TABLE,
+    Database,
+    DatabaseEndpoint,
+    Fingerprint,
+    Table,
+    drift,
+    encode_row,
+    fk_order,
+    open_database,
+)
+from migrator.providers.database.backup import (
+    MANIFEST,
+    ChunkInfo,
+    ChunkWriter,
+    Manifest,
+    TableBackup,
+    check_chunk,
+    chunk_name,
+    read_chunk_lines,
+    read_manifest,
+)
+from migrator.providers.database.base import row_converter
+from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+
+INSERT_BATCH = 5000
+
+
+@contextmanager
+def connected(endpoint: DatabaseEndpoint, ctx: StepContext, *, must_exist: bool = True) -> Iterator[Database]:
+    db = open_database(endpoint, ctx, must_exist=must_exist)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _selected(tables: Sequence[Table], names: Sequence[str] | None, where: str) -> list[Table]:
+    if names is None:
+        return list(tables)
+    by_name = {t.name: t for t in tables}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise InputError(f"table {', '.join(missing)} not found in {where}")
+    return [by_name[n] for n in names]
+
+
+# -- database.read_only -------------------------------------------------------------------------------------
+
+
+class ReadOnlyParams(Params):
+    database: DatabaseEndpoint
+
+
+class ReadOnly(Step[ReadOnlyParams]):
+    """Switches the source database to read-only for the migration window.
+
+    Changes: SQL Server ``ALTER DATABASE … SET READ_ONLY WITH ROLLBACK IMMEDIATE``; PostgreSQL
+    ``default_transaction_read_only = on`` for the database, then ends its other sessions; SQLite aborting
+    ``BEFORE INSERT/UPDATE/DELETE`` triggers on every table (it has no database-level switch).
+    Done when: the switch is on and a write probe from a new session is rejected.
+    Undone: switched off again, unless it was already on before this run.
+    """
+
+    kind = "database.read_only"
+    Params = ReadOnlyParams
+    summary = "switch a database to read-only (write probe proves it); rollback switches it back"
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        with connected(self.params.database, ctx) as db:
+            if not db.read_only():
+                return CheckResult(False, f"{db.describe()} is writable")
+            refusal = db.write_probe()
+            if refusal is None:
+                return CheckResult(False, f"{db.describe()} is marked read-only but a write probe was accepted")
+            return CheckResult(True, f"{db.describe()} is read-only (write probe refused)")
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        state = self.check(ctx)
+        if state.done:
+            return PlanResult.nothing(state.reason)
+        return PlanResult([f"switch {self.params.database.describe()} to read-only"], state.reason,
+                          Estimate(seconds=2.0, basis="one ALTER and ending open sessions"))
+
+    def apply(self, ctx: StepContext) -> Mapping[str, Any]:
+        with connected(self.params.database, ctx) as db:
+            if ctx.memo.get("was_read_only") is None:
+                ctx.memo.set("was_read_only", db.read_only())
+            db.set_read_only(True)
+            ctx.event("database.read_only", f"{db.describe()} switched to read-only")
+            return {"database": db.describe(), "read_only": True}
+
+    def verify(self, ctx: StepContext) -> None:
+        with connected(self.params.database, ctx) as db:
+            if db.write_probe() is None:
+                raise VerificationFailed(f"{db.describe()}: a write was accepted after switching to read-only",
+                                         step_id=self.step_id)
+
+    def compensate(self, ctx: StepContext) -> None:
+        if ctx.memo.get("was_read_only"):
+            return
+        with connected(self.params.database, ctx) as db:
+            db.set_read_only(False)
+            ctx.event("database.read_write", f"{db.describe()} switched back to read-write")
+
+
+# -- database.backup ----------------------------------------------------------------------------------------
+
+
+class BackupParams(Params):
+    database: DatabaseEndpoint
+    to: BlobEndpoint
+    #: Only these tables (default: every table of the schema).
+    tables: list[str] | None = None
+    chunk_rows: int = 50_000
+    chunk_bytes: int = 64 << 20
+
+    @model_validator(mode="after")
+    def _sizes(self) -> BackupParams:
+        if self.chunk_rows < 1 or self.chunk_bytes < 1024:
+            raise ValueError("chunk_rows must be at least 1 and chunk_bytes at least 1024")
+        return self
+
+
+class Backup(Step[BackupParams]):
+    """Writes a consistent, portable backup of the database to a blob store (folder or Azure container).
+
+    Changes: writes chunk blobs and, last, ``manifest.json`` under the backup location; the database is only read.
+    Done when: the manifest exists and its tables and row counts match the database now.
+    Undone: nothing to undo in the database; the backup blobs are left in place.
+    Resumes per chunk: chunks recorded done are not read again (consistency across a restart relies on the
+    source being read-only, as ``database.read_only`` makes it; within one attempt reads share a snapshot).
+    """
+
+    kind = "database.backup"
+    Params = BackupParams
+    summary = "portable, chunked, checksummed backup of a database to blob storage (resumable)"
+
+    def _store(self, ctx: StepContext) -> BlobStore:
+        return open_blob_store(self.params.to, ctx, create=True)
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        manifest = read_manifest(self._store(ctx))
+        if manifest is None:
+            return CheckResult(False, f"no backup manifest in {self.params.to.describe()}")
+        with connected(self.params.database, ctx) as db:
+            tables = _selected(db.tables(), self.params.tables, db.describe())
+            for table in tables:
+                backed = manifest.table(table.name)
+                if backed is None:
+                    return CheckResult(False, f"the backup lacks table {table.name}")
+                if backed.table != table or backed.row_count != db.count(table.name):
+                    return CheckResult(False, f"table {table.name} changed since the backup")
+            return CheckResult(True, f"backup of {len(tables)} tables is complete in {self.params.to.describe()}",
+                               _backup_outputs(manifest, self.params.to))
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        state = self.check(ctx)
+        if state.done:
+            return PlanResult.nothing(state.reason)
+        with connected(self.params.database, ctx) as db:
+            tables = _selected(db.tables(), self.params.tables, db.describe())
+            rows = sum(db.count(t.name) for t in tables)
+        return PlanResult([f"back up {len(tables)} tables ({rows} rows) of {self.params.database.describe()} "
+                           f"to {self.params.to.describe()}"], state.reason,
+                          Estimate(items=len(tables), basis="row counts; no throughput measured"),
+                          {"tables": len(tables), "rows": rows})
+
+    def apply(self, ctx: StepContext) -> Mapping[str, Any]:
+        store = self._store(ctx)
+        with connected(self.params.database, ctx) as db, db.snapshot():
+            tables = _selected(db.tables(), self.params.tables, db.describe())
+            schema = [t.to_json() for t in tables]
+            started = ctx.memo.get("schema")
+            if started is None:
+                ctx.memo.set("schema", schema)
+                ctx.memo.set("created_at", ctx.clock.now().isoformat(timespec="seconds"))
+            elif started != schema:
+                raise PreconditionFailed(f"{db.describe()}: the schema changed since this backup began",
+                                         step_id=self.step_id, hint="roll back and start the backup again")
+            if not db.read_only():
+                ctx.event("database.backup.live", f"{db.describe()} is not read-only: the backup is consistent "
+                          "within one attempt, but a resumed one may mix states")
+            backups = []
+            for index, table in enumerate(tables):
+                ctx.raise_if_cancelled()
+                backups.append(self._backup_table(ctx, store, db, index, table))
+        manifest = Manifest(db.dialect, str(ctx.memo.get("created_at")), backups)
+        store.write(MANIFEST, manifest.to_bytes(), content_type="application/json")
+        return _backup_outputs(manifest, self.params.to)
+
+    def _backup_table(self, ctx: StepContext, store: BlobStore, db: Database, index: int,
+                      table: Table) -> TableBackup:
+        chunks: list[ChunkInfo] = []
+        number = 0
+        while (record := ctx.items.get(chunk_name(index, table.name, number))) is not None \
+                and record.status == "done":
+            chunks.append(ChunkInfo.from_json(record.detail))
+            number += 1
+        names = table.column_names
+        convert = row_converter(table.columns)
+        finished = False
+        while not finished:
+            ctx.raise_if_cancelled()
+            last = chunks[-1] if chunks else None
+            if table.primary_key:
+                rows = db.read_page(table, names, last.last_key if last else None, self.params.chunk_rows)
+            else:
+                start = (last.end_offset or 0) if last else 0
+                rows = db.read_offset(table, names, start, self.params.chunk_rows)
+            writer = ChunkWriter()
+            last_row: list[Any] | None = None
+            capped = False
+            for row in rows:
+                last_row = convert(row)
+                writer.add(encode_row(last_row))
+                if writer.raw_bytes >= self.params.chunk_bytes:
+                    capped = True
+                    break
+            if hasattr(rows, "close"):
+                rows.close()
+            finished = not capped and writer.rows < self.params.chunk_rows
+            if writer.rows == 0 and chunks:
+                break
+            name = chunk_name(index, table.name, number)
+            data = writer.finish()
+            sha = hashlib.sha256(data).hexdigest()
+            store.write(name, data, content_type="application/gzip")
+            key = None
+            if table.primary_key and last_row is not None:
+                positions = [names.index(k) for k in table.primary_key]
+                key = [last_row[p] for p in positions]
+            offset = None
+            if not table.primary_key:
+                offset = ((last.end_offset or 0) if last else 0) + writer.rows
+            chunk = ChunkInfo(name, writer.rows, len(data), sha, writer.fingerprint.checksum, key, offset)
+            ctx.items.record(name, "done", bytes=len(data), checksum=sha, detail=chunk.to_json())
+            ctx.progress(f"{table.name}: chunk {number} ({writer.rows} rows)")
+            chunks.append(chunk)
+            number += 1
+        total = Fingerprint()
+        for chunk in chunks:
+            total.merge(Fingerprint(chunk.rows, int(chunk.fingerprint, 16)))
+        count = db.count(table.name)
+        if total.rows != count:
+            raise VerificationFailed(f"table {table.name}: {total.rows} rows backed up but the table holds {count}",
+                                     step_id=self.step_id, retryable=False,
+                                     hint="the source changed during the backup: switch it to read-only first")
+        return TableBackup(table, count, total, chunks)
+
+    def verify(self, ctx: StepContext) -> None:
+        store = self._store(ctx)
+        manifest = read_manifest(store)
+        if manifest is None:
+            raise VerificationFailed(f"no manifest in {store.describe()}", step_id=self.step_id)
+        for backed in manifest.tables:
+            if sum(c.rows for c in backed.chunks) != backed.row_count:
+                raise VerificationFailed(f"table {backed.table.name}: chunk rows do not add up to the row count",
+                                         step_id=self.step_id)
+            for chunk in backed.chunks:
+                problem = check_chunk(store, chunk)
+                if problem:
+                    raise VerificationFailed(f"table {backed.table.name}: {problem}", step_id=self.step_id)
+
+
+def _backup_outputs(manifest: Manifest, to: BlobEndpoint) -> dict[str, Any]:
+    return {
+        "location": to.describe(),
+        "tables": len(manifest.tables),
+        "rows": sum(t.row_count for t in manifest.tables),
+        "chunks": sum(len(t.chunks) for t in manifest.tables),
+        "bytes": sum(c.bytes for t in manifest.tables for c in t.chunks),
+        "fingerprints": {t.table.name: t.fingerprint.as_dict() for t in manifest.tables},
+    }
+
+
+# -- database.restore ---------------------------------------------------------------------------------------
+
+
+class RestoreParams(Params):
+    backup: BlobEndpoint
+    database: DatabaseEndpoint
+    #: create: make every table; existing: every table must exist (drift is reported); auto: create the missing.
+    schema_mode: Literal["auto", "create", "existing"] = "auto"
+    tables: list[str] | None = None
+
+
+class Restore(Step[RestoreParams]):
+    """Loads a portable backup into the target database.
+
+    Changes: creates the missing tables (type mapping per dialect, primary keys; foreign keys after the load),
+    or checks the existing ones for drift; then loads every chunk in foreign-key order. Each chunk commits
+    together with its row in the target's ``_migrator_restore_chunks`` table, so a chunk half-loaded by a
+    killed run is rolled back by the engine and loaded again whole: never a duplicate row.
+    Done when: every table of the backup holds its row count and no load is in progress (no marker table).
+    Undone: drops the tables this run created; empties existing tables it loaded (they were empty before).
+    """
+
+    kind = "database.restore"
+    Params = RestoreParams
+    summary = "load a portable backup into a database, idempotently per chunk (resumable)"
+
+    def _manifest(self, ctx: StepContext) -> Manifest:
+        store = open_blob_store(self.params.backup, ctx)
+        manifest = read_manifest(store)
+        if manifest is None:
+            raise PreconditionFailed(f"no complete backup (manifest.json) in {store.describe()}",
+                                     step_id=self.step_id, hint="run database.backup first")
+        return manifest
+
+    def _tables(self, manifest: Manifest) -> list[TableBackup]:
+        names = [t.table.name for t in manifest.tables]
+        picked = _selected([t.table for t in manifest.tables], self.params.tables, "the backup")
+        return [manifest.tables[names.index(t.name)] for t in picked]
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        manifest = self._manifest(ctx)
+        with connected(self.params.database, ctx, must_exist=False) as db:
+            if db.table_exists(MARKER_TABLE):
+                return CheckResult(False, "a restore into this database is in progress")
+            for backed in self._tables(manifest):
+                if not db.table_exists(backed.table.name):
+                    return CheckResult(False, f"table {backed.table.name} does not exist in {db.describe()}")
+                count = db.count(backed.table.name)
+                if count != backed.row_count:
+                    return CheckResult(False, f"table {backed.table.name} holds {count} of {backed.row_count} rows")
+            return CheckResult(True, f"every table of the backup is loaded in {db.describe()}")
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        state = self.check(ctx)
+        if state.done:
+            return PlanResult.nothing(state.reason)
+        manifest = self._manifest(ctx)
+        tables = self._tables(manifest)
+        with connected(self.params.database, ctx, must_exist=False) as db:
+            creates, problems = self._schema_changes(db, tables)
+        if problems:
+            return PlanResult([f"cannot restore: {p}" for p in problems], state.reason)
+        rows = sum(t.row_count for t in tables)
+        changes = [f"create table {t.table.name}" for t in creates]
+        changes.append(f"load {rows} rows into {len(tables)} tables of {self.params.database.describe()}")
+        return PlanResult(changes, state.reason,
+                          Estimate(items=sum(len(t.chunks) for t in tables),
+                                   bytes=sum(c.bytes for t in tables for c in t.chunks), basis="backup manifest"))
+
+    def _schema_changes(self, db: Database, tables: Sequence[TableBackup]) -> tuple[list[TableBackup], list[str]]:
+        existing = {t.name: t for t in db.tables()}
+        creates: list[TableBackup] = []
+        problems: list[str] = []
+        for backed in tables:
+            target = existing.get(backed.table.name)
+            if target is None:
+                if self.params.schema_mode == "existing":
+                    problems.append(f"table {backed.table.name} is missing from the target schema")
+                else:
+                    creates.append(backed)
+            elif self.params.schema_mode == "create":
+                problems.append(f"table {backed.table.name} already exists in the target")
+            else:
+                found = drift(backed.table, target)
+                if found.blocking:
+                    problems.append(found.describe())
+        return creates, problems
+
+    def apply(self, ctx: StepContext) -> Mapping[str, Any]:
+        manifest = self._manifest(ctx)
+        store = open_blob_store(self.params.backup, ctx)
+        tables = self._tables(manifest)
+        with connected(self.params.database, ctx, must_exist=False) as db:
+            created = set(ctx.memo.get("created", []))
+            creates, problems = self._schema_changes(db, tables)
+            creates = [t for t in creates if t.table.name not in created]
+            if problems:
+                # Before anything is changed: bad input, not a half-done restore.
+                raise InputError(f"{db.describe()}: " + "; ".join(problems),
+                                 hint="fix the target schema, or choose another schema_mode")
+            committed = db.marker_chunks()
+            loaded_tables = {c.split("/")[1] for c in committed}
+            emptied = set(ctx.memo.get("filled", []))
+            for backed in tables:
+                name = backed.table.name
+                if name in created or any(t.table.name == name for t in creates):
+                    continue
+                folder = backed.chunks[0].name.split("/")[1] if backed.chunks else None
+                if folder in loaded_tables or name in emptied:
+                    continue
+                rows = db.count(name)
+                if rows:
+                    raise PreconditionFailed(f"table {name} in {db.describe()} already holds {rows} rows that "
+                                             "this restore did not load", step_id=self.step_id,
+                                             hint="empty it, or restore into an empty database")
+                emptied.add(name)
+            ctx.memo.set("filled", sorted(emptied))
+            for backed in creates:
+                ctx.memo.set("created", sorted({*created, backed.table.name}))
+                with db.transaction():
+                    db.execute(db.create_table_sql(_without_fks(backed.table, db)))
+                created.add(backed.table.name)
+            db.ensure_marker_table()
+            committed = db.marker_chunks()
+            ctx.items.set_total(items=sum(len(t.chunks) for t in tables),
+                                bytes=sum(c.bytes for t in tables for c in t.chunks))
+            loaded = 0
+            for backed in fk_order([t.table for t in tables]):
+                table_backup = next(t for t in tables if t.table.name == backed.name)
+                for chunk in table_backup.chunks:
+                    record = ctx.items.get(chunk.name)
+                    if (record is not None and record.status == "done") or chunk.name in committed:
+                        continue
+                    ctx.raise_if_cancelled()
+                    self._load_chunk(db, store, backed, chunk)
+                    ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256)
+                    loaded += chunk.rows
+                    ctx.progress(f"{backed.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
+            if db.dialect != "sqlite":
+                for backed in fk_order([t.table for t in tables]):
+                    if backed.name in created:
+                        self._add_foreign_keys(db, backed)
+            db.drop_table(MARKER_TABLE)
+            return {"database": db.describe(), "tables": len(tables), "created": sorted(created),
+                    "rows": sum(t.row_count for t in tables), "rows_loaded_now": loaded}
+
+    @staticmethod
+    def _load_chunk(db: Database, store: BlobStore, table: Table, chunk: ChunkInfo) -> None:
+        names = table.column_names
+        lines = read_chunk_lines(store, chunk)
+        with db.transaction():
+            for start in range(0, len(lines), INSERT_BATCH):
+                db.insert_lines(table, names, lines[start:start + INSERT_BATCH])
+            db.mark_chunk(chunk.name, chunk.sha256)
+
+    @staticmethod
+    def _add_foreign_keys(db: Database, table: Table) -> None:
+        present = db.table(table.name)
+        have = {fk.name for fk in present.foreign_keys} if present else set()
+        for fk in table.foreign_keys:
+            if fk.name not in have:
+                with db.transaction():
+                    db.execute(db.foreign_key_sql(table, fk))
+
+    def verify(self, ctx: StepContext) -> None:
+        state = self.check(ctx)
+        if not state.done:
+            raise VerificationFailed(f"restore not complete: {state.reason}", step_id=self.step_id)
+
+    def compensate(self, ctx: StepContext) -> None:
+        manifest = self._manifest(ctx)
+        order = [t.table.name for t in manifest.tables]
+        created = set(ctx.memo.get("created", []))
+        filled = set(ctx.memo.get("filled", []))
+        by_name = {t.table.name: t.table for t in manifest.tables}
+        with connected(self.params.database, ctx, must_exist=False) as db:
+            for table in reversed(fk_order([by_name[n] for n in order if n in created | filled])):
+                if table.name in created and db.table_exists(table.name):
+                    db.drop_table(table.name)
+                elif table.name in filled and db.table_exists(table.name):
+                    db.delete_all(table.name)
+            if db.table_exists(MARKER_TABLE):
+                db.drop_table(MARKER_TABLE)
+
+
+def _without_fks(table: Table, db: Database) -> Table:
+    # SQLite can only declare foreign keys in CREATE TABLE; elsewhere they are added after the load.
+    if db.dialect == "sqlite":
+        return table
+    return Table(table.name, table.columns, table.primary_key, ())
+
+
+# -- database.verify ----------------------------------------------------------------------------------------
+
+
+class VerifyParams(Params):
+    database: DatabaseEndpoint
+    #: The reference: another database (compared live), or a backup (its manifest's fingerprints).
+    source: DatabaseEndpoint | None = None
+    backup: BlobEndpoint | None = None
+    tables: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> VerifyParams:
+        if (self.source is None) == (self.backup is None):
+            raise ValueError("give exactly one of `source` (a database) and `backup` (a backup location)")
+        return self
+
+
+def fingerprint(db: Database, reference: Table, target: Table | None = None) -> Fingerprint:
+    """Row count and content checksum of a table, values normalized by ``reference``'s column types."""
+    target = target or reference
+    names = reference.column_names
+    convert = row_converter([reference.column(n) for n in names])
+    result = Fingerprint()
+    for row in db.read_all(target, names):
+        result.add_line(encode_row(convert(row)))
+    return result
+
+
+class Verify(Step[VerifyParams]):
+    """Compares every table of a database with its reference: row count and order-independent content checksum.
+
+    Changes: nothing (reads only). Done when: always runs; its outputs are the fingerprints.
+    Verified when: every table's fingerprint equals the reference's; a mismatch fails naming the tables.
+    """
+
+    kind = "database.verify"
+    Params = VerifyParams
+    summary = "row counts and content checksums of every table against a source database or backup"
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        return PlanResult.nothing(f"reads {self.params.database.describe()} only; compares fingerprints")
+
+    def apply(self, ctx: StepContext) -> Mapping[str, Any]:
+        expected: dict[str, dict[str, Any]] = {}
+        references: list[Table] = []
+        if self.params.backup is not None:
+            manifest = read_manifest(open_blob_store(self.params.backup, ctx))
+            if manifest is None:
+                raise PreconditionFailed(f"no backup manifest in {self.params.backup.describe()}",
+                                         step_id=self.step_id)
+            references = _selected([t.table for t in manifest.tables], self.params.tables, "the backup")
+            for t in manifest.tables:
+                expected[t.table.name] = t.fingerprint.as_dict()
+        else:
+            assert self.params.source is not None
+            with connected(self.params.source, ctx) as src:
+                references = _selected(src.tables(), self.params.tables, src.describe())
+                for table in references:
+                    ctx.raise_if_cancelled()
+                    expected[table.name] = fingerprint(src, table).as_dict()
+        actual: dict[str, dict[str, Any]] = {}
+        with connected(self.params.database, ctx) as db:
+            present = {t.name: t for t in db.tables()}
+            for table in references:
+                ctx.raise_if_cancelled()
+                target = present.get(table.name)
+                if target is None:
+                    actual[table.name] = {"rows": None, "checksum": None}
+                    continue
+                missing = [n for n in table.column_names if n not in target.column_names]
+                if missing:
+                    actual[table.name] = {"rows": None, "checksum": None, "missing_columns": missing}
+                    continue
+                actual[table.name] = fingerprint(db, table, target).as_dict()
+        mismatches = sorted(n for n in actual if actual[n] != expected[n])
+        ctx.memo.set("mismatches", mismatches)
+        return {"tables": {n: {"expected": expected[n], "actual": actual[n]} for n in actual},
+                "mismatches": mismatches}
+
+    def verify(self, ctx: StepContext) -> None:
+        mismatches = ctx.memo.get("mismatches")
+        if mismatches is None:
+            raise VerificationFailed("no fingerprints were computed", step_id=self.step_id)
+        if mismatches:
+            raise VerificationFailed(f"{self.params.database.describe()}: content differs from the reference in "
+                                     f"table {', '.join(mismatches)}", step_id=self.step_id)
