@@ -7,4 +7,7 @@ pytest_plugins: list[str] = [
     "tests.support.azurite",
     "tests.armemu.plugin",
     "tests.support.bind",
+    "tests.support.postgres",
+    "tests.support.engine",
+    "tests.support.statestore",
 ]
