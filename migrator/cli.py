@@ -96,10 +96,14 @@ class _Signals:
 
 
 def _runner(store: StateStore, state: str | None, options: dict[str, Any]) -> Any:
+    import shlex
+
     from migrator.progress import make_listener
     from migrator.runner import Runner
 
-    return Runner(store, listener=make_listener(err), log_dir=_log_dir(state), options=options)
+    command = shlex.join(["migrator", *sys.argv[1:]])
+    return Runner(store, listener=make_listener(err), log_dir=_log_dir(state),
+                  options={**options, "command_line": command})
 
 
 def _finish(outcome: Any, store: StateStore, state: str | None, runner: Any = None) -> None:
@@ -279,6 +283,49 @@ def status(run_id: str | None = typer.Argument(None, help="default: the newest r
         lock = summary.get("lock")
         if lock:
             out.print(f"lock: {lock['holder']}" + (f" — stale: {lock['stale']}" if lock["stale"] else ""))
+
+    _guard(body)
+
+
+@app.command()
+def report(run_id: str = typer.Argument(...), state: str | None = StateOpt,
+           fmt: str = typer.Option("markdown", "--format", "-f", help="markdown, html or json"),
+           out_dir: Path | None = typer.Option(None, "--out", help="also write report.md, .html and .json here")
+           ) -> None:
+    """Forecast against actual for every step of a run, and the read-only window as it was."""
+
+    def body() -> None:
+        from migrator.reports.run import render_report
+
+        store = open_store(_state_spec(state))
+        out.print(render_report(store, run_id, fmt, out_dir), markup=False)
+
+    _guard(body)
+
+
+@app.command("support-bundle")
+def support_bundle(run_id: str = typer.Argument(...), state: str | None = StateOpt,
+                   output: Path | None = typer.Option(None, "--output", "-o", help="zip to write"),
+                   description: str | None = typer.Option(None, "--description",
+                                                          help="what went wrong, in your words")) -> None:
+    """A zip with what the provider's support asks for, secrets and personal data redacted."""
+
+    def body() -> None:
+        from migrator.reports.bundle import build_bundle
+        from migrator.secrets import Redactor
+
+        store = open_store(_state_spec(state))
+        run_rec = store.require_run(run_id)
+        redactor = Redactor()
+        # the values of the secrets this run referenced, if set here, are masked wherever they appear
+        from migrator.secrets import env_names
+
+        for text in (run_rec.playbook_text, run_rec.environment_text or ""):
+            for name in env_names(text):
+                redactor.add(os.environ.get(name))
+        path = build_bundle(store, run_id, output or Path(f"support-{run_id}.zip"), log_dir=_log_dir(state),
+                            redactor=redactor, description=description)
+        out.print(f"support bundle: {path}")
 
     _guard(body)
 

@@ -359,6 +359,7 @@ class Runner:
                 tenant=loaded.environment.tenant.name if loaded.environment else None))
             with self._run_logging(run_id):
                 self._event(run_id, None, "run.started", f"run {run_id} of playbook {loaded.playbook.name} started")
+                self._command_event(run_id)
                 if stale:
                     self._event(run_id, None, "lock.stale", stale)
                 if not self.options.get("no_forecast"):
@@ -385,6 +386,7 @@ class Runner:
                     return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run had already succeeded"])
                 self.store.update_run(run_id, status=RunStatus.RUNNING, error=None, finished_at=None)
                 self._event(run_id, None, "run.resumed", f"run {run_id} resumed")
+                self._command_event(run_id)
                 return self._execute(run_id, loaded, force=force)
         finally:
             keeper.release()
@@ -403,6 +405,7 @@ class Runner:
                 if run.status == RunStatus.ROLLED_BACK:
                     return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run was already rolled back"])
                 self._event(run_id, None, "rollback.requested", "rollback requested")
+                self._command_event(run_id)
                 clean, error = self._compensate(run_id, loaded)
                 status = RunStatus.ROLLED_BACK if clean else RunStatus.ROLLBACK_FAILED
                 self.store.update_run(run_id, status=status, finished_at=time.time(),
@@ -883,6 +886,12 @@ class Runner:
         self.store.add_event(run_id, step_id, type, message, self.redactor.redact_obj(data))
         log.info("%s", message)
 
+    def _command_event(self, run_id: str) -> None:
+        """Keeps the exact command line, so a support bundle can say how to reproduce."""
+        command = self.options.get("command_line")
+        if command:
+            self._event(run_id, None, "command", f"command: {command}", command=command)
+
     def _describe_error(self, exc: BaseException) -> str:
         text = exc.one_line() if isinstance(exc, MigratorError) else f"{type(exc).__name__}: {exc}"
         return self.redactor.redact(text)
@@ -894,7 +903,8 @@ class Runner:
             self.redactor.add(os.environ.get(name))
 
     def _public_options(self) -> dict[str, Any]:
-        return {k: v for k, v in self.options.items() if isinstance(v, (str, int, float, bool, type(None)))}
+        return {k: v for k, v in self.options.items()
+                if isinstance(v, (str, int, float, bool, type(None))) and k != "command_line"}
 
     def _close_resources(self) -> None:
         for key, resource in list(self._resources.items()):

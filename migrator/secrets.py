@@ -23,7 +23,8 @@ ENV_REF = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
 _MASK = "***"
 # Personal data the product stores (names, email, job title, phone): the shapes we can recognise in text.
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_PHONE = re.compile(r"(?<![\w.])\+?\d[\d ()-]{7,}\d(?![\w.])")
+# International (+31 / 0031 ...) or national (0 ...) numbers of 8+ digits; dates, times and ids do not start so.
+_PHONE = re.compile(r"(?<![\w.:/-])(?:(?:\+|00)\d{1,3}[ .-]?(?:\(0\)[ .-]?)?|0)\d(?:[ .-]?\d){6,12}(?![\w:/-])")
 _SAS_SIG = re.compile(r"((?:sig|AccountKey|Password|PWD|password|token|SharedAccessSignature)=)([^;&\s'\"]+)")
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+")
 
