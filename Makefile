@@ -45,6 +45,9 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/checkpoint.py
+	$(BIN)/python bench/blobs.py
+	$(BIN)/python bench/database.py
+	$(BIN)/python bench/window.py
 
 clean:
 	rm -rf $(VENV) node_modules .migrator .pytest_cache
