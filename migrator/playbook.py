@@ -103,7 +103,7 @@ class Playbook(_Model):
     on_failure: Literal["rollback", "stop"] = "stop"
     concurrency: int = Field(4, ge=1, le=64)
     checkpoint_batch: int = Field(500, ge=1, le=100_000, description="item checkpoints written per transaction")
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy())
     steps: list[StepSpec] = Field(min_length=1)
 
 

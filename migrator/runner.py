@@ -694,7 +694,7 @@ class Runner:
         return self.redactor.redact_obj(outputs, personal_data=False)
 
     def _retrying(self, policy: RetryPolicy, run_id: str, step_id: str) -> Retrying:
-        stop = stop_after_attempt(policy.attempts)
+        stop: Any = stop_after_attempt(policy.attempts)
         if policy.budget is not None:
             stop = stop | stop_after_delay(policy.budget)
         backoff = wait_exponential_jitter(initial=policy.initial, max=policy.max, jitter=policy.jitter)

@@ -130,24 +130,49 @@ class Memo(Protocol):
 class StepContext(Protocol):
     """Everything a step gets from the engine. No globals: a step reaches the world only through this."""
 
-    run_id: str
-    step_id: str
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def step_id(self) -> str: ...
+
     #: Resolved references of the playbook and environment: tenant name, settings, dayparts...
-    environment: Mapping[str, Any]
+    @property
+    def environment(self) -> Mapping[str, Any]: ...
+
     #: Outputs of finished steps, by step id.
-    outputs: Mapping[str, Mapping[str, Any]]
-    items: ItemStore
-    memo: Memo
-    clock: Clock
-    log: logging.Logger
-    redactor: Redactor
-    dry_run: bool
+    @property
+    def outputs(self) -> Mapping[str, Mapping[str, Any]]: ...
+
+    @property
+    def items(self) -> ItemStore: ...
+
+    @property
+    def memo(self) -> Memo: ...
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def log(self) -> logging.Logger: ...
+
+    @property
+    def redactor(self) -> Redactor: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
     #: Options of the command (``accept_data_loss``, ``allow_delete``, ``window``...).
-    options: Mapping[str, Any]
+    @property
+    def options(self) -> Mapping[str, Any]: ...
+
     #: Long-lived objects shared by steps of one run (connections, clients), keyed by the step's own choice.
-    resources: dict[str, Any]
+    @property
+    def resources(self) -> dict[str, Any]: ...
+
     #: Set when the run must stop (signal, watchdog, timeout); long loops call ``raise_if_cancelled``.
-    cancel_event: threading.Event
+    @property
+    def cancel_event(self) -> threading.Event: ...
 
     def reveal(self, secret: Secret | str | None) -> str | None: ...
 

@@ -23,7 +23,7 @@ def timeline(loaded: LoadedPlaybook, views: list[StepPlanView]) -> dict[str, Any
     """Start and end (seconds from the start of the run) of every step, and the read-only window."""
     by_id = {v.step_id: v for v in views}
     ends: dict[str, float] = {}
-    rows = []
+    rows: list[dict[str, Any]] = []
     unknown: list[str] = []
     for step in loaded.steps:
         view = by_id.get(step.id)

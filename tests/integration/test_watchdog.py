@@ -93,6 +93,6 @@ def test_slow_step_under_injected_clock_is_aborted_and_rolled_back_before_the_da
 
 
 def test_work_that_fits_the_window_is_not_aborted(tmp_path: Path) -> None:
-    outcome, clock, journal = run(tmp_path, tick=1, ticks=30)  # 30 minutes of work, estimate 1 h, from 00:30
+    outcome, _, journal = run(tmp_path, tick=1, ticks=30)  # 30 minutes of work, estimate 1 h, from 00:30
     assert outcome.exit_code == ExitCode.OK, outcome
     assert lines(journal) == ["apply read_only"]

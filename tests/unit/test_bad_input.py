@@ -49,7 +49,8 @@ CASES = [
      "needs"),
     ("missing-env-var", "name: x\nsteps:\n  - id: a\n    uses: shell\n    with:\n      run: ls\n      env:\n"
      "        TOKEN: ${env:MIGRATOR_TEST_SURELY_UNSET}\n", GOOD_ENV, "pb", 8, "MIGRATOR_TEST_SURELY_UNSET"),
-    ("secret-in-plain-field", "name: x\nsteps:\n  - id: a\n    uses: shell\n    with:\n      run: 'curl -u ${env:HOME}'\n",
+    ("secret-in-plain-field",
+     "name: x\nsteps:\n  - id: a\n    uses: shell\n    with:\n      run: 'curl -u ${env:HOME}'\n",
      GOOD_ENV, "pb", 6, "secret"),
     ("bad-duration", "name: x\nsteps:\n  - id: a\n    uses: wait\n    with: {seconds: 1}\n    timeout: forever\n",
      GOOD_ENV, "pb", 6, "timeout"),
