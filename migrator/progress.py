@@ -77,7 +77,7 @@ class LiveListener:
         self.progress_ui = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                     DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
                                     console=console, transient=False)
-        self.tasks: dict[str, TaskID] = {}
+        self.tasks: dict[str, TaskID] = {}  # rich indexes tasks by id
         self._lock = threading.Lock()
         self.progress_ui.start()
 
@@ -90,6 +90,9 @@ class LiveListener:
         with self._lock:
             task = self.tasks.get(step_id)
             if task is not None:
+                total = self.progress_ui.tasks[task].total
+                if status == "done":  # a finished step shows a full bar, whatever it counted
+                    self.progress_ui.update(task, total=total or 1, completed=total or 1)
                 self.progress_ui.update(task, description=f"{step_id}: {status}")
                 self.progress_ui.stop_task(task)
         if note and status != "done":
