@@ -443,14 +443,19 @@ class StateStore:
             "detail = excluded.detail, updated_at = excluded.updated_at")
         with self._tx():
             if isinstance(self.backend, _PostgresBackend):
-                # one multi-row statement per chunk: a round trip per row would cap PostgreSQL at a few
-                # thousand checkpoints a second
-                for start in range(0, len(rows), 1000):
-                    chunk = rows[start:start + 1000]
-                    values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
-                    flat = [v for row in chunk for v in row]
-                    self._conn.execute(sql.replace("VALUES (%s, %s, %s, %s, %s, %s, %s, %s)", f"VALUES {values}"),
-                                       flat)
+                # COPY into a session-private staging table, then one upsert: a statement per row would cap
+                # PostgreSQL at a few thousand checkpoints a second
+                self._conn.execute("CREATE TEMP TABLE IF NOT EXISTS items_in (LIKE items) ON COMMIT DELETE ROWS")
+                with self._conn.cursor().copy(
+                        "COPY items_in (run_id, step_id, key, status, bytes, checksum, detail, updated_at) "
+                        "FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                self._conn.execute(
+                    "INSERT INTO items SELECT * FROM items_in "
+                    "ON CONFLICT (run_id, step_id, key) DO UPDATE SET status = excluded.status, "
+                    "bytes = excluded.bytes, checksum = excluded.checksum, detail = excluded.detail, "
+                    "updated_at = excluded.updated_at")
             else:
                 self._conn.executemany(sql, rows)
 
