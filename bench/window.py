@@ -1,0 +1,116 @@
+"""The read-only window against a full copy, in one run, on the demo's local stand-ins.
+
+1. Stand the demo up (``fixtures.demo.DemoStack``) with the tenant at the chosen size.
+2. Full copy (the baseline): the whole blob store copied to the cloud backup container by ``blobs.presync``
+   (a one-step playbook run through ``migrator run``), plus the full database backup and restore of step 4 —
+   what the tenant would be read-only for if nothing were copied ahead.
+3. The tenant in use: ``--changed`` (1%) of the rows and blobs change after that presync.
+4. The migration: ``playbooks/workspace365-local.yaml`` through ``migrator run``; its presync copies only the
+   changed blobs while the tenant is live; the read-only window is measured from the ``read_only.start`` event
+   to the end of the run (the source stays read-only after the cutover).
+
+Prints both times and the ratio window / full copy; the issue's target is at most 10%.
+
+    .venv/bin/python bench/window.py                      # 20,000 rows, 500 blobs / 50 MB
+    .venv/bin/python bench/window.py --rows 200000 --blobs 5000 --blob-bytes 500000000   # the issue's size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from fixtures.demo import PLAYBOOK, DemoSize, DemoStack, drop_database  # noqa: E402
+from fixtures.tenant.blobs import change_blobs  # noqa: E402
+from fixtures.tenant.db import connect  # noqa: E402
+from fixtures.tenant.generate import change_rows  # noqa: E402
+
+#: The steps that run while the tenant is read-only (db_backup beside blobs_sync, db_restore beside blobs_live).
+WINDOW_STEPS = ("read_only", "db_backup", "blobs_sync", "db_restore", "blobs_live", "db_verify", "blobs_verify",
+                "target_writable", "smoke", "dns_transfer", "dns_verify", "done")
+
+
+def migrator(stack: DemoStack, *args: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT, env=stack.child_environ(),
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"migrator {args[0]} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+
+
+def step_seconds(state_db: Path, run_id: str) -> dict[str, float]:
+    with sqlite3.connect(state_db) as conn:
+        rows = conn.execute("SELECT step_id, started_at, finished_at FROM steps WHERE run_id = ?", (run_id,))
+        return {r[0]: float(r[2] - r[1]) for r in rows if r[1] is not None and r[2] is not None}
+
+
+def read_only_window(state_db: Path, run_id: str) -> float:
+    with sqlite3.connect(state_db) as conn:
+        start = conn.execute("SELECT data FROM events WHERE run_id = ? AND type = 'read_only.start'",
+                             (run_id,)).fetchone()
+        end = conn.execute("SELECT ts FROM events WHERE run_id = ? AND type = 'run.succeeded'",
+                           (run_id,)).fetchone()
+    return float(end[0]) - datetime.fromisoformat(json.loads(start[0])["at"]).timestamp()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--blobs", type=int, default=500)
+    parser.add_argument("--blob-bytes", type=int, default=50_000_000)
+    parser.add_argument("--changed", type=float, default=0.01, help="share of rows and blobs changed after presync")
+    args = parser.parse_args(argv)
+    size = DemoSize(rows=args.rows, blobs=args.blobs, blob_bytes=args.blob_bytes)
+    with tempfile.TemporaryDirectory(prefix="bench-window-") as tmp:
+        stack = DemoStack(Path(tmp) / "demo", size, database=f"w365_bench_{uuid.uuid4().hex[:10]}")
+        print(f"tenant: {args.rows} rows, {args.blobs} blobs, {args.blob_bytes / 1e6:.0f} MB; "
+              f"{args.changed:.0%} changed after the presync")
+        started = time.monotonic()
+        with stack:
+            print(f"set-up: {time.monotonic() - started:.1f}s")
+            env_file = stack.write_environment()
+            state_db = stack.state_dir / "state.db"
+            # 2. the baseline: a full copy of the blob store, through the same step kind and engine
+            full = yaml.safe_load(PLAYBOOK.read_text())
+            full["steps"] = [dict(s, needs=[]) for s in full["steps"] if s["id"] == "presync"]
+            full_playbook = Path(tmp) / "full-copy.yaml"
+            full_playbook.write_text(yaml.safe_dump(full))
+            migrator(stack, "run", str(full_playbook), "-e", str(env_file), "--state", str(stack.state_dir),
+                     "--run-id", "full-copy")
+            blobs_full = step_seconds(state_db, "full-copy")["presync"]
+            # 3. the tenant in use after the presync
+            with connect(str(stack.source_db)) as db:
+                rows_changed = change_rows(db, args.changed)
+            blobs_changed = len(change_blobs(stack.source_files, stack.blob_specs, args.changed))
+            # 4. the migration
+            migrator(stack, "run", str(PLAYBOOK), "-e", str(env_file), "--state", str(stack.state_dir),
+                     "--run-id", "migration")
+            seconds = step_seconds(state_db, "migration")
+            window = read_only_window(state_db, "migration")
+        drop_database(stack.database)
+    database_full = seconds["db_backup"] + seconds["db_restore"]
+    full_copy = blobs_full + database_full
+    print(f"changed after presync: {rows_changed} rows, {blobs_changed} blobs")
+    print(f"full copy:        {full_copy:8.1f}s  (blobs {blobs_full:.1f}s + database backup and restore "
+          f"{database_full:.1f}s)")
+    print(f"read-only window: {window:8.1f}s  (delta presync while live took {seconds['presync']:.1f}s)")
+    print(f"ratio window / full copy: {window / full_copy:.1%}  (target <= 10%)")
+    inside = [s for s in WINDOW_STEPS if s in seconds]
+    print("inside the window: " + ", ".join(f"{s} {seconds[s]:.1f}s" for s in inside))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
