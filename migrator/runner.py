@@ -424,6 +424,7 @@ class Runner:
         self._seed_redactor(loaded)
         outputs: dict[str, Mapping[str, Any]] = {}
         views: list[StepPlanView] = []
+        by_id_view: dict[str, StepPlanView] = {}
         env = loaded.environment_values()
         try:
             for step in _topological(loaded):
@@ -446,14 +447,24 @@ class Runner:
                             outputs[step.id] = dict(state.outputs)
                         _fill_view(view, state.done, state.reason, result)
                 except MigratorError as exc:
-                    view.status = "error"
-                    view.reason = self.redactor.redact(exc.one_line())
-                    view.error_exit = int(exc.exit_code)
+                    # A step whose input an earlier step has yet to make cannot be planned now: that is the
+                    # plan working as intended, not a problem to fix (bad input, though, is always an error).
+                    pending = [a for a in sorted(loaded.ancestors(step.id)) if by_id_view.get(a) is not None
+                               and by_id_view[a].status in ("change", "deferred")]
+                    if pending and not isinstance(exc, InputError):
+                        view.status = "deferred"
+                        view.reason = self.redactor.redact(
+                            f"planned once {', '.join(pending)} ran (now: {exc.one_line()})")
+                    else:
+                        view.status = "error"
+                        view.reason = self.redactor.redact(exc.one_line())
+                        view.error_exit = int(exc.exit_code)
                 except Exception as exc:  # a dry-run reports every problem rather than stopping at the first
                     view.status = "error"
                     view.reason = self.redactor.redact(f"{type(exc).__name__}: {exc}")
                     view.error_exit = int(ExitCode.FAILED)
                 views.append(view)
+                by_id_view[view.step_id] = view
         finally:
             self._close_resources()
         return views
