@@ -24,6 +24,7 @@ BUILTIN_MODULES = (
     "migrator.steps.tenant",
     "migrator.steps.window",
     "migrator.steps.smoke",
+    "migrator.steps.cutover",
 )
 
 

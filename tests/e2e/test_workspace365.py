@@ -231,3 +231,21 @@ def test_plan_forecast_of_the_read_only_window_is_within_30_percent_of_the_actua
     (end_at, _), = events(stack, "forecast", "run.succeeded")
     actual = end_at - datetime.fromisoformat(start["at"]).timestamp()
     assert abs(forecast - actual) <= 0.3 * actual, f"forecast {forecast:.1f}s, actual {actual:.1f}s"
+
+
+def test_rollback_after_cutover_refuses_when_the_new_instance_took_writes_unless_accepting_data_loss(
+        stack: DemoStack) -> None:
+    env_file = stack.write_environment()
+    assert migrator(stack, *run_args(stack, env_file, "cut")).returncode == 0
+    assert stack.dns_answer() == (60, {NEW_TARGET})
+    status, _ = http("POST", f"{stack.target_url}/tiles", {"title": "after cutover", "url": "https://x.test"})
+    assert status == 201
+    state = ["--state", str(stack.state_dir)]
+    refused = migrator(stack, "rollback", "cut", *state)
+    assert refused.returncode == 1, output(refused)
+    assert "took writes since cutover" in output(refused) and "--accept-data-loss" in output(refused)
+    assert stack.dns_answer() == (60, {NEW_TARGET})  # nothing before the guard was undone
+    accepted = migrator(stack, "rollback", "cut", "--accept-data-loss", *state)
+    assert accepted.returncode == 0, output(accepted)
+    assert stack.dns_answer() == (300, {OLD_TARGET})
+    assert http("GET", f"{stack.source_url}/health")[1]["read_only"] is False

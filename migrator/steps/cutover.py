@@ -1,0 +1,82 @@
+"""The cutover guard: once the new instance is live, a rollback must not silently throw away its writes.
+
+``database.write_guard`` stands right after the DNS transfer. It fingerprints the new instance's database at
+that moment; when a rollback reaches it (rollback goes newest first, so before DNS is switched back), it
+fingerprints again and refuses while anything changed, unless the engineer says ``--accept-data-loss``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from migrator.errors import CompensationRefused
+from migrator.providers.database import DatabaseEndpoint
+from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+
+
+class WriteGuardParams(Params):
+    #: The new instance's database, as it is live after the cutover.
+    database: DatabaseEndpoint
+    #: Only these tables (default: all).
+    tables: list[str] | None = None
+
+
+def _fingerprints(params: WriteGuardParams, ctx: StepContext) -> dict[str, Any]:
+    from migrator.steps.database import connected, fingerprint
+
+    with connected(params.database, ctx) as db:
+        tables = [t for t in db.tables() if params.tables is None or t.name in params.tables]
+        return {t.name: fingerprint(db, t).as_dict() for t in sorted(tables, key=lambda t: t.name)}
+
+
+def _digest(prints: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(prints, sort_keys=True).encode()).hexdigest()
+
+
+class WriteGuard(Step[WriteGuardParams]):
+    """Fingerprints the new instance's database at cutover, so a later rollback can tell if it took writes.
+
+    Changes: nothing (reads only); keeps the fingerprints in the step's memo. Done when: the fingerprints of
+    this run are kept. Undone by: a check, not a change — rollback refuses while the database differs from
+    the kept fingerprints (the new instance took writes that a rollback would lose), unless the command
+    has ``--accept-data-loss``.
+    """
+
+    kind = "database.write_guard"
+    Params = WriteGuardParams
+    summary = "after cutover: refuse a rollback that would lose writes the new instance took, unless told"
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        kept = ctx.memo.get("fingerprints")
+        if kept is None:
+            return CheckResult(False, "no fingerprints kept yet")
+        return CheckResult(True, "fingerprints kept at cutover", {"fingerprint": _digest(kept)})
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        return PlanResult([f"fingerprint {self.params.database.describe()} at cutover"], "",
+                          Estimate(seconds=1.0, basis="one read of every table"))
+
+    def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
+        prints = _fingerprints(self.params, ctx)
+        ctx.memo.set("fingerprints", prints)
+        return {"fingerprint": _digest(prints), "tables": len(prints)}
+
+    def compensate(self, ctx: StepContext) -> None:
+        kept = ctx.memo.get("fingerprints")
+        if kept is None:
+            return
+        now = _fingerprints(self.params, ctx)
+        changed = sorted(name for name in set(kept) | set(now) if kept.get(name) != now.get(name))
+        if not changed:
+            return
+        if ctx.options.get("accept_data_loss"):
+            ctx.event("data_loss.accepted", f"rolling back although the new instance took writes in "
+                                            f"{', '.join(changed)} since cutover (--accept-data-loss)")
+            return
+        raise CompensationRefused(
+            f"the new instance {self.params.database.describe()} took writes since cutover (tables: "
+            f"{', '.join(changed)}); rolling back would lose them",
+            hint=f"to roll back anyway: migrator rollback {ctx.run_id} --accept-data-loss")
