@@ -12,9 +12,8 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from fixtures.tenant.db import connect
 from fixtures.tenant.harness import http
 from fixtures.tenant.webapp import READ_ONLY_ERROR
 from fixtures.tenant.writer import ConcurrentWriter
+from tests.support.engine import step_status, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -59,18 +59,6 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
     return result.stdout + result.stderr
 
 
-def step_status(stack: DemoStack, run_id: str, step_id: str) -> str | None:
-    path = stack.state_dir / "state.db"
-    if not path.exists():
-        return None
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute("SELECT status FROM steps WHERE run_id = ? AND step_id = ?",
-                               (run_id, step_id)).fetchone()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row else None
-
 
 def events(stack: DemoStack, run_id: str, kind: str) -> list[tuple[float, dict[str, Any]]]:
     with sqlite3.connect(stack.state_dir / "state.db") as conn:
@@ -79,14 +67,6 @@ def events(stack: DemoStack, run_id: str, kind: str) -> list[tuple[float, dict[s
     # columns: id, run_id, step_id, at, type, message, data
     return [(float(r[3]), json.loads(r[6] or "{}")) for r in rows]
 
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def personal_data(stack: DemoStack) -> list[str]:
@@ -136,7 +116,7 @@ def test_failed_smoke_test_rolls_back_leaving_the_source_writable_unchanged_and_
     result = migrator(stack, *run_args(stack, env_file, "smoke-fails"))
     assert result.returncode == 4, output(result)
     assert "Fabrikam" in output(result)
-    assert step_status(stack, "smoke-fails", "dns_transfer") in (None, "pending")
+    assert step_status(stack.state_dir, "smoke-fails", "dns_transfer") in (None, "pending")
     assert stack.dns_answer() == dns_before == (300, {OLD_TARGET})
     assert http("GET", f"{stack.source_url}/health")[1]["read_only"] is False
     status, body = http("POST", f"{stack.source_url}/tiles",
@@ -159,7 +139,7 @@ def test_sigkill_while_the_tenant_is_read_only_then_resume_completes_the_migrati
                                  cwd=ROOT, env=stack.child_environ(), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
         try:
-            wait_for(lambda: step_status(stack, run_id, "read_only") == "done" or child.poll() is not None,
+            wait_for(lambda: step_status(stack.state_dir, run_id, "read_only") == "done" or child.poll() is not None,
                      "the tenant to be read-only")
             child.send_signal(signal.SIGKILL)
             child.wait(timeout=60)
@@ -168,7 +148,7 @@ def test_sigkill_while_the_tenant_is_read_only_then_resume_completes_the_migrati
                 child.kill()
                 child.wait()
         assert child.returncode == -signal.SIGKILL
-        assert step_status(stack, run_id, "dns_transfer") != "done", "the run ended before it could be killed"
+        assert step_status(stack.state_dir, run_id, "dns_transfer") != "done", "the run ended before it could be killed"
         status, body = http("POST", f"{stack.source_url}/tiles", {"title": "T", "url": "https://t.example"})
         assert (status, body["error"]) == (423, READ_ONLY_ERROR)  # killed: the tenant stays safely read-only
         resumed = migrator(stack, "resume", run_id, "--state", str(stack.state_dir))
@@ -177,7 +157,7 @@ def test_sigkill_while_the_tenant_is_read_only_then_resume_completes_the_migrati
     assert report.ok and report.failed == 0, report
     assert stack.dns_answer() == (60, {NEW_TARGET})
     assert len(events(stack, run_id, "read_only.start")) == 1  # the window was not opened twice
-    assert step_status(stack, run_id, "done") == "done"
+    assert step_status(stack.state_dir, run_id, "done") == "done"
 
 
 def _world(stack: DemoStack) -> dict[str, Any]:

@@ -9,10 +9,7 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +17,11 @@ import pytest
 import yaml
 
 from tests.armemu.core import ArmEmulator
+from tests.support.engine import MIGRATOR, ROOT, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[2]
-MIGRATOR = [sys.executable, "-m", "migrator"]
 
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def step_memo(state_dir: Path, run_id: str, step_id: str) -> dict[str, Any]:

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,35 +20,14 @@ from fixtures.tenant.harness import http, make_tenant_db
 from fixtures.tenant.schema import content_fingerprint
 from fixtures.tenant.webapp import READ_ONLY_ERROR, RunningApp, TenantApp
 from fixtures.tenant.writer import ConcurrentWriter
+from tests.support.engine import MIGRATOR, ROOT, step_status, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
-ROOT = Path(__file__).resolve().parents[2]
-MIGRATOR = [sys.executable, "-m", "migrator"]
 TOKEN_ENV = "TENANT_CLI_TEST_TOKEN"
 TOKEN = "cli-test-token-51c2"
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def step_status(state_dir: Path, run_id: str, step_id: str) -> str | None:
-    path = state_dir / "state.db"
-    if not path.exists():
-        return None
-    try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
-            row = conn.execute("SELECT status FROM steps WHERE run_id = ? AND step_id = ?",
-                               (run_id, step_id)).fetchone()
-    except sqlite3.Error:
-        return None
-    return str(row[0]) if row else None
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+MIGRATOR = [sys.executable, "-m", "migrator"]
 
 
 @pytest.fixture(scope="session")
@@ -48,10 +50,25 @@ class Cli:
                                 stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 60.0, what: str = "condition") -> None:
+def wait_for(condition: Callable[[], bool], what: str = "condition", timeout: float = 120.0) -> None:
+    """Polls ``condition`` until it holds; fails the test naming ``what`` after ``timeout`` seconds."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if condition():
             return
-        time.sleep(0.01)
+        time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def step_status(state_dir: Path, run_id: str, step_id: str) -> str | None:
+    """A step's status in a SQLite state directory, read without taking any lock (None while unknown)."""
+    path = state_dir / "state.db"
+    if not path.exists():
+        return None
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as conn:
+            row = conn.execute("SELECT status FROM steps WHERE run_id = ? AND step_id = ?",
+                               (run_id, step_id)).fetchone()
+    except sqlite3.Error:
+        return None
+    return str(row[0]) if row else None
