@@ -137,6 +137,12 @@ class RunNotFound(StateError):
     exit_code = ExitCode.INVALID_INPUT
 
 
+class RunExists(StateError):
+    """``run --run-id`` names a run that exists already (resume it instead)."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
 class LockHeld(StateError):
     """Another runner holds the run's lock."""
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrator.errors import LockHeld, RunNotFound, StateError, StateVersionError
+from migrator.errors import LockHeld, RunExists, RunNotFound, StateError, StateVersionError
 from migrator.step import ItemRecord
 
 SCHEMA_VERSION = 2
@@ -348,7 +348,7 @@ class StateStore:
     def create_run(self, run: RunRecord) -> None:
         with self._tx():
             if self._exec("SELECT 1 FROM runs WHERE run_id = ?", (run.run_id,)).fetchone():
-                raise StateError(f"run {run.run_id} exists already", hint=f"use: migrator resume {run.run_id}")
+                raise RunExists(f"run {run.run_id} exists already", hint=f"use: migrator resume {run.run_id}")
             self._exec(
                 "INSERT INTO runs (run_id, playbook_name, playbook_path, playbook_text, environment_path, "
                 "environment_text, status, created_at, updated_at, finished_at, options, error, tenant) "

@@ -62,6 +62,10 @@ def test_run_applies_every_step_once_and_succeeds(tmp_path: Path, cli: Cli) -> N
     assert [s["status"] for s in summary["steps"]] == ["done"] * 4
     # the lock is released when the command ends
     assert summary["lock"] is None
+    # the same run id again is refused as bad input, and changes nothing
+    again = cli("run", "pb.yaml", "-e", "env.yaml", "--run-id", "r1")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    assert lines(str(journal)) == ["apply s1", "apply s2", "apply s3", "apply s4"]
 
 
 @pytest.mark.parametrize("kill_after", ["apply s1", "apply s2", "apply s3"])
