@@ -10,6 +10,10 @@ last changed" where the source has no MD5), and copies only the rest, ``concurre
   blocks (``stage_block`` + ``commit_block_list``) whose ids derive from the source version, so after a restart
   the uncommitted blocks already at the destination are kept and only the rest are sent.
 
+Within one attempt the inventories are read once: ``check`` lists both sides and keeps what it read (the blobs
+to copy, up to :data:`SURVEY_LIMIT`), ``plan``/``apply`` work from that, and ``verify`` lists the destination once
+more and compares it with the source inventory of the attempt. A new attempt (a retry, a resume) reads afresh.
+
 Every destination blob gets a Content-MD5 (computed while streaming, checked against the source's when it has
 one), and keeps the source's content type and metadata. Each finished blob is recorded in ``ctx.items``; a
 resumed step skips recorded blobs whose source is unchanged, and the inventory diff skips everything else that
@@ -25,7 +29,7 @@ import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, ClassVar, Literal, TypeVar
 
 from pydantic import Field
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
@@ -41,7 +45,7 @@ from migrator.errors import (
 from migrator.providers.blob import BlobEndpoint, BlobInfo, BlobStore, check_relative_name, open_blob_store
 from migrator.providers.blob.azure import AzureBlobStore
 from migrator.providers.blob.folder import FolderBlobStore
-from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.step import CheckResult, Estimate, ItemRecord, Params, PlanResult, Step, StepContext
 
 MiB = 1024 * 1024
 #: Assumed rates for plan estimates before anything was measured.
@@ -119,7 +123,8 @@ class Compact:
 
 
 def destination_inventory(store: BlobStore) -> dict[str, Compact]:
-    return {b.name: Compact(b.size, b.md5, b.last_modified) for b in store.list()}
+    """Name -> size, MD5, last change of every blob in ``store``: one listing, without metadata."""
+    return {b.name: Compact(b.size, b.md5, b.last_modified) for b in store.list(metadata=False)}
 
 
 def _as_info(name: str, c: Compact) -> BlobInfo:
@@ -361,22 +366,70 @@ class Diff:
     sample: list[str] = field(default_factory=list)
 
 
-def _open_pair(ctx: StepContext, params: TransferParams | VerifyParams) -> tuple[BlobStore, BlobStore]:
+#: At most this many blobs to copy are kept from check for apply; beyond it apply lists the source again
+#: (a first presync of a large tenant), so memory stays bounded.
+SURVEY_LIMIT = 20_000
+
+
+@dataclass
+class Survey:
+    """Both inventories as ``check`` read them, reused by ``apply`` and ``verify`` of the same attempt.
+
+    The step instance keeps one only from its ``check`` to the end of that attempt: every attempt (and every
+    resume) reads the world again.
+    """
+
+    pending: list[tuple[BlobInfo, Compact | None]]  # source blob, and what the destination has of it
+    unchanged: int
+    extra: list[str]  # at the destination only
+    source: dict[str, Compact]  # the whole source inventory, for verify
+
+
+@dataclass
+class Attempt:
+    """What one attempt of a transfer step learnt, passed from check to apply to verify."""
+
+    survey: Survey | None = None
+    source: dict[str, Compact] | None = None  # the source inventory apply worked from
+
+
+def survey(ctx: StepContext, src: BlobStore, dst: BlobStore, *, limit: int = SURVEY_LIMIT) -> Survey | None:
+    """Both inventories compared; None as soon as more than ``limit`` blobs need copying (not kept then)."""
+    inventory = destination_inventory(dst)
+    source: dict[str, Compact] = {}
+    pending: list[tuple[BlobInfo, Compact | None]] = []
+    unchanged = 0
+    for info in src.list():
+        ctx.raise_if_cancelled()
+        have = inventory.pop(info.name, None)
+        source[info.name] = Compact(info.size, info.md5, info.last_modified)
+        if have is not None and same_content(info, _as_info(info.name, have)):
+            unchanged += 1
+            continue
+        pending.append((info, have))
+        if len(pending) > limit:
+            return None
+    return Survey(pending=pending, unchanged=unchanged, extra=sorted(inventory), source=source)
+
+
+def _open_pair(ctx: StepContext, params: TransferParams | VerifyParams, *,
+               confirm: bool = True) -> tuple[BlobStore, BlobStore]:
+    """Both stores; ``confirm`` first proves both containers answer (skipped when check just did)."""
     src = open_blob_store(params.source, ctx, concurrency=params.concurrency)
     dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency,
                           create=params.destination.kind == "folder" and not ctx.dry_run)
-    if isinstance(dst, AzureBlobStore):
+    if confirm and isinstance(dst, AzureBlobStore):
         dst.ensure_container()  # a missing container or a wrong key fails here, before anything is written
-    if isinstance(src, AzureBlobStore):
+    if confirm and isinstance(src, AzureBlobStore):
         src.ensure_container()
     return src, dst
 
 
-def _check_names_fit(ctx: StepContext, src: BlobStore, dst: BlobStore) -> None:
+def _check_names_fit(ctx: StepContext, src: BlobStore, dst: BlobStore, names: Iterator[str] | None = None) -> None:
     """A folder destination must be able to hold every source name: refuse before the first write."""
     if isinstance(dst, FolderBlobStore):
-        for info in src.list():
-            check_relative_name(info.name, where=dst.describe())
+        for name in names if names is not None else (info.name for info in src.list(metadata=False)):
+            check_relative_name(name, where=dst.describe())
 
 
 def _pending(src: BlobStore, dst_inventory: dict[str, Compact], diff: Diff) -> Iterator[BlobInfo]:
@@ -414,11 +467,18 @@ def _retrying(params: TransferParams, ctx: StepContext) -> Retrying:
 
 
 def transfer(ctx: StepContext, params: TransferParams, *, label: str,
-             extra: Literal["delete", "keep"] = "keep") -> dict[str, Any]:
-    """Copies what differs from source to destination; returns the step outputs."""
-    src, dst = _open_pair(ctx, params)
-    _check_names_fit(ctx, src, dst)
-    inventory = destination_inventory(dst)
+             extra: Literal["delete", "keep"] = "keep", attempt: Attempt | None = None) -> dict[str, Any]:
+    """Copies what differs from source to destination; returns the step outputs.
+
+    With a :class:`Survey` from this attempt's check (in ``attempt``) it works from that; otherwise it lists
+    both sides itself, streaming the source. Either way ``attempt.source`` ends up holding the source inventory
+    for verify.
+    """
+    attempt = attempt if attempt is not None else Attempt()
+    seen = attempt.survey
+    attempt.survey = None
+    src, dst = _open_pair(ctx, params, confirm=seen is None)
+    _check_names_fit(ctx, src, dst, iter(seen.source) if seen is not None else None)
     done_before = {r.key: r for r in ctx.items.iter("done")}
     diff = Diff()
     progress = Progress(ctx, label)
@@ -428,6 +488,24 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     errors: list[BaseException] = []
     skipped_by_checkpoint = 0
     pool = ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-copy")
+    inventory: dict[str, Compact] = {}
+    source: dict[str, Compact] = {}
+
+    def listed() -> Iterator[tuple[BlobInfo, Compact | None]]:
+        """Source blobs not already in place, each with what the destination has of it."""
+        if seen is not None:
+            diff.unchanged = seen.unchanged
+            source.update(seen.source)
+            yield from seen.pending
+            return
+        inventory.update(destination_inventory(dst))
+        for info in src.list():
+            have = inventory.pop(info.name, None)
+            source[info.name] = Compact(info.size, info.md5, info.last_modified)
+            if have is not None and same_content(info, _as_info(info.name, have)):
+                diff.unchanged += 1
+                continue
+            yield info, have
 
     def work(info: BlobInfo, created: bool) -> None:
         try:
@@ -444,14 +522,10 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
             slots.release()
 
     try:
-        for info in src.list():
+        for info, have in listed():
             ctx.raise_if_cancelled()
             if errors:
                 break
-            have = inventory.pop(info.name, None)
-            if have is not None and same_content(info, _as_info(info.name, have)):
-                diff.unchanged += 1
-                continue
             record = done_before.get(info.name)
             if record is not None and have is not None and record.bytes == info.size == have.size and \
                     (info.md5 is None or b64(info.md5) == record.checksum) and b64(have.md5) == record.checksum:
@@ -472,7 +546,8 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     if errors:
         raise _first_error(errors)
     ctx.raise_if_cancelled()
-    diff.extra = sorted(inventory)
+    diff.extra = seen.extra if seen is not None else sorted(inventory)
+    attempt.source = source
     deleted = 0
     if diff.extra and extra == "delete":
         for name in diff.extra:
@@ -505,10 +580,15 @@ def _first_error(errors: list[BaseException]) -> BaseException:
     return errors[0]
 
 
-def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str) -> PlanResult:
-    src, dst = _open_pair(ctx, params)
-    _check_names_fit(ctx, src, dst)
-    diff = compute_diff(src, dst)
+def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, seen: Survey | None = None) -> PlanResult:
+    """What a transfer would do: from ``seen`` (what check just read) when given, else from fresh listings."""
+    src, dst = _open_pair(ctx, params, confirm=seen is None)
+    _check_names_fit(ctx, src, dst, iter(seen.source) if seen is not None else None)
+    if seen is not None:
+        diff = Diff(to_copy=len(seen.pending), to_copy_bytes=sum(info.size for info, _ in seen.pending),
+                    unchanged=seen.unchanged, extra=seen.extra)
+    else:
+        diff = compute_diff(src, dst)
     changes = []
     if diff.to_copy:
         changes.append(f"copy {diff.to_copy} blob(s), {diff.to_copy_bytes} bytes, from {src.describe()} to "
@@ -529,23 +609,73 @@ def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str) ->
                       estimate=estimate, details=details)
 
 
-def _check(ctx: StepContext, params: TransferParams, *, extra: str) -> CheckResult:
-    """Done when nothing is left to copy (or delete); stops reading at the first blob that still needs work."""
+def _check(ctx: StepContext, params: TransferParams, *, extra: str, attempt: Attempt) -> CheckResult:
+    """Done when nothing is left to copy (or delete). Keeps what it read in ``attempt`` for apply and verify."""
+    attempt.survey = attempt.source = None
     src, dst = _open_pair(ctx, params)
+    seen = survey(ctx, src, dst)
+    if seen is None:
+        return CheckResult(False, f"more than {SURVEY_LIMIT} blob(s) still to copy to {dst.describe()}")
+    attempt.survey = seen
+    attempt.source = seen.source
+    if seen.pending:
+        return CheckResult(False, f"{len(seen.pending)} blob(s), for example "
+                                  f"{ctx.redactor.redact(repr(seen.pending[0][0].name))}, still to copy to "
+                                  f"{dst.describe()}")
+    if seen.extra and extra == "delete":
+        return CheckResult(False, f"{len(seen.extra)} blob(s) to delete at {dst.describe()}")
+    attempt.survey = None  # nothing for apply to do; verify still gets the source inventory
+    return CheckResult(True, f"all {seen.unchanged} blob(s) already in place at {dst.describe()}",
+                       outputs={"count": seen.unchanged, "copied": 0, "bytes_copied": 0, "bytes_sent": 0,
+                                "server_side": 0, "unchanged": seen.unchanged, "deleted": 0,
+                                "kept_without_source": 0 if extra == "delete" else len(seen.extra)})
+
+
+def verify_transfer(ctx: StepContext, params: TransferParams, source: dict[str, Compact]) -> list[str]:
+    """Differences between the destination, listed afresh once, and the source inventory this attempt used.
+
+    Sizes always; MD5s where the source has one. A source blob without an MD5 (a folder, or a block upload)
+    passes when this step copied it and the destination's Content-MD5 is the MD5 computed from the bytes read,
+    or when it was left alone because the destination copy carries an MD5 and was written after the source last
+    changed (the step's own "done" rule). Reading every such source blob again is ``blobs.verify``'s job.
+    """
+    dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency)
     inventory = destination_inventory(dst)
-    unchanged = 0
-    for info in src.list():
-        have = inventory.pop(info.name, None)
-        if have is None or not same_content(info, _as_info(info.name, have)):
-            return CheckResult(False, f"blob {ctx.redactor.redact(repr(info.name))} (at least) still to copy "
-                                      f"to {dst.describe()}")
-        unchanged += 1
-    if inventory and extra == "delete":
-        return CheckResult(False, f"{len(inventory)} blob(s) to delete at {dst.describe()}")
-    return CheckResult(True, f"all {unchanged} blob(s) already in place at {dst.describe()}",
-                       outputs={"count": unchanged, "copied": 0, "bytes_copied": 0, "bytes_sent": 0,
-                                "server_side": 0, "unchanged": unchanged, "deleted": 0,
-                                "kept_without_source": 0 if extra == "delete" else len(inventory)})
+    missing: list[str] = []
+    size: list[str] = []
+    content: list[str] = []
+    done: dict[str, ItemRecord] | None = None  # read once, and only when a source blob has no MD5
+    for name, want in source.items():
+        have = inventory.pop(name, None)
+        if have is None:
+            missing.append(name)
+        elif have.size != want.size:
+            size.append(name)
+        elif want.md5 is not None:
+            if have.md5 != want.md5:
+                content.append(name)
+        else:
+            if done is None:
+                done = {r.key: r for r in ctx.items.iter("done")}
+            record = done.get(name)
+            if record is not None and record.status == "done" and record.checksum is not None \
+                    and record.bytes == want.size:
+                if b64(have.md5) != record.checksum:
+                    content.append(name)
+            elif not same_content(_as_info(name, want), _as_info(name, have)):
+                content.append(name)
+    return _problems(ctx, missing, sorted(inventory), size, content, [])
+
+
+def _problems(ctx: StepContext, missing: list[str], extra: list[str], size: list[str], content: list[str],
+              props: list[str]) -> list[str]:
+    problems = []
+    for label, names in (("missing at the destination", missing), ("only at the destination", extra),
+                         ("size differs", size), ("MD5 differs", content),
+                         ("content type or metadata differ", props)):
+        if names:
+            problems.append(f"{len(names)} {label}: {redacted_names(ctx, sorted(names))}")
+    return problems
 
 
 def _compensate(ctx: StepContext, params: TransferParams) -> None:
@@ -572,14 +702,14 @@ def compare_inventories(ctx: StepContext, params: VerifyParams | TransferParams,
                         properties: bool = False) -> list[str]:
     """Differences between source and destination: missing, extra, size, MD5 (and properties) mismatches."""
     src, dst = _open_pair(ctx, params)
-    inventory: dict[str, BlobInfo] = {b.name: b for b in dst.list()} if properties else {}
+    inventory: dict[str, BlobInfo] = {b.name: b for b in dst.list(metadata=True)} if properties else {}
     compact = destination_inventory(dst) if not properties else {}
     missing: list[str] = []
     size: list[str] = []
     content: list[str] = []
     props: list[str] = []
     to_hash: list[tuple[BlobInfo, BlobInfo]] = []
-    for info in src.list():
+    for info in src.list(metadata=properties):
         ctx.raise_if_cancelled()
         if properties:
             other = inventory.pop(info.name, None)
@@ -606,20 +736,50 @@ def compare_inventories(ctx: StepContext, params: VerifyParams | TransferParams,
             for pair, bad in zip(to_hash, pool.map(differs, to_hash), strict=True):
                 if bad:
                     content.append(pair[0].name)
-    extra = sorted(inventory if properties else compact)
-    problems = []
-    for label, names in (("missing at the destination", missing), ("only at the destination", extra),
-                         ("size differs", size), ("MD5 differs", content),
-                         ("content type or metadata differ", props)):
-        if names:
-            problems.append(f"{len(names)} {label}: {redacted_names(ctx, sorted(names))}")
-    return problems
+    return _problems(ctx, missing, sorted(inventory if properties else compact), size, content, props)
 
 
 # -- the step kinds -------------------------------------------------------------------------------------------
 
 
-class Presync(Step[PresyncParams]):
+TP = TypeVar("TP", bound=TransferParams)
+
+
+class _TransferStep(Step[TP]):
+    """What the three copying kinds share: check, plan and apply over :func:`transfer`, one attempt at a time."""
+
+    label: ClassVar[str]
+
+    def __init__(self, step_id: str, params: TP) -> None:
+        super().__init__(step_id, params)
+        self._attempt = Attempt()
+
+    def _extra(self) -> Literal["delete", "keep"]:
+        return "keep"
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        self._attempt = Attempt()
+        return _check(ctx, self.params, extra=self._extra(), attempt=self._attempt)
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        seen, self._attempt = self._attempt.survey, Attempt()
+        return _plan(ctx, self.params, extra=self._extra(), what=self.label, seen=seen)
+
+    def apply(self, ctx: StepContext) -> dict[str, Any]:
+        return transfer(ctx, self.params, label=self.label, extra=self._extra(), attempt=self._attempt)
+
+    def _differences(self, ctx: StepContext) -> list[str]:
+        """Source against destination: against this attempt's source inventory when there is one."""
+        source, self._attempt = self._attempt.source, Attempt()
+        if source is None:
+            return compare_inventories(ctx, self.params, md5=True)
+        return verify_transfer(ctx, self.params, source)
+
+    def compensate(self, ctx: StepContext) -> None:
+        _compensate(ctx, self.params)
+
+
+class Presync(_TransferStep[PresyncParams]):
     """Copies every source blob to the cloud backup container while the tenant is still live.
 
     Changes: writes blobs into the destination container (never deletes).
@@ -632,18 +792,11 @@ class Presync(Step[PresyncParams]):
     kind = "blobs.presync"
     Params = PresyncParams
     summary = "copy every blob to the cloud backup container while the tenant is live"
-
-    def check(self, ctx: StepContext) -> CheckResult:
-        return _check(ctx, self.params, extra="keep")
-
-    def plan(self, ctx: StepContext) -> PlanResult:
-        return _plan(ctx, self.params, extra="keep", what="presync")
-
-    def apply(self, ctx: StepContext) -> dict[str, Any]:
-        return transfer(ctx, self.params, label="presync", extra="keep")
+    label = "presync"
 
     def verify(self, ctx: StepContext) -> None:
         # The tenant is live, so new blobs may have appeared since: prove what this step copied, not more.
+        self._attempt = Attempt()
         dst = open_blob_store(self.params.destination, ctx, concurrency=self.params.concurrency)
         inventory = destination_inventory(dst)
         wrong = []
@@ -656,11 +809,8 @@ class Presync(Step[PresyncParams]):
                                      f"{dst.describe()}: {redacted_names(ctx, sorted(wrong))}",
                                      step_id=self.step_id)
 
-    def compensate(self, ctx: StepContext) -> None:
-        _compensate(ctx, self.params)
 
-
-class Sync(Step[SyncParams]):
+class Sync(_TransferStep[SyncParams]):
     """Copies blobs that are new or changed since the last sync, and handles blobs deleted at the source.
 
     Changes: writes new and changed blobs into the destination; deletes destination blobs whose source is
@@ -673,29 +823,21 @@ class Sync(Step[SyncParams]):
     kind = "blobs.sync"
     Params = SyncParams
     summary = "copy blobs added or changed since the presync; remove those deleted at the source"
+    label = "delta sync"
 
-    def check(self, ctx: StepContext) -> CheckResult:
-        return _check(ctx, self.params, extra=self.params.on_source_deleted)
-
-    def plan(self, ctx: StepContext) -> PlanResult:
-        return _plan(ctx, self.params, extra=self.params.on_source_deleted, what="delta sync")
-
-    def apply(self, ctx: StepContext) -> dict[str, Any]:
-        return transfer(ctx, self.params, label="sync", extra=self.params.on_source_deleted)
+    def _extra(self) -> Literal["delete", "keep"]:
+        return self.params.on_source_deleted
 
     def verify(self, ctx: StepContext) -> None:
-        problems = compare_inventories(ctx, self.params, md5=True)
+        problems = self._differences(ctx)
         if self.params.on_source_deleted == "keep":
             problems = [p for p in problems if "only at the destination" not in p]
         if problems:
             raise VerificationFailed(f"{self.step_id}: source and destination differ: " + "; ".join(problems),
                                      step_id=self.step_id)
 
-    def compensate(self, ctx: StepContext) -> None:
-        _compensate(ctx, self.params)
 
-
-class PutLive(Step[PutLiveParams]):
+class PutLive(_TransferStep[PutLiveParams]):
     """Puts the backup live: server-side copies from the backup container into the new instance's container.
 
     Changes: writes blobs into the live container (``start_copy_from_url``, polling the copy status; streamed
@@ -707,29 +849,18 @@ class PutLive(Step[PutLiveParams]):
     kind = "blobs.put_live"
     Params = PutLiveParams
     summary = "server-side copy of the backup container into the new instance's live container"
+    label = "put live"
 
     def _extra(self) -> Literal["delete", "keep"]:
         return "delete" if self.params.delete_extra else "keep"
 
-    def check(self, ctx: StepContext) -> CheckResult:
-        return _check(ctx, self.params, extra=self._extra())
-
-    def plan(self, ctx: StepContext) -> PlanResult:
-        return _plan(ctx, self.params, extra=self._extra(), what="put live")
-
-    def apply(self, ctx: StepContext) -> dict[str, Any]:
-        return transfer(ctx, self.params, label="put live", extra=self._extra())
-
     def verify(self, ctx: StepContext) -> None:
-        problems = compare_inventories(ctx, self.params, md5=True)
+        problems = self._differences(ctx)
         if not self.params.delete_extra:
             problems = [p for p in problems if "only at the destination" not in p]
         if problems:
             raise VerificationFailed(f"{self.step_id}: backup and live container differ: " + "; ".join(problems),
                                      step_id=self.step_id)
-
-    def compensate(self, ctx: StepContext) -> None:
-        _compensate(ctx, self.params)
 
 
 class Verify(Step[VerifyParams]):

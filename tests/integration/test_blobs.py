@@ -16,7 +16,8 @@ from azure.storage.blob import ContainerClient, ContentSettings
 
 from migrator.clock import FakeClock
 from migrator.errors import Cancelled, ExitCode, InputError, MigratorError, VerificationFailed
-from migrator.providers.blob import PER_RETRY_POLICIES, BlobAccessError
+from migrator.providers.blob import PER_RETRY_POLICIES, AzureBlobStore, BlobAccessError, open_blob_store
+from migrator.providers.blob import azure as azure_store
 from migrator.steps.blobs import Presync, PutLive, Sync, Verify
 from migrator.testing import MemoryContext, MemoryItems, plan_step, run_step
 from tests.support.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite, RequestCounter
@@ -117,6 +118,9 @@ def test_presync_then_changes_sync_put_live_and_verify_reports_identical_invento
     sync = Sync("sync", Sync.Params(source=source, destination=backup, **BLOCKS))
     plan = plan_step(sync, MemoryContext())
     assert plan.details == {"unchanged": 2003 - 20 - 20, "to_copy": 40, "extra": 20}
+    planning = MemoryContext(dry_run=True)
+    assert not sync.check(planning).done
+    assert sync.plan(planning).details == plan.details  # the runner's dry run: plan works from what check read
     _, sync_out = run_step(sync, MemoryContext())
     assert (sync_out["copied"], sync_out["deleted"]) == (40, 20)
 
@@ -359,3 +363,122 @@ def test_compensate_removes_only_blobs_the_run_created(azurite: Azurite, contain
     step.compensate(ctx)
 
     assert sorted(inventory(dst)) == ["already-there.txt"]
+
+
+class RequestLog(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Records (method, account, what) for every try of every request: what = "list", "container" or "blob"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self.requests: list[tuple[str, str, str]] = []
+
+    def on_request(self, request: Any) -> None:
+        from urllib.parse import parse_qs, urlsplit
+
+        http = request.http_request
+        parts = urlsplit(http.url)
+        query = parse_qs(parts.query)
+        segments = parts.path.split("/", 3)  # '', account, container, blob
+        what = "list" if query.get("comp") == ["list"] else "blob" if len(segments) > 3 else "container"
+        with self._lock:
+            self.requests.append((http.method, segments[1], what))
+
+    def count(self, method: str, account: str, what: str) -> int:
+        return self.requests.count((method, account, what))
+
+
+def write_folder(root: Path, names: list[str], seed: str = "v1", *, age: float = 0.0) -> None:
+    """Files of 128 bytes; ``age`` seconds old (a folder has no MD5: a delta sync goes by modification time)."""
+    for name in names:
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(hashlib.sha256(f"{seed}:{name}".encode()).digest() * 4)
+        if age:
+            stamp = path.stat().st_mtime - age
+            os.utime(path, (stamp, stamp))
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["with-metadata", "without-metadata"])
+def test_paged_plain_listing_matches_the_sdk_listing(azurite: Azurite, containers: dict[str, str],
+                                                     monkeypatch: pytest.MonkeyPatch, metadata: bool) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    for name in [*SPECIAL_NAMES, "other/outside-the-prefix.txt"]:
+        src.upload_blob(f"tenant/{name}" if not name.startswith("other/") else name, name.encode(),
+                        metadata={"owner": "team"}, content_settings=ContentSettings(content_type="x/y"))
+    monkeypatch.setattr(azure_store, "LIST_PAGE", 3)  # several pages from a handful of blobs
+    store = open_blob_store(azurite.endpoint(SOURCE_ACCOUNT, containers["source"], prefix="tenant"),
+                            MemoryContext())
+    assert isinstance(store, AzureBlobStore)
+
+    listed = {b.name: b for b in store.list(metadata=metadata)}
+
+    expected = {}
+    for props in src.list_blobs(name_starts_with="tenant/", include=["metadata"]):
+        md5 = props.content_settings.content_md5
+        expected[props.name.removeprefix("tenant/")] = (
+            props.size, bytes(md5) if md5 else None, props.etag.strip('"'), props.last_modified.timestamp(),
+            props.content_settings.content_type, dict(props.metadata) if metadata else {})
+    assert sorted(listed) == sorted(SPECIAL_NAMES)
+    assert {n: (b.size, b.md5, b.etag, b.last_modified, b.content_type, dict(b.metadata))
+            for n, b in listed.items()} == expected
+
+
+def test_folder_presync_sends_one_request_per_small_blob_and_lists_each_side_once_per_phase(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path) -> None:
+    names = [small_name(i) for i in range(150)]
+    write_folder(tmp_path / "src", names)
+    params = Presync.Params(source={"kind": "folder", "path": str(tmp_path / "src")},
+                            destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]), concurrency=4)
+    log = RequestLog()
+
+    _, out = run_step(Presync("presync", params), ctx_with(log))
+
+    assert out["copied"] == 150
+    blob_requests = [r for r in log.requests if r[2] == "blob"]
+    assert blob_requests == [("PUT", CLOUD_ACCOUNT, "blob")] * 150, "one Put Blob each, no follow-up reads"
+    assert log.count("GET", CLOUD_ACCOUNT, "list") == 2, "check and verify list the destination once each"
+    stored = inventory(container(azurite, CLOUD_ACCOUNT, containers["backup"]))
+    name = names[7]
+    assert stored[name][1] == hashlib.md5((tmp_path / "src" / name).read_bytes()).digest()
+    assert stored[name][2] == "text/plain"  # guessed from the file name, as the folder store reports it
+
+
+def test_delta_sync_attempt_lists_each_side_once_in_check_and_the_destination_once_in_verify(
+        azurite: Azurite, containers: dict[str, str]) -> None:
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    names = [small_name(i) for i in range(200)]
+    upload_many(src, names)
+    params = Sync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                         destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
+    run_step(Presync("presync", Presync.Params(**params.model_dump(exclude={"on_source_deleted"}))),
+             MemoryContext())
+    upload_many(src, names[::100], seed="v2")
+    src.delete_blob(names[1])
+    log = RequestLog()
+
+    _, out = run_step(Sync("sync", params), ctx_with(log))
+
+    assert (out["copied"], out["deleted"]) == (2, 1)
+    assert log.count("GET", SOURCE_ACCOUNT, "list") == 1
+    assert log.count("GET", CLOUD_ACCOUNT, "list") == 2
+
+
+def test_sync_verify_from_a_folder_source_catches_a_destination_blob_changed_after_the_copy(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path) -> None:
+    names = [f"docs/{i}.txt" for i in range(20)]
+    write_folder(tmp_path / "src", names, age=3600)
+    params = Sync.Params(source={"kind": "folder", "path": str(tmp_path / "src")},
+                         destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
+    run_step(Sync("first", params), MemoryContext())  # everything copied and verified
+    write_folder(tmp_path / "src", names[:2], seed="v2")
+    step, ctx = Sync("sync", params), MemoryContext()
+    assert not step.check(ctx).done
+    assert step.apply(ctx)["copied"] == 2
+    backup = container(azurite, CLOUD_ACCOUNT, containers["backup"])
+    body = b"tampered".ljust(128, b".")  # same size as the copy, other content, a Content-MD5 of its own
+    backup.upload_blob(names[0], body, overwrite=True,
+                       content_settings=ContentSettings(content_md5=bytearray(hashlib.md5(body).digest())))
+
+    with pytest.raises(VerificationFailed, match=r"1 MD5 differs: 'docs/0.txt'"):
+        step.verify(ctx)

@@ -10,7 +10,15 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, 
 from pydantic import ValidationError
 
 from migrator.errors import ExitCode, InputError, PermanentError, TransientError
-from migrator.providers.blob import BlobEndpoint, BlobInfo, FolderBlobStore, check_relative_name, translate_error
+from migrator.providers.blob import (
+    BlobEndpoint,
+    BlobInfo,
+    FolderBlobStore,
+    _settle_environment,
+    check_relative_name,
+    translate_error,
+)
+from migrator.providers.blob.azure import _parse_listing, _response_error
 from migrator.secrets import Secret
 from migrator.steps.blobs import block_ids, same_content
 
@@ -161,3 +169,85 @@ def test_azure_errors_map_to_retryable_or_fail_fast(exc: Exception, kind: type, 
     assert text in error.one_line()
     if "Retry-After" in str(getattr(getattr(exc, "response", None), "headers", {})):
         assert error.retry_after == 7.0  # type: ignore[attr-defined]
+
+
+LISTING = b"""<?xml version="1.0" encoding="utf-8"?>
+<EnumerationResults ServiceEndpoint="https://acct.blob.core.windows.net/" ContainerName="files">
+  <Prefix>tenant/</Prefix><MaxResults>5000</MaxResults>
+  <Blobs>
+    <Blob>
+      <Name>tenant/a b#1.txt</Name>
+      <Properties>
+        <Last-Modified>Wed, 04 Mar 2026 10:20:30 GMT</Last-Modified><Etag>0x8DC1</Etag>
+        <Content-Length>5</Content-Length><Content-Type>text/plain</Content-Type>
+        <Content-MD5>XUFAKrxLKna5cZ2REBfFkg==</Content-MD5>
+      </Properties>
+      <Metadata><owner>team</owner><x-ms-invalid-name>bad</x-ms-invalid-name></Metadata>
+    </Blob>
+    <Blob>
+      <Name Encoded="true">tenant/%EF%BF%BEodd</Name>
+      <Properties><Content-Length>0</Content-Length></Properties>
+    </Blob>
+  </Blobs>
+  <NextMarker>2!84!next</NextMarker>
+</EnumerationResults>"""
+
+
+def test_a_listing_page_parses_to_inventory_entries_and_the_next_marker() -> None:
+    blobs, marker = _parse_listing(LISTING, lambda name: name.removeprefix("tenant/"), {})
+
+    assert marker == "2!84!next"
+    first, second = blobs
+    assert (first.name, first.size, first.content_type, dict(first.metadata)) == \
+        ("a b#1.txt", 5, "text/plain", {"owner": "team"})
+    assert first.md5 == bytes.fromhex("5d41402abc4b2a76b9719d911017c592")
+    assert (first.etag, first.last_modified) == ("0x8DC1", 1772619630.0)
+    assert (second.name, second.size, second.md5, second.last_modified) == ("\ufffeodd", 0, None, None)
+
+
+class FakeResponse:
+    def __init__(self, status: int, code: str | None) -> None:
+        self.status_code = status
+        self.reason = "x"
+        self.headers = {"x-ms-error-code": code} if code else {}
+
+    def text(self) -> str:
+        return ""
+
+
+@pytest.mark.parametrize(("status", "code", "kind", "exit_code"), [
+    (403, "AuthenticationFailed", PermanentError, ExitCode.INVALID_INPUT),
+    (404, "ContainerNotFound", PermanentError, ExitCode.INVALID_INPUT),
+    (404, "BlobNotFound", PermanentError, ExitCode.FAILED),
+    (503, "ServerBusy", TransientError, ExitCode.FAILED),
+    (400, "Md5Mismatch", PermanentError, ExitCode.FAILED),
+])
+def test_failed_plain_rest_responses_map_like_sdk_errors(status: int, code: str, kind: type,
+                                                         exit_code: ExitCode) -> None:
+    error = translate_error(_response_error(FakeResponse(status, code)), "account acct, container files",
+                            "writing blob 'x'")
+    assert isinstance(error, kind)
+    assert error.exit_code == exit_code
+    assert "account acct, container files" in error.one_line()
+
+
+@pytest.mark.parametrize(("env", "url", "proxied"), [
+    ({"HTTPS_PROXY": "http://proxy.example:3128"}, "https://acct.blob.core.windows.net", True),
+    ({"HTTPS_PROXY": "http://proxy.example:3128", "NO_PROXY": "127.0.0.1"}, "https://127.0.0.1:10000/acct", False),
+    ({}, "https://acct.blob.core.windows.net", False),
+])
+def test_proxy_environment_is_read_once_per_store_and_honours_no_proxy(
+        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], url: str, proxied: bool) -> None:
+    import requests
+
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy",
+                 "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    session = requests.Session()
+
+    _settle_environment(session, url)
+
+    assert session.trust_env is False  # no environment lookups per request any more
+    assert (session.proxies.get("https") == "http://proxy.example:3128") is proxied

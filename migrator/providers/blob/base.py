@@ -37,8 +37,11 @@ class BlobStore(ABC):
         """Where this is, for messages ("account src, container tenant-files"); never a secret."""
 
     @abstractmethod
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        """Every blob under ``prefix``, streamed (an inventory may hold hundreds of thousands)."""
+    def list(self, prefix: str = "", *, metadata: bool = True) -> Iterator[BlobInfo]:
+        """Every blob under ``prefix``, streamed (an inventory may hold hundreds of thousands).
+
+        ``metadata=False`` says the caller needs no metadata (or content type); a store may then list cheaper.
+        """
 
     @abstractmethod
     def info(self, name: str) -> BlobInfo | None:

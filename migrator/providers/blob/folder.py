@@ -76,8 +76,10 @@ class FolderBlobStore(BlobStore):
 
     # -- reading -------------------------------------------------------------------------------------------
 
-    def _info_from(self, name: str, path: Path, stat: os.stat_result) -> BlobInfo:
-        meta = self._read_meta(name) if (self.root / META_DIR).is_dir() else {}
+    def _info_from(self, name: str, path: Path, stat: os.stat_result, *, has_meta: bool | None = None) -> BlobInfo:
+        if has_meta is None:
+            has_meta = (self.root / META_DIR).is_dir()
+        meta = self._read_meta(name) if has_meta else {}
         md5 = None
         if meta.get("md5") and meta.get("size") == stat.st_size and meta.get("mtime_ns") == stat.st_mtime_ns:
             md5 = base64.b64decode(meta["md5"])
@@ -92,10 +94,11 @@ class FolderBlobStore(BlobStore):
             metadata=dict(meta.get("metadata") or {}),
         )
 
-    def list(self, prefix: str = "") -> Iterator[BlobInfo]:
+    def list(self, prefix: str = "", *, metadata: bool = True) -> Iterator[BlobInfo]:
         base = self.root / self.prefix if self.prefix else self.root
         if not base.is_dir():
             return
+        has_meta = (self.root / META_DIR).is_dir()  # once per listing: a self-hosted source usually has none
         for dirpath, dirnames, filenames in os.walk(base):
             # Sorted in place so the walk is deterministic; the sidecar tree is not part of the inventory.
             dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == self.root and d == META_DIR))
@@ -111,7 +114,7 @@ class FolderBlobStore(BlobStore):
                     stat = path.stat()
                 except FileNotFoundError:  # removed while we walked
                     continue
-                yield self._info_from(name, path, stat)
+                yield self._info_from(name, path, stat, has_meta=has_meta)
 
     def info(self, name: str) -> BlobInfo | None:
         path = self.path_of(name)
