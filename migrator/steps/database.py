@@ -9,8 +9,11 @@ No row value is ever logged or written to an output: only table names, counts an
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+import json
+import queue
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from typing import Any, Literal
 
 from pydantic import model_validator
@@ -20,6 +23,7 @@ from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database import (
     MARKER_TABLE,
+    Column,
     Database,
     DatabaseEndpoint,
     Fingerprint,
@@ -40,10 +44,11 @@ from migrator.providers.database.backup import (
     read_chunk_lines,
     read_manifest,
 )
-from migrator.providers.database.base import row_converter
+from migrator.providers.database.base import join_line, row_converter
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
 
 INSERT_BATCH = 5000
+INSERT_BATCH_BYTES = 32 << 20
 
 
 @contextmanager
@@ -217,47 +222,34 @@ class Backup(Step[BackupParams]):
                 and record.status == "done":
             chunks.append(ChunkInfo.from_json(record.detail))
             number += 1
-        names = table.column_names
-        convert = row_converter(table.columns)
-        finished = False
-        while not finished:
-            ctx.raise_if_cancelled()
-            last = chunks[-1] if chunks else None
-            if table.primary_key:
-                rows = db.read_page(table, names, last.last_key if last else None, self.params.chunk_rows)
-            else:
-                start = (last.end_offset or 0) if last else 0
-                rows = db.read_offset(table, names, start, self.params.chunk_rows)
-            writer = ChunkWriter()
-            last_row: list[Any] | None = None
-            capped = False
-            for row in rows:
-                last_row = convert(row)
-                writer.add(encode_row(last_row))
-                if writer.raw_bytes >= self.params.chunk_bytes:
-                    capped = True
-                    break
-            if hasattr(rows, "close"):
-                rows.close()
-            finished = not capped and writer.rows < self.params.chunk_rows
-            if writer.rows == 0 and chunks:
-                break
-            name = chunk_name(index, table.name, number)
-            data = writer.finish()
-            sha = hashlib.sha256(data).hexdigest()
-            store.write(name, data, content_type="application/gzip")
-            key = None
-            if table.primary_key and last_row is not None:
-                positions = [names.index(k) for k in table.primary_key]
-                key = [last_row[p] for p in positions]
-            offset = None
-            if not table.primary_key:
-                offset = ((last.end_offset or 0) if last else 0) + writer.rows
-            chunk = ChunkInfo(name, writer.rows, len(data), sha, writer.fingerprint.checksum, key, offset)
-            ctx.items.record(name, "done", bytes=len(data), checksum=sha, detail=chunk.to_json())
-            ctx.progress(f"{table.name}: chunk {number} ({writer.rows} rows)")
+        last_key = chunks[-1].last_key if chunks else None
+        offset = (chunks[-1].end_offset or 0) if chunks else 0
+        reads = self._chunk_reads(ctx, db, table, last_key, offset)
+
+        def stored(done: Future[ChunkInfo]) -> None:
+            chunk = done.result()
             chunks.append(chunk)
-            number += 1
+            ctx.progress(f"{table.name}: chunk {len(chunks) - 1} ({chunk.rows} rows)")
+
+        # A writer thread compresses, hashes and stores chunk N while chunk N + 1 is read (zlib, hashlib and file
+        # writes release the GIL); at most one chunk waits for it, so memory stays at two chunks.
+        with ThreadPoolExecutor(1, thread_name_prefix="backup-writer") as writer_thread:
+            pending: Future[ChunkInfo] | None = None
+            for writer, key in reads:
+                if writer.rows == 0 and (chunks or pending is not None):
+                    continue
+                ctx.raise_if_cancelled()
+                offset += writer.rows
+                if key is not None:
+                    last_key = key
+                chunk = ChunkInfo(chunk_name(index, table.name, number), writer.rows, 0, "", "",
+                                  last_key if table.primary_key else None, None if table.primary_key else offset)
+                if pending is not None:
+                    stored(pending)
+                pending = writer_thread.submit(self._store_chunk, ctx, store, writer, chunk)
+                number += 1
+            if pending is not None:
+                stored(pending)
         total = Fingerprint()
         for chunk in chunks:
             total.merge(Fingerprint(chunk.rows, int(chunk.fingerprint, 16)))
@@ -267,6 +259,30 @@ class Backup(Step[BackupParams]):
                                      step_id=self.step_id, retryable=False,
                                      hint="the source changed during the backup: switch it to read-only first")
         return TableBackup(table, count, total, chunks)
+
+    def _chunk_reads(self, ctx: StepContext, db: Database, table: Table, last_key: list[Any] | None,
+                      offset: int) -> Iterator[tuple[ChunkWriter, list[Any] | None]]:
+        """Chunks read one after the other in this process: each starts where the one before ended."""
+        convert = row_converter(db.read_converters(table.columns, table.columns))
+        while True:
+            ctx.raise_if_cancelled()
+            writer, key, capped = read_chunk_rows(db, table, convert, last_key, offset, self.params.chunk_rows,
+                                                  self.params.chunk_bytes)
+            yield writer, key
+            if not capped and writer.rows < self.params.chunk_rows:
+                return
+            last_key = key if key is not None else last_key
+            offset += writer.rows
+
+    @staticmethod
+    def _store_chunk(ctx: StepContext, store: BlobStore, writer: ChunkWriter, chunk: ChunkInfo) -> ChunkInfo:
+        data = writer.finish()
+        chunk.bytes = len(data)
+        chunk.sha256 = hashlib.sha256(data).hexdigest()
+        chunk.fingerprint = writer.fingerprint.checksum
+        store.write(chunk.name, data, content_type="application/gzip")
+        ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256, detail=chunk.to_json())
+        return chunk
 
     def verify(self, ctx: StepContext) -> None:
         store = self._store(ctx)
@@ -281,6 +297,46 @@ class Backup(Step[BackupParams]):
                 problem = check_chunk(store, chunk)
                 if problem:
                     raise VerificationFailed(f"table {backed.table.name}: {problem}", step_id=self.step_id)
+
+
+def read_chunk_rows(db: Database, table: Table, convert: Callable[[Sequence[Any]], list[Any]],
+                    after: list[Any] | None, offset: int, limit: int,
+                    cap: int) -> tuple[ChunkWriter, list[Any] | None, bool]:
+    """One chunk: up to ``limit`` rows after the key ``after`` (or ``offset`` rows in, without a primary key),
+    fewer when ``cap`` raw bytes are reached; the writer, the portable key of its last row, and whether it was cut.
+    """
+    names = table.column_names
+    lines = db.line_select(table, names) is not None
+    if table.primary_key:
+        rows = db.read_page(table, names, after, limit, lines=lines)
+    else:
+        rows = db.read_offset(table, names, offset, limit, lines=lines)
+    writer = ChunkWriter()
+    last_row: list[Any] | None = None
+    last_line = b""
+    capped = False
+    if lines:  # the engine wrote each row's line: nothing to convert or encode here
+        for row in rows:
+            last_line = join_line(row)
+            writer.add(last_line)
+            if writer.raw_bytes >= cap:
+                capped = True
+                break
+    else:
+        for row in rows:
+            last_row = convert(row)
+            writer.add(encode_row(last_row))
+            if writer.raw_bytes >= cap:
+                capped = True
+                break
+    if hasattr(rows, "close"):
+        rows.close()
+    if last_line:
+        last_row = json.loads(last_line)
+    key = None
+    if table.primary_key and last_row is not None:
+        key = [last_row[names.index(k)] for k in table.primary_key]
+    return writer, key, capped
 
 
 def _backup_outputs(manifest: Manifest, to: BlobEndpoint) -> dict[str, Any]:
@@ -308,7 +364,7 @@ class RestoreParams(Params):
 class Restore(Step[RestoreParams]):
     """Loads a portable backup into the target database.
 
-    Changes: creates the missing tables (type mapping per dialect, primary keys; foreign keys after the load),
+    Changes: creates the missing tables (type mapping per dialect; primary and foreign keys after the load),
     or checks the existing ones for drift; then loads every chunk in foreign-key order. Each chunk commits
     together with its row in the target's ``_migrator_restore_chunks`` table, so a chunk half-loaded by a
     killed run is rolled back by the engine and loaded again whole: never a duplicate row.
@@ -414,40 +470,94 @@ class Restore(Step[RestoreParams]):
             for backed in creates:
                 ctx.memo.set("created", sorted({*created, backed.table.name}))
                 with db.transaction():
-                    db.execute(db.create_table_sql(_without_fks(backed.table, db)))
+                    db.execute(db.create_table_sql(_load_shape(backed.table, db)))
                 created.add(backed.table.name)
             db.ensure_marker_table()
             committed = db.marker_chunks()
             ctx.items.set_total(items=sum(len(t.chunks) for t in tables),
                                 bytes=sum(c.bytes for t in tables for c in t.chunks))
             loaded = 0
-            for backed in fk_order([t.table for t in tables]):
-                table_backup = next(t for t in tables if t.table.name == backed.name)
-                for chunk in table_backup.chunks:
-                    record = ctx.items.get(chunk.name)
-                    if (record is not None and record.status == "done") or chunk.name in committed:
-                        continue
-                    ctx.raise_if_cancelled()
-                    self._load_chunk(db, store, backed, chunk)
-                    ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256)
-                    loaded += chunk.rows
-                    ctx.progress(f"{backed.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
-            if db.dialect != "sqlite":
+            with ExitStack() as sessions:
+                loaders = [db]
                 for backed in fk_order([t.table for t in tables]):
-                    if backed.name in created:
-                        self._add_foreign_keys(db, backed)
+                    table_backup = next(t for t in tables if t.table.name == backed.name)
+                    todo = [c for c in table_backup.chunks if c.name not in committed
+                            and ((r := ctx.items.get(c.name)) is None or r.status != "done")]
+                    while len(todo) > len(loaders) < db.load_workers:
+                        loaders.append(sessions.enter_context(
+                            connected(self.params.database, ctx, must_exist=False)))
+                    for chunk in self._load_chunks(ctx, loaders, store, backed, todo):
+                        ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256)
+                        loaded += chunk.rows
+                        ctx.progress(f"{backed.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
+            if db.dialect != "sqlite":
+                order = [t for t in fk_order([t.table for t in tables]) if t.name in created]
+                for backed in order:
+                    self._add_primary_key(db, backed)
+                for backed in order:
+                    self._add_foreign_keys(db, backed)
             db.drop_table(MARKER_TABLE)
             return {"database": db.describe(), "tables": len(tables), "created": sorted(created),
                     "rows": sum(t.row_count for t in tables), "rows_loaded_now": loaded}
+
+    def _load_chunks(self, ctx: StepContext, loaders: Sequence[Database], store: BlobStore, table: Table,
+                     chunks: Sequence[ChunkInfo]) -> Iterator[ChunkInfo]:
+        """Loads chunks of one table through every session in ``loaders`` at once; yields each as it commits.
+
+        Each chunk is its own transaction on one session, so the order they commit in does not matter; a
+        session holds one chunk at a time, which bounds memory.
+        """
+        if len(loaders) == 1 or len(chunks) < 2:
+            for chunk in chunks:
+                ctx.raise_if_cancelled()
+                self._load_chunk(loaders[0], store, table, chunk)
+                yield chunk
+            return
+        idle: queue.SimpleQueue[Database] = queue.SimpleQueue()
+        for loader in loaders:
+            idle.put(loader)
+
+        def load(chunk: ChunkInfo) -> ChunkInfo:
+            ctx.raise_if_cancelled()
+            session = idle.get()
+            try:
+                self._load_chunk(session, store, table, chunk)
+            finally:
+                idle.put(session)
+            return chunk
+
+        with ThreadPoolExecutor(len(loaders), thread_name_prefix="restore-loader") as pool:
+            futures = [pool.submit(load, chunk) for chunk in chunks]
+            try:
+                for future in futures:
+                    yield future.result()
+            finally:
+                for future in futures:
+                    future.cancel()
 
     @staticmethod
     def _load_chunk(db: Database, store: BlobStore, table: Table, chunk: ChunkInfo) -> None:
         names = table.column_names
         lines = read_chunk_lines(store, chunk)
         with db.transaction():
-            for start in range(0, len(lines), INSERT_BATCH):
-                db.insert_lines(table, names, lines[start:start + INSERT_BATCH])
+            start = 0
+            while start < len(lines):
+                # Up to INSERT_BATCH rows, and fewer when they are big: one batch is one statement parameter.
+                end, size = start, 0
+                while end < len(lines) and end - start < INSERT_BATCH and (size < INSERT_BATCH_BYTES or end == start):
+                    size += len(lines[end])
+                    end += 1
+                db.insert_lines(table, names, lines[start:end])
+                start = end
             db.mark_chunk(chunk.name, chunk.sha256)
+
+    @staticmethod
+    def _add_primary_key(db: Database, table: Table) -> None:
+        # Built once over the loaded rows, as pg_restore does, instead of maintained row by row during the load.
+        present = db.table(table.name)
+        if table.primary_key and present is not None and not present.primary_key:
+            with db.transaction():
+                db.execute(db.primary_key_sql(table))
 
     @staticmethod
     def _add_foreign_keys(db: Database, table: Table) -> None:
@@ -479,11 +589,11 @@ class Restore(Step[RestoreParams]):
                 db.drop_table(MARKER_TABLE)
 
 
-def _without_fks(table: Table, db: Database) -> Table:
-    # SQLite can only declare foreign keys in CREATE TABLE; elsewhere they are added after the load.
+def _load_shape(table: Table, db: Database) -> Table:
+    # SQLite can only declare keys in CREATE TABLE; elsewhere primary and foreign keys are added after the load.
     if db.dialect == "sqlite":
         return table
-    return Table(table.name, table.columns, table.primary_key, ())
+    return Table(table.name, table.columns, (), ())
 
 
 # -- database.verify ----------------------------------------------------------------------------------------
@@ -503,14 +613,27 @@ class VerifyParams(Params):
         return self
 
 
+def _same_portable_form(reference: Column, target: Column) -> bool:
+    return reference.type == target.type and (reference.type != "decimal" or reference.scale == target.scale)
+
+
 def fingerprint(db: Database, reference: Table, target: Table | None = None) -> Fingerprint:
     """Row count and content checksum of a table, values normalized by ``reference``'s column types."""
     target = target or reference
     names = reference.column_names
-    convert = row_converter([reference.column(n) for n in names])
+    convert = row_converter(db.read_converters([target.column(n) for n in names],
+                                               [reference.column(n) for n in names]))
+    # The engine's lines are the reference's only when every column has the same portable form on both.
+    lines = db.line_select(target, names) is not None and all(
+        _same_portable_form(reference.column(n), target.column(n)) for n in names)
     result = Fingerprint()
-    for row in db.read_all(target, names):
-        result.add_line(encode_row(convert(row)))
+    batch: list[bytes] = []
+    for row in db.read_all(target, names, lines=lines):
+        batch.append(join_line(row) if lines else encode_row(convert(row)))
+        if len(batch) >= 5000:
+            result.add_lines(batch)
+            batch = []
+    result.add_lines(batch)
     return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -22,7 +23,7 @@ from migrator.providers.database import (
     parse_odbc,
     to_portable,
 )
-from migrator.providers.database.base import converter
+from migrator.providers.database.base import converter, row_converter
 from migrator.providers.database.sqlite import logical_type
 
 UTC = dt.UTC
@@ -147,3 +148,35 @@ def test_sqlite_declared_types_map_to_logical_types(declared: str, kind: str) ->
 def test_sqlite_column_without_a_type_is_refused_by_name() -> None:
     with pytest.raises(InputError, match=r"column t\.c"):
         logical_type("", "t.c")
+
+
+ENCODER_EDGES = [
+    [1, -9223372036854775808, 10**30, True, False, None],
+    [0.1, -0.0, 5e-324, 1e16, 1e15, -1.7976931348623157e308, float("nan"), float("inf"), float("-inf")],
+    ["plain", "emoji 👩‍👩‍👧‍👦 𠜎", "\x00\x01\x1f\x7f \u2028 \t\n\r\b\f", 'quote " backslash \\ slash /', ""],
+    [],
+]
+
+
+@pytest.mark.parametrize("values", ENCODER_EDGES, ids=["ints", "floats", "strings", "empty"])
+def test_encoded_rows_are_the_bytes_json_dumps_gives(values: list[Any]) -> None:
+    expected = json.dumps(values, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode("utf-8")
+    assert encode_row(values) == expected
+
+
+def test_row_converter_leaves_values_as_read_where_no_converter_is_given() -> None:
+    as_read = object()  # not a portable value: proves the column was not touched
+    convert = row_converter([None, converter(Column("c", "uuid")), None])
+    assert convert((as_read, uuid.UUID(int=10), None)) == [as_read, "00000000-0000-0000-0000-00000000000a", None]
+    assert row_converter([None, None])((as_read, 2)) == [as_read, 2]
+    with pytest.raises(ValueError, match="2 values for 3 columns"):
+        convert((1, 2))
+
+
+def test_fingerprint_of_many_lines_at_once_equals_line_by_line() -> None:
+    lines = [encode_row([i, f"row {i}"]) for i in range(50)] * 2
+    one_by_one, at_once = Fingerprint(), Fingerprint()
+    for line in lines:
+        one_by_one.add_line(line)
+    at_once.add_lines(lines)
+    assert at_once.as_dict() == one_by_one.as_dict()

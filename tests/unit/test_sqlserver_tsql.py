@@ -85,6 +85,8 @@ def test_create_table_quotes_every_name_and_declares_the_key() -> None:
     assert dialect().foreign_key_sql(table, fk) == (
         "ALTER TABLE [dbo].[line items] ADD CONSTRAINT [fk x] FOREIGN KEY ([order]) "
         "REFERENCES [dbo].[Order] ([Id])")
+    # A restore adds the key after loading the rows.
+    assert dialect().primary_key_sql(table) == "ALTER TABLE [dbo].[line items] ADD PRIMARY KEY ([order], [Line])"
 
 
 def test_keyset_page_spells_out_the_composite_key_comparison() -> None:

@@ -112,28 +112,33 @@ def read_manifest(store: BlobStore) -> Manifest | None:
 
 
 class ChunkWriter:
-    """Accumulates encoded rows of one chunk: gzip stream, SHA-256 of the blob, content fingerprint."""
+    """Collects the encoded rows of one chunk; :meth:`finish` gives the gzip blob and the content fingerprint.
+
+    The whole chunk is compressed in one call (level 1: backup speed matters more than size), which releases
+    the GIL, so :meth:`finish` can run in a thread while the next chunk is read.
+    """
 
     def __init__(self) -> None:
-        self._zip = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1: backup speed matters more than size
-        self._parts: list[bytes] = []
+        self._lines: list[bytes] = []
         self.fingerprint = Fingerprint()
         self.raw_bytes = 0
+        self.rows = 0
+        self.data: bytes | None = None
 
     def add(self, line: bytes) -> None:
-        self.fingerprint.add_line(line)
+        self._lines.append(line)
+        self.rows += 1
         self.raw_bytes += len(line) + 1
-        self._parts.append(self._zip.compress(line + b"\n"))
-
-    @property
-    def rows(self) -> int:
-        return self.fingerprint.rows
 
     def finish(self) -> bytes:
-        self._parts.append(self._zip.flush())
-        data = b"".join(self._parts)
-        self._parts = []
-        return data
+        if self.data is None:
+            self.fingerprint = Fingerprint()
+            self.fingerprint.add_lines(self._lines)
+            text = b"\n".join(self._lines) + b"\n" if self._lines else b""
+            self._lines = []
+            packer = zlib.compressobj(1, zlib.DEFLATED, 31)
+            self.data = packer.compress(text) + packer.flush()
+        return self.data
 
 
 def read_chunk(store: BlobStore, chunk: ChunkInfo) -> Iterator[list[Any]]:
@@ -144,12 +149,17 @@ def read_chunk(store: BlobStore, chunk: ChunkInfo) -> Iterator[list[Any]]:
 
 def read_chunk_lines(store: BlobStore, chunk: ChunkInfo) -> list[bytes]:
     """The encoded rows of a chunk, after checking the blob's SHA-256 against the manifest."""
+    return read_chunk_text(store, chunk).splitlines()
+
+
+def read_chunk_text(store: BlobStore, chunk: ChunkInfo) -> bytes:
+    """The decompressed chunk (one encoded row per line), after checking the blob's SHA-256 against the manifest."""
     data = store.read_bytes(chunk.name)
     digest = hashlib.sha256(data).hexdigest()
     if digest != chunk.sha256:
         raise PermanentError(f"backup chunk {chunk.name} in {store.describe()} is corrupt: SHA-256 {digest[:12]}… "
                              f"instead of {chunk.sha256[:12]}…", hint="take the backup again")
-    return gzip.decompress(data).splitlines()
+    return gzip.decompress(data)
 
 
 def check_chunk(store: BlobStore, chunk: ChunkInfo) -> str | None:

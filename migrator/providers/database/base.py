@@ -219,19 +219,82 @@ def converter(column: Column) -> Callable[[Any], Any]:
     return lambda v: to_portable(column, v)
 
 
-def row_converter(columns: Sequence[Column]) -> Callable[[Sequence[Any]], list[Any]]:
-    """A function turning a driver row into a portable row, for these columns."""
-    convs = [converter(c) for c in columns]
+Converter = Callable[[Any], Any]
+
+
+def row_converter(columns: Sequence[Column] | Sequence[Converter | None]) -> Callable[[Sequence[Any]], list[Any]]:
+    """A function turning a driver row into a portable row.
+
+    Takes the columns (each converted by :func:`converter`) or one converter per column, None where the driver
+    value is already portable (:meth:`Database.read_converters`): those values are not touched at all.
+    """
+    convs = [converter(c) if isinstance(c, Column) else c for c in columns]
+    active = [(i, f) for i, f in enumerate(convs) if f is not None]
+    width = len(convs)
+    if not active:
+        return list
 
     def convert(row: Sequence[Any]) -> list[Any]:
-        return [None if v is None else f(v) for f, v in zip(convs, row, strict=True)]
+        values = list(row)
+        if len(values) != width:
+            raise ValueError(f"row of {len(values)} values for {width} columns")
+        for i, f in active:
+            value = values[i]
+            if value is not None:
+                values[i] = f(value)
+        return values
 
     return convert
 
 
-def encode_row(values: Sequence[Any]) -> bytes:
-    """The canonical bytes of a portable row: what backups store (one line each) and fingerprints hash."""
-    return json.dumps(values, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode("utf-8")
+try:  # the C encoder json.dumps uses, built once instead of per call (same bytes, less overhead per row)
+    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import encode_basestring as _encode_basestring
+except ImportError:  # pragma: no cover - CPython always has it
+    _c_make_encoder = None
+
+
+def _fallback_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+if _c_make_encoder is not None:
+    _ROW_ENCODER = _c_make_encoder(None, _fallback_default, _encode_basestring, None, ":", ",", False, False, True)
+
+    def encode_row(values: Sequence[Any]) -> bytes:
+        """The canonical bytes of a portable row: what backups store (one line each) and fingerprints hash.
+
+        Byte for byte ``json.dumps(values, ensure_ascii=False, separators=(",", ":"))``.
+        """
+        return "".join(_ROW_ENCODER(values, 0)).encode("utf-8")
+else:  # pragma: no cover
+    def encode_row(values: Sequence[Any]) -> bytes:
+        """The canonical bytes of a portable row: what backups store (one line each) and fingerprints hash."""
+        return json.dumps(values, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode("utf-8")
+
+
+_INFINITY = float("inf")
+
+
+def _float_json(value: float | None) -> str:
+    if value is None:
+        return "null"
+    if value != value:
+        return "NaN"
+    if value in (_INFINITY, -_INFINITY):
+        return "Infinity" if value > 0 else "-Infinity"
+    return float.__repr__(value)
+
+
+def join_line(row: Sequence[Any]) -> bytes:
+    """The encoded line of a row read with ``lines=True`` (:meth:`Database.line_select`)."""
+    if len(row) == 1:
+        return row[0].encode("utf-8")
+    parts = [row[0]]
+    for i in range(1, len(row), 2):
+        parts.append(_float_json(row[i]))
+        parts.append(row[i + 1])
+    return "".join(parts).encode("utf-8")
 
 
 FINGERPRINT_MODULUS = 1 << 128
@@ -254,6 +317,15 @@ class Fingerprint:
     def add_line(self, line: bytes) -> None:
         self.rows += 1
         self.total = (self.total + row_hash(line)) % FINGERPRINT_MODULUS
+
+    def add_lines(self, lines: Sequence[bytes]) -> None:
+        """:meth:`add_line` for many lines (one modulo for all of them)."""
+        blake2b, from_bytes = hashlib.blake2b, int.from_bytes
+        total = self.total
+        for line in lines:
+            total += from_bytes(blake2b(line, digest_size=16).digest(), "big")
+        self.total = total % FINGERPRINT_MODULUS
+        self.rows += len(lines)
 
     def merge(self, other: Fingerprint) -> None:
         self.rows += other.rows
@@ -409,6 +481,9 @@ class Database(ABC):
             cols.append(f"PRIMARY KEY ({self.column_list(table.primary_key)})")
         return f"CREATE TABLE {self.table_ref(table.name)} (" + ", ".join(cols) + ")"
 
+    def primary_key_sql(self, table: Table) -> str:
+        return f"ALTER TABLE {self.table_ref(table.name)} ADD PRIMARY KEY ({self.column_list(table.primary_key)})"
+
     def foreign_key_sql(self, table: Table, fk: ForeignKey) -> str:
         return (f"ALTER TABLE {self.table_ref(table.name)} ADD CONSTRAINT {self.quote(fk.name)} "
                 f"FOREIGN KEY ({self.column_list(fk.columns)}) "
@@ -425,7 +500,8 @@ class Database(ABC):
     def limit_query(self, select: str, rest: str, order: str, *, limit: int, offset: int = 0) -> str:
         """``SELECT <select> <rest> ORDER BY <order>`` cut to ``limit`` rows after ``offset``."""
 
-    def page_sql(self, table: Table, columns: Sequence[str], *, after: bool, limit: int) -> str:
+    def page_sql(self, table: Table, columns: Sequence[str], *, after: bool, limit: int,
+                 lines: bool = False) -> str:
         """Keyset page ordered by the primary key: the first ``limit`` rows after the key given as parameters."""
         keys = [self.quote(n) for n in table.primary_key]
         rest = f"FROM {self.table_ref(table.name)}"
@@ -439,13 +515,14 @@ class Database(ABC):
                     equal = [f"{k} = {m}" for k, m in zip(keys[:i], markers[:i], strict=True)]
                     terms.append("(" + " AND ".join([*equal, f"{key} > {markers[i]}"]) + ")")
                 rest += " WHERE " + " OR ".join(terms)
-        return self.limit_query(self.select_list(table, columns), rest, ", ".join(keys), limit=limit)
+        return self.limit_query(self._select(table, columns, lines), rest, ", ".join(keys), limit=limit)
 
-    def offset_sql(self, table: Table, columns: Sequence[str], *, offset: int, limit: int) -> str:
+    def offset_sql(self, table: Table, columns: Sequence[str], *, offset: int, limit: int,
+                   lines: bool = False) -> str:
         """For tables without a primary key: rows ``offset``..``offset + limit`` ordered by every column."""
         order = ", ".join(self.quote(c.name) for c in table.columns)
-        return self.limit_query(self.select_list(table, columns), f"FROM {self.table_ref(table.name)}", order,
-                                limit=limit, offset=offset)
+        return self.limit_query(self._select(table, columns, lines), f"FROM {self.table_ref(table.name)}",
+                                order, limit=limit, offset=offset)
 
     def select_expr(self, column: Column) -> str:
         """How a column is read so the driver returns an exact value (dialects cast where drivers lose)."""
@@ -453,6 +530,31 @@ class Database(ABC):
 
     def select_list(self, table: Table, columns: Sequence[str]) -> str:
         return ", ".join(self.select_expr(table.column(n)) for n in columns)
+
+    def line_select(self, table: Table, columns: Sequence[str]) -> str | None:
+        """A select list the engine writes each row as its encoded portable line with (:func:`encode_row`), or
+        None where it cannot for some column type. Reads with ``lines=True`` then give text pieces with float
+        values between them (``(text,)``, ``(text, float, text)``, ...) for :func:`join_line`: a few values per
+        row for the driver to fetch instead of one per column, and nothing to convert.
+        """
+        return None
+
+    def _select(self, table: Table, columns: Sequence[str], lines: bool) -> str:
+        if not lines:
+            return self.select_list(table, columns)
+        select = self.line_select(table, columns)
+        if select is None:
+            raise ValueError(f"{self.dialect} cannot read table {table.name} as lines")
+        return select
+
+    def read_converters(self, read: Sequence[Column], portable: Sequence[Column]) -> list[Converter | None]:
+        """Per column, how a value read through :meth:`select_expr` of ``read[i]`` becomes the portable value of
+        ``portable[i]`` (the backup's, or the reference's, column); None where the driver value is already it.
+        """
+        return [converter(p) for p in portable]
+
+    #: Connections a restore loads chunks of one table through at the same time (each chunk its own transaction).
+    load_workers = 1
 
     # -- catalog -----------------------------------------------------------------------------------------
 
@@ -481,10 +583,10 @@ class Database(ABC):
         """Rows of a query, fetched ``batch`` at a time."""
 
     def read_page(self, table: Table, columns: Sequence[str], after: Sequence[Any] | None,
-                  limit: int) -> Iterator[Sequence[Any]]:
+                  limit: int, *, lines: bool = False) -> Iterator[Sequence[Any]]:
         if not table.primary_key:
             raise ValueError("keyset paging needs a primary key")
-        sql = self.page_sql(table, columns, after=after is not None, limit=limit)
+        sql = self.page_sql(table, columns, after=after is not None, limit=limit, lines=lines)
         params = self.key_params(table, after) if after is not None else []
         return self.query(sql, params, batch=min(limit, 1000))
 
@@ -495,11 +597,12 @@ class Database(ABC):
         return native if self.row_values else keyset_params(native)
 
     def read_offset(self, table: Table, columns: Sequence[str], offset: int,
-                    limit: int) -> Iterator[Sequence[Any]]:
-        return self.query(self.offset_sql(table, columns, offset=offset, limit=limit), [], batch=min(limit, 1000))
+                    limit: int, *, lines: bool = False) -> Iterator[Sequence[Any]]:
+        return self.query(self.offset_sql(table, columns, offset=offset, limit=limit, lines=lines), [],
+                          batch=min(limit, 1000))
 
-    def read_all(self, table: Table, columns: Sequence[str]) -> Iterator[Sequence[Any]]:
-        sql = f"SELECT {self.select_list(table, columns)} FROM {self.table_ref(table.name)}"
+    def read_all(self, table: Table, columns: Sequence[str], *, lines: bool = False) -> Iterator[Sequence[Any]]:
+        sql = f"SELECT {self._select(table, columns, lines)} FROM {self.table_ref(table.name)}"
         return self.query(sql, [], batch=2000)
 
     # -- writing -----------------------------------------------------------------------------------------

@@ -6,6 +6,12 @@ string says ``BoolsAsChar=0`` (added when missing), ``timestamptz`` as naive dat
 and cast by the server (``CAST(? AS numeric(38,10))``), which keeps every digit and every microsecond.
 Result sets are read through a server-side cursor (``UseDeclareFetch=1``) so memory does not grow with a table.
 
+Reads let the server write the portable form of decimals, dates, timestamps, UUIDs and binaries (text in the
+exact shape :func:`~.base.to_portable` gives), so neither the driver nor Python converts those values; backups
+and fingerprints go further and have the server write each row's whole encoded line (``line_select``), floats
+excepted (its shortest digits are not always Python's). Loads send a batch of backup lines as one ``jsonb``
+array parameter that the server unpacks and casts.
+
 The read-only switch is ``ALTER DATABASE … SET default_transaction_read_only = on`` followed by ending the
 database's other sessions, so every session from then on starts read-only. It is a default, not a lock: a
 session may still ``SET default_transaction_read_only = off`` itself (the application does not); the write
@@ -25,9 +31,11 @@ import pyodbc
 from migrator.providers.database.base import (
     MARKER_TABLE,
     Column,
+    Converter,
     ForeignKey,
     Table,
     UnsupportedType,
+    parse_odbc,
 )
 from migrator.providers.database.odbc import OdbcDatabase, odbc_error
 
@@ -44,8 +52,40 @@ _DDL = {
 }
 
 
-# A bare NaN/Infinity token, as Python's json writes non-finite floats (inside a string it only costs the fast path).
-_NON_FINITE = re.compile(rb"[\[,]-?(?:NaN|Infinity)[\],]")
+#: How a column is read so the server writes its portable form (see to_portable); "{}" is the quoted column.
+_PORTABLE_SELECT = {
+    "date": "CAST({} AS text)",
+    "timestamp": "to_char({}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')",
+    # The session time zone is UTC (on_connect), so to_char writes UTC.
+    "timestamptz": "to_char({}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"+00:00\"')",
+    "uuid": "CAST({} AS text)",
+    # encode() breaks base64 into lines of 76 characters; the portable form has none.
+    "binary": "replace(encode({}, 'base64'), chr(10), '')",
+    "decimal": "CAST({} AS text)",
+}
+_QUOTED = "'\"' || {} || '\"'"
+#: How a column becomes the JSON of its portable value inside a line (see line_select); "{}" is the quoted
+#: column. Only characters JSON never escapes can occur inside the quoted ones; text goes through to_json,
+#: which escapes exactly what Python's json does.
+_LINE_VALUE = {
+    "smallint": "CAST({} AS text)", "integer": "CAST({} AS text)", "bigint": "CAST({} AS text)",
+    "boolean": "CASE WHEN {0} THEN 'true' WHEN NOT {0} THEN 'false' END",
+    "text": "CAST(to_json({}) AS text)",
+    **{kind: _QUOTED.format(template) for kind, template in _PORTABLE_SELECT.items()},
+}
+
+#: Types whose values come out of the driver already portable (natively, or by _PORTABLE_SELECT).
+_AS_READ = frozenset({"smallint", "integer", "bigint", "text", "float", "real", "date", "timestamp", "timestamptz",
+                      "uuid", "binary"})
+
+# A bare NaN/Infinity token, as Python's json writes non-finite floats, or a negative zero, which jsonb would
+# turn into 0 (inside a string either only costs the fast path).
+_NON_FINITE = re.compile(rb"[\[,](?:-?(?:NaN|Infinity)|-0\.0)[\],]")
+
+
+def _may_hold_non_finite(payload: bytes) -> bool:
+    # Substring search is several times faster than the expression, which then only runs when it may match.
+    return b"NaN" in payload or b"Infinity" in payload or b"-0.0" in payload
 
 
 def connection_options(text: str) -> str:
@@ -65,10 +105,17 @@ class PostgresDatabase(OdbcDatabase):
 
     def __init__(self, connection_string: str, *, label: str, schema: str = "public") -> None:
         self.schema = schema
-        super().__init__(connection_options(connection_string), label=label)
+        connection_string = connection_options(connection_string)
+        #: Whether booleans come as Python bools (BoolsAsChar=0, unless the connection string says otherwise).
+        self.native_booleans = parse_odbc(connection_string).get("boolsaschar") == "0"
+        super().__init__(connection_string, label=label)
+
+    #: Loads are bound by the server's work on each batch: two sessions use two of its cores.
+    load_workers = 2
 
     def on_connect(self) -> None:
         self.execute("SET TIME ZONE 'UTC'")
+        self.execute("SET DateStyle = 'ISO, YMD'")
         self.database = str(self.scalar("SELECT current_database()"))
 
     # -- SQL text ----------------------------------------------------------------------------------------
@@ -96,6 +143,43 @@ class PostgresDatabase(OdbcDatabase):
             return "?"
         return f"CAST(? AS {self.column_ddl(replace(column, nullable=True))})"
 
+    def select_expr(self, column: Column) -> str:
+        template = _PORTABLE_SELECT.get(column.type)
+        return template.format(self.quote(column.name)) if template else self.quote(column.name)
+
+    def line_select(self, table: Table, columns: Sequence[str]) -> str | None:
+        # Floats are fetched as numbers between the text pieces: PostgreSQL's shortest digits are not always
+        # Python's (2.9388404737557112e+16 against 2.938840473755711e+16).
+        pieces: list[str] = []
+        current = ["'['"]
+        for i, name in enumerate(columns):
+            column = table.column(name)
+            if i:
+                current.append("','")
+            if column.type in ("float", "real"):
+                pieces.append(" || ".join(current))
+                pieces.append(self.quote(column.name))
+                current = []
+                continue
+            if column.type == "decimal" and column.scale is None:
+                return None  # the portable form drops trailing zeros
+            template = _LINE_VALUE.get(column.type)
+            if template is None:
+                return None
+            current.append(f"coalesce({template.format(self.quote(column.name))}, 'null')")
+        current.append("']'")
+        pieces.append(" || ".join(current))
+        return ", ".join(pieces)
+
+    def read_converters(self, read: Sequence[Column], portable: Sequence[Column]) -> list[Converter | None]:
+        converters = super().read_converters(read, portable)
+        for i, (r, p) in enumerate(zip(read, portable, strict=True)):
+            if r.type == p.type and (r.type in _AS_READ or (r.type == "decimal" and r.scale is not None
+                                                             and r.scale == p.scale)
+                                     or (r.type == "boolean" and self.native_booleans)):
+                converters[i] = None
+        return converters
+
     def limit_query(self, select: str, rest: str, order: str, *, limit: int, offset: int = 0) -> str:
         tail = f" OFFSET {int(offset)}" if offset else ""
         return f"SELECT {select} {rest} ORDER BY {order} LIMIT {int(limit)}{tail}"
@@ -110,11 +194,17 @@ class PostgresDatabase(OdbcDatabase):
         return str(value)
 
     def insert_lines(self, table: Table, columns: Sequence[str], lines: Sequence[bytes]) -> None:
+        if not self._insert_json(table, columns, b"[" + b",".join(lines) + b"]"):
+            super().insert_lines(table, columns, lines)
+
+    def _insert_json(self, table: Table, columns: Sequence[str], payload: bytes) -> bool:
         # The bulk path: one JSON array parameter per batch, unpacked and cast by the server. psqlODBC runs a
-        # parameter array row by row; this is one round trip, and no value is touched in Python.
+        # parameter array row by row; this is one round trip, and no value is touched in Python. jsonb, not
+        # json: ->> on json parses the element again for every column.
         cols = [table.column(n) for n in columns]
-        if any(c.type in ("float", "real") for c in cols) and any(_NON_FINITE.search(line) for line in lines):
-            return super().insert_lines(table, columns, lines)  # not JSON: PostgreSQL's parser refuses them
+        if any(c.type in ("float", "real") for c in cols) and _may_hold_non_finite(payload) \
+                and _NON_FINITE.search(payload):
+            return False  # not JSON: PostgreSQL's parser refuses them
         exprs = []
         for i, col in enumerate(cols):
             value = f"r->>{i}"
@@ -125,8 +215,10 @@ class PostgresDatabase(OdbcDatabase):
             else:
                 exprs.append(f"CAST({value} AS {self.column_ddl(replace(col, nullable=True))})")
         sql = (f"INSERT INTO {self.table_ref(table.name)} ({self.column_list(columns)}) "
-               f"SELECT {', '.join(exprs)} FROM json_array_elements(CAST(? AS json)) AS r")
-        self.execute(sql, [(b"[" + b",".join(lines) + b"]").decode("utf-8")])
+               f"SELECT {', '.join(exprs)} FROM jsonb_array_elements(CAST(convert_from(?, 'UTF8') AS jsonb)) AS r")
+        # Sent as bytes: the driver passes them through, where text would be converted to UTF-16 and back.
+        self.execute(sql, [payload])
+        return True
 
     # -- catalog -----------------------------------------------------------------------------------------
 
