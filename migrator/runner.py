@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -346,10 +347,7 @@ class Runner:
     def run(self, loaded: LoadedPlaybook, *, run_id: str | None = None, playbook_path: str = "",
             environment_path: str | None = None) -> RunOutcome:
         run_id = run_id or new_run_id(loaded)
-        self._seed_redactor(loaded)
-        lock, stale = self.store.acquire_lock(run_id, ttl=self.lock_ttl)
-        keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
-        try:
+        with self._holding(run_id, loaded) as stale:
             now = time.time()
             self.store.create_run(RunRecord(
                 run_id=run_id, playbook_name=loaded.playbook.name, playbook_path=playbook_path,
@@ -357,64 +355,56 @@ class Runner:
                 environment_text=loaded.environment_doc.text if loaded.environment_doc else None,
                 status=RunStatus.RUNNING, created_at=now, updated_at=now, options=self._public_options(),
                 tenant=loaded.environment.tenant.name if loaded.environment else None))
-            with self._run_logging(run_id):
-                self._event(run_id, None, "run.started", f"run {run_id} of playbook {loaded.playbook.name} started")
-                self._command_event(run_id)
-                if stale:
-                    self._event(run_id, None, "lock.stale", stale)
-                if not self.options.get("no_forecast"):
-                    self._record_forecast(run_id, loaded, [s.id for s in loaded.steps])
-                return self._execute(run_id, loaded, force=False)
-        finally:
-            keeper.release()
-            self._close_resources()
+            self._event(run_id, None, "run.started", f"run {run_id} of playbook {loaded.playbook.name} started")
+            self._command_event(run_id)
+            if stale:
+                self._event(run_id, None, "lock.stale", stale)
+            if not self.options.get("no_forecast"):
+                self._record_forecast(run_id, loaded, [s.id for s in loaded.steps])
+            return self._execute(run_id, loaded, force=False)
 
     def resume(self, run_id: str, loaded: LoadedPlaybook, *, force: bool = False) -> RunOutcome:
         run = self.store.require_run(run_id)
         if run.status in (RunStatus.ROLLED_BACK, RunStatus.ROLLING_BACK, RunStatus.ROLLBACK_FAILED):
             raise InputError(f"run {run_id} was rolled back ({run.status}); it cannot be resumed",
                              hint="start a new run with: migrator run")
-        self._seed_redactor(loaded)
-        lock, stale = self.store.acquire_lock(run_id, ttl=self.lock_ttl)
-        keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
-        try:
-            with self._run_logging(run_id):
-                if stale:
-                    self._event(run_id, None, "lock.stale", stale)
-                    self.listener.message(f"note: {stale}")
-                if run.status == RunStatus.SUCCEEDED:
-                    return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run had already succeeded"])
-                self.store.update_run(run_id, status=RunStatus.RUNNING, error=None, finished_at=None)
-                self._event(run_id, None, "run.resumed", f"run {run_id} resumed")
-                self._command_event(run_id)
-                return self._execute(run_id, loaded, force=force)
-        finally:
-            keeper.release()
-            self._close_resources()
+        with self._holding(run_id, loaded) as stale:
+            if stale:
+                self._event(run_id, None, "lock.stale", stale)
+                self.listener.message(f"note: {stale}")
+            if run.status == RunStatus.SUCCEEDED:
+                return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run had already succeeded"])
+            self.store.update_run(run_id, status=RunStatus.RUNNING, error=None, finished_at=None)
+            self._event(run_id, None, "run.resumed", f"run {run_id} resumed")
+            self._command_event(run_id)
+            return self._execute(run_id, loaded, force=force)
 
     def rollback(self, run_id: str, loaded: LoadedPlaybook) -> RunOutcome:
         """Compensates, newest first, every step this run applied."""
         run = self.store.require_run(run_id)
+        with self._holding(run_id, loaded) as stale:
+            if stale:
+                self._event(run_id, None, "lock.stale", stale)
+            if run.status == RunStatus.ROLLED_BACK:
+                return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run was already rolled back"])
+            self._event(run_id, None, "rollback.requested", "rollback requested")
+            self._command_event(run_id)
+            clean, error = self._compensate(run_id, loaded)
+            status = RunStatus.ROLLED_BACK if clean else RunStatus.ROLLBACK_FAILED
+            self.store.update_run(run_id, status=status, finished_at=time.time(), error=None if clean else error)
+            self._event(run_id, None, f"run.{status}", f"run {run_id} {status.replace('_', ' ')}")
+            return RunOutcome(run_id, status, ExitCode.OK if clean else ExitCode.FAILED, error=error)
+
+    @contextmanager
+    def _holding(self, run_id: str, loaded: LoadedPlaybook) -> Iterator[str | None]:
+        """Holds the run's lock (heartbeating it), a redacting run log and the run's resources for a command;
+        yields why a stale lock was taken over, if one was."""
         self._seed_redactor(loaded)
         lock, stale = self.store.acquire_lock(run_id, ttl=self.lock_ttl)
         keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
         try:
             with self._run_logging(run_id):
-                if stale:
-                    self._event(run_id, None, "lock.stale", stale)
-                if run.status == RunStatus.ROLLED_BACK:
-                    return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run was already rolled back"])
-                self._event(run_id, None, "rollback.requested", "rollback requested")
-                self._command_event(run_id)
-                clean, error = self._compensate(run_id, loaded)
-                status = RunStatus.ROLLED_BACK if clean else RunStatus.ROLLBACK_FAILED
-                self.store.update_run(run_id, status=status, finished_at=time.time(),
-                                      error=None if clean else error)
-                self._event(run_id, None, f"run.{status}", f"run {run_id} {status.replace('_', ' ')}")
-                code = ExitCode.OK if clean else ExitCode.FAILED
-                if error and "--accept-data-loss" in error:
-                    code = ExitCode.FAILED
-                return RunOutcome(run_id, status, code, error=error)
+                yield stale
         finally:
             keeper.release()
             self._close_resources()

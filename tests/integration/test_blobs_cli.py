@@ -8,7 +8,6 @@ re-copy would give it a new one), and the resumed run verifies.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import yaml
 
 from tests.integration.test_blobs import container, small_name, upload_many
 from tests.support.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite
+from tests.support.engine import kill_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -77,17 +77,8 @@ def test_sigkill_mid_presync_then_resume_sends_no_completed_blob_again(azurite: 
     runner = subprocess.Popen([*MIGRATOR, "run", str(playbook), "-e", str(env_file), "--state", str(state_dir),
                                "--run-id", run_id], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: sum(1 for _ in dst.list_blob_names()) >= BLOBS // 5 or runner.poll() is not None,
-                 "a fifth of the blobs at the destination")
-        assert runner.poll() is None, runner.communicate()[0].decode(errors="replace")
-        runner.send_signal(signal.SIGKILL)
-        runner.wait(timeout=60)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
-    assert runner.returncode == -signal.SIGKILL
+    kill_when(runner, lambda: sum(1 for _ in dst.list_blob_names()) >= BLOBS // 5,
+              "a fifth of the blobs at the destination")
     before = {b.name: b.etag for b in dst.list_blobs()}
     assert BLOBS // 5 <= len(before) < BLOBS
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import uuid
@@ -17,7 +16,7 @@ import pytest
 import yaml
 
 from tests.armemu.core import ArmEmulator
-from tests.support.engine import MIGRATOR, ROOT, wait_for
+from tests.support.engine import MIGRATOR, ROOT, kill_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -75,19 +74,9 @@ def test_sigkill_while_an_operation_is_pending_then_resume_reattaches_with_one_p
     runner = subprocess.Popen([*MIGRATOR, "run", str(playbook), "-e", str(env_file), "--state", str(state_dir),
                                "--run-id", run_id], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: any(e.status == 202 for e in arm.log.matching("PUT", path)) or runner.poll() is not None,
-                 f"the {pending_at} PUT to be accepted")
-        wait_for(lambda: f"lro:{pending_at}" in step_memo(state_dir, run_id, "provision")
-                 or runner.poll() is not None, "the continuation token in the state store")
-        assert runner.poll() is None, runner.communicate()[0].decode(errors="replace")
-        runner.send_signal(signal.SIGKILL)
-        runner.wait(timeout=60)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
-    assert runner.returncode == -signal.SIGKILL
+    kill_when(runner, lambda: any(e.status == 202 for e in arm.log.matching("PUT", path))
+              and f"lro:{pending_at}" in step_memo(state_dir, run_id, "provision"),
+              f"the {pending_at} PUT to be accepted and its continuation token kept in the state store")
     assert f"lro:{pending_at}" in step_memo(state_dir, run_id, "provision")
     arm.release_operations()
 

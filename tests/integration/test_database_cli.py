@@ -5,7 +5,6 @@ then ``migrator resume``: the resumed run verifies (row counts and content check
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import yaml
 
 from migrator.steps.database import Backup
 from migrator.testing import MemoryContext, run_step
+from tests.support.engine import kill_when
 from tests.support.postgres import PostgresServer, ScratchDatabase
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -75,16 +75,7 @@ def run_killed_then_resume(tmp_path: Path, playbook: Path, env_file: Path, kille
     runner = subprocess.Popen([*MIGRATOR, "run", str(playbook), "-e", str(env_file), "--state", str(state_dir),
                                "--run-id", run_id], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: killed_when() or runner.poll() is not None, what)
-        assert runner.poll() is None, runner.communicate()[0].decode(errors="replace")
-        runner.send_signal(signal.SIGKILL)
-        runner.wait(timeout=60)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
-    assert runner.returncode == -signal.SIGKILL
+    kill_when(runner, killed_when, what)
     resumed = subprocess.run([*MIGRATOR, "resume", run_id, "--state", str(state_dir)], cwd=tmp_path, env=env,
                              capture_output=True, timeout=600)
     output = (resumed.stdout + resumed.stderr).decode(errors="replace")

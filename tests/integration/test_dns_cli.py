@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import pytest
 import yaml
 
 from tests.support.bind import BindServer
-from tests.support.engine import MIGRATOR, ROOT, step_status, wait_for
+from tests.support.engine import MIGRATOR, ROOT, kill_when, step_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -94,17 +93,8 @@ def test_sigkill_while_verify_waits_for_a_lagging_secondary_then_resume_and_roll
     runner = subprocess.Popen([*MIGRATOR, "run", str(playbook), "-e", str(env_file), "--state", str(state_dir),
                                "--run-id", run_id], cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: step_status(state_dir, run_id, "verify") == "running" or runner.poll() is not None,
-                 "dns.verify to be waiting for the secondary")
-        assert runner.poll() is None, runner.communicate()[0].decode(errors="replace")
-        runner.send_signal(signal.SIGKILL)
-        runner.wait(timeout=60)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
-    assert runner.returncode == -signal.SIGKILL
+    kill_when(runner, lambda: step_status(state_dir, run_id, "verify") == "running",
+              "dns.verify to be waiting for the secondary")
     serial_after_transfer = soa_serial(bind_server, zone)
     assert served(bind_server, zone, name) == {"CNAME": (60, {TARGET})}
     bind_server.notify_secondary(zone)  # the lagging secondary catches up while nobody runs

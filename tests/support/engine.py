@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -72,3 +73,21 @@ def step_status(state_dir: Path, run_id: str, step_id: str) -> str | None:
     except sqlite3.Error:
         return None
     return str(row[0]) if row else None
+
+
+def kill_when(proc: subprocess.Popen[bytes] | subprocess.Popen[str], condition: Callable[[], bool], what: str,
+              timeout: float = 120.0) -> None:
+    """SIGKILLs ``proc`` as soon as ``condition`` holds; fails if the process ended before that."""
+    try:
+        wait_for(lambda: condition() or proc.poll() is not None, what, timeout)
+        if proc.poll() is not None:
+            out = proc.communicate()[0]
+            raise AssertionError(f"the process ended before {what}: "
+                                 f"{out.decode(errors='replace') if isinstance(out, bytes) else out}")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
