@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -51,6 +52,8 @@ MiB = 1024 * 1024
 #: Assumed rates for plan estimates before anything was measured.
 _ASSUMED_BLOBS_PER_S = 200.0
 _ASSUMED_BYTES_PER_S = 50.0 * MiB
+#: MD5 over bytes read from the store, where a side keeps no Content-MD5.
+_ASSUMED_HASH_BYTES_PER_S = 200.0 * MiB
 _MAX_LISTED = 20
 
 
@@ -71,6 +74,13 @@ class TransferParams(Params):
     copy_poll_interval: float = Field(1.0, gt=0)
     #: Attempts per blob for transient faults, on top of the SDK's own per-request retries.
     attempts_per_blob: int = Field(4, ge=1)
+    #: For the plan only, on a step that runs after a presync which has not run yet (the destination still
+    #: lacks most of the source): the share of the source expected to change in between, so that the estimate
+    #: is the delta this step will copy, not a full copy. None: what the destination lacks now.
+    planned_change: float | None = Field(None, ge=0, le=1)
+    #: With ``planned_change``: also count the source blobs modified within this many hours before the plan
+    #: (a measured proxy for what changes between presync and window); the larger share wins.
+    planned_recent_hours: float | None = Field(None, gt=0)
 
 
 class PresyncParams(TransferParams):
@@ -391,6 +401,7 @@ class Attempt:
 
     survey: Survey | None = None
     source: dict[str, Compact] | None = None  # the source inventory apply worked from
+    listing_seconds: float | None = None  # how long check took to list both sides (for the plan's estimate)
 
 
 def survey(ctx: StepContext, src: BlobStore, dst: BlobStore, *, limit: int = SURVEY_LIMIT) -> Survey | None:
@@ -580,28 +591,30 @@ def _first_error(errors: list[BaseException]) -> BaseException:
     return errors[0]
 
 
-def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, seen: Survey | None = None) -> PlanResult:
+def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, seen: Survey | None = None,
+          listing: float | None = None) -> PlanResult:
     """What a transfer would do: from ``seen`` (what check just read) when given, else from fresh listings."""
     src, dst = _open_pair(ctx, params, confirm=seen is None)
     _check_names_fit(ctx, src, dst, iter(seen.source) if seen is not None else None)
+    started = time.perf_counter()
     if seen is not None:
         diff = Diff(to_copy=len(seen.pending), to_copy_bytes=sum(info.size for info, _ in seen.pending),
                     unchanged=seen.unchanged, extra=seen.extra)
     else:
         diff = compute_diff(src, dst)
+        listing = time.perf_counter() - started
+    estimate = transfer_estimate(params, diff, listing or 0.0, seen)
     changes = []
     if diff.to_copy:
         changes.append(f"copy {diff.to_copy} blob(s), {diff.to_copy_bytes} bytes, from {src.describe()} to "
                        f"{dst.describe()}")
     if diff.extra and extra == "delete":
         changes.append(f"delete {len(diff.extra)} blob(s) from {dst.describe()} that are gone at the source")
-    seconds = diff.to_copy / _ASSUMED_BLOBS_PER_S + diff.to_copy_bytes / _ASSUMED_BYTES_PER_S
-    estimate = Estimate(seconds=seconds, items=diff.to_copy, bytes=diff.to_copy_bytes,
-                        basis=f"assumed {_ASSUMED_BLOBS_PER_S:.0f} blobs/s and "
-                              f"{_ASSUMED_BYTES_PER_S / MiB:.0f} MiB/s (no measurement)")
     details = {"unchanged": diff.unchanged, "to_copy": diff.to_copy, "extra": len(diff.extra)}
     if not changes:
         result = PlanResult.nothing(f"{what}: all {diff.unchanged} blob(s) already in place", **details)
+        # Nothing to copy, yet the run lists both sides (check) and the destination again (verify).
+        result.estimate = estimate
         if diff.extra:
             result.reason += f"; {len(diff.extra)} destination blob(s) without a source are kept"
         return result
@@ -609,11 +622,44 @@ def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, se
                       estimate=estimate, details=details)
 
 
+#: A listing in the run is read again by verify (the destination): the check's listing and about half again.
+_LISTINGS_PER_RUN = 1.5
+
+
+def transfer_estimate(params: TransferParams, diff: Diff, listing: float, seen: Survey | None) -> Estimate:
+    """Seconds of a transfer: listing both sides (measured) as check and verify do, plus the copies.
+
+    With ``planned_change`` and a destination that lacks more than that share (a presync before this step has
+    not run yet), only the expected delta is counted: that share of the source, or, with
+    ``planned_recent_hours``, the share modified that recently when larger.
+    """
+    blobs, nbytes = diff.to_copy, diff.to_copy_bytes
+    total = diff.to_copy + diff.unchanged
+    basis = f"listing both sides {listing * 1000:.0f} ms (measured)"
+    if params.planned_change is not None and total and blobs > params.planned_change * total:
+        share = params.planned_change
+        how = f"{share:.0%} expected to change after the presync"
+        if params.planned_recent_hours is not None and seen is not None:
+            since = time.time() - params.planned_recent_hours * 3600
+            recent = sum(1 for c in seen.source.values() if c.last_modified is not None and c.last_modified >= since)
+            if recent / total > share:
+                share = recent / total
+                how = f"{share:.0%} modified in the last {params.planned_recent_hours:g} h"
+        source_bytes = nbytes + (sum(c.size for c in seen.source.values()) - nbytes if seen is not None else 0)
+        blobs, nbytes = math.ceil(share * total), round(share * source_bytes)
+        basis += f"; delta only: {how} ({blobs} of {total} blob(s))"
+    seconds = _LISTINGS_PER_RUN * listing + blobs / _ASSUMED_BLOBS_PER_S + nbytes / _ASSUMED_BYTES_PER_S
+    basis += f"; copies at an assumed {_ASSUMED_BLOBS_PER_S:.0f} blobs/s and {_ASSUMED_BYTES_PER_S / MiB:.0f} MiB/s"
+    return Estimate(seconds=seconds, items=blobs, bytes=nbytes, basis=basis)
+
+
 def _check(ctx: StepContext, params: TransferParams, *, extra: str, attempt: Attempt) -> CheckResult:
     """Done when nothing is left to copy (or delete). Keeps what it read in ``attempt`` for apply and verify."""
     attempt.survey = attempt.source = None
     src, dst = _open_pair(ctx, params)
+    started = time.perf_counter()
     seen = survey(ctx, src, dst)
+    attempt.listing_seconds = time.perf_counter() - started
     if seen is None:
         return CheckResult(False, f"more than {SURVEY_LIMIT} blob(s) still to copy to {dst.describe()}")
     attempt.survey = seen
@@ -762,8 +808,8 @@ class _TransferStep(Step[TP]):
         return _check(ctx, self.params, extra=self._extra(), attempt=self._attempt)
 
     def plan(self, ctx: StepContext) -> PlanResult:
-        seen, self._attempt = self._attempt.survey, Attempt()
-        return _plan(ctx, self.params, extra=self._extra(), what=self.label, seen=seen)
+        seen, listing, self._attempt = self._attempt.survey, self._attempt.listing_seconds, Attempt()
+        return _plan(ctx, self.params, extra=self._extra(), what=self.label, seen=seen, listing=listing)
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         return transfer(ctx, self.params, label=self.label, extra=self._extra(), attempt=self._attempt)
@@ -879,9 +925,21 @@ class Verify(Step[VerifyParams]):
         return CheckResult(False, "verification always runs")
 
     def plan(self, ctx: StepContext) -> PlanResult:
-        _open_pair(ctx, self.params)
-        return PlanResult(changes=[], reason=f"read-only: compares {self.params.source.describe()} with "
-                                             f"{self.params.destination.describe()}")
+        src, dst = _open_pair(ctx, self.params)
+        # Changes nothing, yet takes time: both listings, and hashing where a side stores no MD5.
+        started = time.perf_counter()
+        listed = list(src.list(metadata=self.params.compare_properties))
+        have = destination_inventory(dst)
+        listing = time.perf_counter() - started
+        to_hash = sum(i.size for i in listed if i.md5 is None or (have.get(i.name) is not None
+                                                                   and have[i.name].md5 is None))
+        seconds = listing + (to_hash / _ASSUMED_HASH_BYTES_PER_S if self.params.compare_md5 else 0.0)
+        result = PlanResult(changes=[], reason=f"read-only: compares {self.params.source.describe()} with "
+                                               f"{self.params.destination.describe()}")
+        result.estimate = Estimate(seconds=seconds, items=len(listed), bytes=to_hash,
+                                   basis=f"listing both sides {listing * 1000:.0f} ms (measured); {to_hash} bytes "
+                                         f"to hash at an assumed {_ASSUMED_HASH_BYTES_PER_S / MiB:.0f} MiB/s")
+        return result
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
         problems = compare_inventories(ctx, self.params, md5=self.params.compare_md5,

@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import queue
+import statistics
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import model_validator
@@ -68,6 +71,135 @@ def _selected(tables: Sequence[Table], names: Sequence[str] | None, where: str) 
     if missing:
         raise InputError(f"table {', '.join(missing)} not found in {where}")
     return [by_name[n] for n in names]
+
+
+# -- estimates ----------------------------------------------------------------------------------------------
+#
+# A plan measures instead of assuming: what one connection, one catalog read and one count cost on each
+# database now, what one blob request costs on the backup store, and how fast the biggest table reads through
+# the backup's own read path. A step's forecast is then the operations its apply and verify make (counted from
+# the code: the catalog reads, counts, chunk writes) times those costs, plus rows over the measured rate. On a
+# small tenant the fixed costs are most of the time; on a big one the rows are.
+
+#: Seconds a throughput probe may read at most (the plan's own cost).
+PROBE_SECONDS = 0.5
+#: Rows a restore inserts per second for each row the backup reads per second: inserting and committing costs
+#: more than reading (measured on the demo: PostgreSQL through psqlODBC from SQLite, about a third).
+INSERT_TO_READ = 0.35
+#: A DDL statement (CREATE TABLE, a primary or foreign key) in catalog reads: it changes the catalog it reads.
+DDL_IN_CATALOG_READS = 1.0
+
+
+@dataclass
+class DbCosts:
+    """What basic operations cost on one database now (seconds), measured by :func:`measure_db`."""
+
+    connect: float
+    catalog: float
+    count: float
+    tables: list[Table]
+    rows: dict[str, int]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - started
+
+
+def measure_db(endpoint: DatabaseEndpoint, ctx: StepContext, names: Sequence[str] | None = None, *,
+               must_exist: bool = True) -> tuple[DbCosts, Database]:
+    """Opens ``endpoint`` and measures a connection, a catalog read and a count; the caller closes the database."""
+    db, connect = _timed(lambda: open_database(endpoint, ctx, must_exist=must_exist))
+    try:
+        tables, catalog = _timed(db.tables)
+        tables = _selected(tables, names, db.describe()) if tables or names is None else []
+        rows: dict[str, int] = {}
+        counts: list[float] = []
+        for table in tables:
+            rows[table.name], took = _timed(lambda t=table: db.count(t.name))
+            counts.append(took)
+        if len(counts) < 3 and tables:  # a few more, for a steadier figure
+            smallest = min(tables, key=lambda t: rows[t.name])
+            counts += [_timed(lambda: db.count(smallest.name))[1] for _ in range(3 - len(counts))]
+        count = statistics.median(counts) if counts else catalog
+    except BaseException:
+        db.close()
+        raise
+    return DbCosts(connect, catalog, count, tables, rows), db
+
+
+def probe_read_rate(db: Database, tables: Sequence[Table], rows: Mapping[str, int], *,
+                    seconds: float = PROBE_SECONDS, chunk_bytes: int = 64 << 20) -> tuple[float, float, int]:
+    """Rows per second, raw bytes per row and rows read, reading the biggest table the way a backup does.
+
+    Reads growing pages (1,000 rows, then twice as many) for at most ``seconds``; the database is only read.
+    """
+    if not tables:
+        return 0.0, 0.0, 0
+    table = max(tables, key=lambda t: rows.get(t.name, 0))
+    convert = row_converter(db.read_converters(table.columns, table.columns))
+    read = raw = 0
+    spent = 0.0
+    last_key: list[Any] | None = None
+    limit = 1000
+    while spent < seconds:
+        started = time.perf_counter()
+        writer, key, capped = read_chunk_rows(db, table, convert, last_key, read, limit, chunk_bytes)
+        spent += time.perf_counter() - started
+        read += writer.rows
+        raw += writer.raw_bytes
+        if not capped and writer.rows < limit:
+            break
+        last_key = key if key is not None else last_key
+        limit *= 2
+    if read == 0 or spent <= 0:
+        return 0.0, 0.0, 0
+    return read / spent, raw / read, read
+
+
+@dataclass
+class SourceProfile:
+    """A database as a plan measured it: its costs, and its read rate through the backup's read path."""
+
+    costs: DbCosts
+    rows_per_second: float
+    bytes_per_row: float
+    probed_rows: int
+
+    def read_seconds(self, rows: int) -> float:
+        return rows / self.rows_per_second if self.rows_per_second > 0 else 0.0
+
+    def basis(self) -> str:
+        c = self.costs
+        return (f"measured: {len(c.tables)} tables, {c.total_rows} rows, read {self.rows_per_second:,.0f} rows/s "
+                f"({self.probed_rows} rows probed), connect {c.connect * 1000:.0f} ms, catalog read "
+                f"{c.catalog * 1000:.0f} ms, count {c.count * 1000:.1f} ms")
+
+
+def source_profile(endpoint: DatabaseEndpoint, ctx: StepContext, names: Sequence[str] | None = None) -> SourceProfile:
+    """Measures ``endpoint`` once per plan (kept in ``ctx.resources``): later steps sizing from it reuse it."""
+    key = f"estimate.source:{endpoint.describe()}:{','.join(names or [])}"
+    found = ctx.resources.get(key)
+    if isinstance(found, SourceProfile):
+        return found
+    costs, db = measure_db(endpoint, ctx, names)
+    try:
+        rate, per_row, probed = probe_read_rate(db, costs.tables, costs.rows)
+    finally:
+        db.close()
+    profile = SourceProfile(costs, rate, per_row, probed)
+    ctx.resources[key] = profile
+    return profile
+
+
+def _blob_request(store: BlobStore) -> float:
+    """Seconds of one request to the backup store (reading the manifest, present or not)."""
+    return _timed(lambda: read_manifest(store))[1]
 
 
 # -- database.read_only -------------------------------------------------------------------------------------
@@ -183,13 +315,17 @@ class Backup(Step[BackupParams]):
         state = self.check(ctx)
         if state.done:
             return PlanResult.nothing(state.reason)
-        with connected(self.params.database, ctx) as db:
-            tables = _selected(db.tables(), self.params.tables, db.describe())
-            rows = sum(db.count(t.name) for t in tables)
+        profile = source_profile(self.params.database, ctx, self.params.tables)
+        blob = _blob_request(self._store(ctx))
+        tables, rows = profile.costs.tables, profile.costs.total_rows
+        seconds, chunks = backup_seconds(profile, blob, self.params.chunk_rows, self.params.chunk_bytes)
+        raw = round(rows * profile.bytes_per_row)
         return PlanResult([f"back up {len(tables)} tables ({rows} rows) of {self.params.database.describe()} "
                            f"to {self.params.to.describe()}"], state.reason,
-                          Estimate(items=len(tables), basis="row counts; no throughput measured"),
-                          {"tables": len(tables), "rows": rows})
+                          Estimate(seconds=seconds, items=chunks, bytes=raw,
+                                   basis=f"{profile.basis()}; blob request {blob * 1000:.0f} ms"),
+                          {"tables": len(tables), "rows": rows, "rows_per_table": dict(profile.costs.rows),
+                           "raw_bytes": raw, "rows_per_second": round(profile.rows_per_second)})
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         store = self._store(ctx)
@@ -339,6 +475,24 @@ def read_chunk_rows(db: Database, table: Table, convert: Callable[[Sequence[Any]
     return writer, key, capped
 
 
+def _chunks(rows: int, per_row: float, chunk_rows: int, chunk_bytes: int) -> int:
+    by_rows = -(-rows // chunk_rows)
+    by_bytes = int(rows * per_row // chunk_bytes) + 1
+    return max(by_rows, by_bytes, 1)
+
+
+def backup_seconds(profile: SourceProfile, blob: float, chunk_rows: int = 50_000,
+                   chunk_bytes: int = 64 << 20) -> tuple[float, int]:
+    """Seconds and chunks of a backup: the check (the manifest read), the apply (a connection, the catalog, per
+    table its chunks read and written and a count, the manifest written) and the verify (manifest and chunks
+    read back); rows at the probed rate."""
+    c = profile.costs
+    chunks = sum(_chunks(n, profile.bytes_per_row, chunk_rows, chunk_bytes) for n in c.rows.values()) or 1
+    seconds = (blob + c.connect + c.catalog + 2 * c.count + len(c.tables) * c.count + chunks * blob
+               + profile.read_seconds(c.total_rows) + blob + blob + chunks * blob)
+    return seconds, chunks
+
+
 def _backup_outputs(manifest: Manifest, to: BlobEndpoint) -> dict[str, Any]:
     return {
         "location": to.describe(),
@@ -359,6 +513,9 @@ class RestoreParams(Params):
     #: create: make every table; existing: every table must exist (drift is reported); auto: create the missing.
     schema_mode: Literal["auto", "create", "existing"] = "auto"
     tables: list[str] | None = None
+    #: For the plan only: the database the backup is made from. While the backup does not exist yet (a dry-run
+    #: before the migration) the restore is sized from it — tables, rows, keys — instead of from the manifest.
+    size_from: DatabaseEndpoint | None = None
 
 
 class Restore(Step[RestoreParams]):
@@ -390,6 +547,10 @@ class Restore(Step[RestoreParams]):
         return [manifest.tables[names.index(t.name)] for t in picked]
 
     def check(self, ctx: StepContext) -> CheckResult:
+        # A dry-run before the backup exists: not done, and the plan sizes the restore from the source.
+        if ctx.dry_run and self.params.size_from is not None \
+                and read_manifest(open_blob_store(self.params.backup, ctx)) is None:
+            return CheckResult(False, f"no backup in {self.params.backup.describe()} yet")
         manifest = self._manifest(ctx)
         with connected(self.params.database, ctx, must_exist=False) as db:
             if db.table_exists(MARKER_TABLE):
@@ -403,21 +564,48 @@ class Restore(Step[RestoreParams]):
             return CheckResult(True, f"every table of the backup is loaded in {db.describe()}")
 
     def plan(self, ctx: StepContext) -> PlanResult:
+        store = open_blob_store(self.params.backup, ctx)
+        manifest, blob = _timed(lambda: read_manifest(store))
+        if manifest is None and self.params.size_from is not None:
+            return self._plan_before_backup(ctx, blob)
         state = self.check(ctx)
         if state.done:
             return PlanResult.nothing(state.reason)
         manifest = self._manifest(ctx)
         tables = self._tables(manifest)
+        target = measure_target(self.params.database, ctx)
         with connected(self.params.database, ctx, must_exist=False) as db:
             creates, problems = self._schema_changes(db, tables)
         if problems:
             return PlanResult([f"cannot restore: {p}" for p in problems], state.reason)
         rows = sum(t.row_count for t in tables)
+        chunks = sum(len(t.chunks) for t in tables)
         changes = [f"create table {t.table.name}" for t in creates]
         changes.append(f"load {rows} rows into {len(tables)} tables of {self.params.database.describe()}")
+        rate = (source_profile(self.params.size_from, ctx, self.params.tables).rows_per_second
+                if self.params.size_from is not None else 0.0)
+        seconds = restore_seconds(target, [t.table for t in tables], rows, chunks, blob, rate)
         return PlanResult(changes, state.reason,
-                          Estimate(items=sum(len(t.chunks) for t in tables),
-                                   bytes=sum(c.bytes for t in tables for c in t.chunks), basis="backup manifest"))
+                          Estimate(seconds=seconds, items=chunks,
+                                   bytes=sum(c.bytes for t in tables for c in t.chunks),
+                                   basis=f"backup manifest; {target.basis()}; blob request {blob * 1000:.0f} ms"))
+
+    def _plan_before_backup(self, ctx: StepContext, blob: float) -> PlanResult:
+        """No backup yet: sized from the database it will be made from (``size_from``)."""
+        assert self.params.size_from is not None
+        profile = source_profile(self.params.size_from, ctx, self.params.tables)
+        tables, rows = profile.costs.tables, profile.costs.total_rows
+        target = measure_target(self.params.database, ctx)
+        chunks = sum(_chunks(n, profile.bytes_per_row, 50_000, 64 << 20) for n in profile.costs.rows.values())
+        seconds = restore_seconds(target, tables, rows, chunks, blob, profile.rows_per_second)
+        return PlanResult(
+            [f"load about {rows} rows into {len(tables)} tables of {self.params.database.describe()}, from the "
+             f"backup an earlier step makes of {self.params.size_from.describe()}"],
+            f"no backup in {self.params.backup.describe()} yet: sized from {self.params.size_from.describe()}",
+            Estimate(seconds=seconds, items=chunks, bytes=round(rows * profile.bytes_per_row),
+                     basis=f"sized from the source: {profile.basis()}; {target.basis()}; insert at "
+                           f"{INSERT_TO_READ:g} x the read rate"),
+            {"tables": len(tables), "rows": rows})
 
     def _schema_changes(self, db: Database, tables: Sequence[TableBackup]) -> tuple[list[TableBackup], list[str]]:
         existing = {t.name: t for t in db.tables()}
@@ -596,6 +784,59 @@ def _load_shape(table: Table, db: Database) -> Table:
     return Table(table.name, table.columns, (), ())
 
 
+@dataclass
+class TargetCosts:
+    """What a restore's basic operations cost on the target now: a connection, a catalog read, a table lookup."""
+
+    dialect: str
+    connect: float
+    catalog: float
+    lookup: float
+    load_workers: int
+
+    def basis(self) -> str:
+        return (f"target: connect {self.connect * 1000:.0f} ms, catalog read {self.catalog * 1000:.0f} ms, "
+                f"table lookup {self.lookup * 1000:.1f} ms")
+
+
+def measure_target(endpoint: DatabaseEndpoint, ctx: StepContext) -> TargetCosts:
+    """Measures the target database (read only: a connection, its catalog, three lookups of a table name)."""
+    costs, db = measure_db(endpoint, ctx, must_exist=False)
+    try:
+        lookup = statistics.median(_timed(lambda: db.table_exists(MARKER_TABLE))[1] for _ in range(3))
+        return TargetCosts(db.dialect, costs.connect, costs.catalog, lookup, db.load_workers)
+    finally:
+        db.close()
+
+
+#: Rows per second a restore is assumed to insert when nothing was measured to size it from.
+ASSUMED_INSERT_ROWS_PER_S = 20_000.0
+
+
+def restore_seconds(target: TargetCosts, tables: Sequence[Table], rows: int, chunks: int, blob: float,
+                    read_rate: float) -> float:
+    """Seconds of a restore, counted from what its check, apply and verify do on the target.
+
+    check: a connection, the marker and the first table looked up. apply: the manifest, a connection, the
+    catalog, per table a CREATE, the marker table, per chunk a download and a transaction; then (not SQLite) per
+    table its primary key and each foreign key, each after a catalog read of the table; the marker dropped.
+    verify: the check again, through every table (lookup and count). Rows at the insert rate.
+    """
+    n = len(tables)
+    ddl = target.lookup * DDL_IN_CATALOG_READS
+    check = target.connect + 2 * target.lookup + blob
+    apply = (blob + target.connect + target.catalog + n * ddl + 3 * target.lookup + ddl
+             + chunks * (blob + 2 * target.lookup) + ddl)
+    if chunks > n and target.load_workers > 1:
+        apply += (target.load_workers - 1) * target.connect
+    if target.dialect != "sqlite":
+        fks = sum(len(t.foreign_keys) for t in tables)
+        apply += 2 * n * target.catalog + (n + fks) * ddl
+    verify = blob + target.connect + target.lookup + n * 2 * target.lookup
+    insert_rate = read_rate * INSERT_TO_READ if read_rate > 0 else ASSUMED_INSERT_ROWS_PER_S
+    return check + apply + verify + rows / insert_rate
+
+
 # -- database.verify ----------------------------------------------------------------------------------------
 
 
@@ -649,7 +890,22 @@ class Verify(Step[VerifyParams]):
     summary = "row counts and content checksums of every table against a source database or backup"
 
     def plan(self, ctx: StepContext) -> PlanResult:
-        return PlanResult.nothing(f"reads {self.params.database.describe()} only; compares fingerprints")
+        # It changes nothing, yet takes time: both sides are read whole.
+        reason = f"reads {self.params.database.describe()} only; compares fingerprints"
+        target = measure_target(self.params.database, ctx)
+        if self.params.source is None:
+            return PlanResult.nothing(reason)
+        profile = source_profile(self.params.source, ctx, self.params.tables)
+        c = profile.costs
+        # Source: a connection, the catalog, every table read whole. Target: the same, rows at the source's rate
+        # (before the restore the target holds nothing to measure).
+        source_side = c.connect + c.catalog + len(c.tables) * c.count + profile.read_seconds(c.total_rows)
+        target_side = target.connect + 3 * target.catalog + len(c.tables) * target.lookup \
+            + profile.read_seconds(c.total_rows)
+        result = PlanResult.nothing(reason)
+        result.estimate = Estimate(seconds=source_side + target_side, items=len(c.tables),
+                                   basis=f"reads both sides whole: {profile.basis()}; {target.basis()}")
+        return result
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         expected: dict[str, dict[str, Any]] = {}

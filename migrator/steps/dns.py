@@ -16,6 +16,7 @@ port 53; ``port`` and ``nameserver_addresses`` exist for servers elsewhere (a te
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -188,13 +189,17 @@ class DnsLowerTtl(Step[DnsLowerTtlParams]):
         state = self.check(ctx)
         if state.done:
             return PlanResult.nothing(state.reason)
+        started = time.perf_counter()
         current = _provider(ctx, self.params.dns).read(self.params.name)
+        read = time.perf_counter() - started
         if not current:
             return PlanResult(changes=[f"fail: {state.reason}"], reason=state.reason)
         desired = self._lowered(current)
         return PlanResult(
             changes=[f"{self._fqdn()}: {describe_records(current)} → {describe_records(desired)}"],
-            reason=state.reason, estimate=Estimate(seconds=1.0, items=1, basis="one DNS update"),
+            reason=state.reason,
+            estimate=Estimate(seconds=_UPDATE_IN_READS * read, items=1,
+                              basis=f"one DNS update: a read took {read * 1000:.0f} ms (measured)"),
             details={"current": records_to_json(current)})
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -258,7 +263,9 @@ class DnsTransfer(Step[DnsTransferParams]):
         return CheckResult(False, f"{self._fqdn()} is {describe_records(current)}")
 
     def plan(self, ctx: StepContext) -> PlanResult:
+        started = time.perf_counter()
         current = _provider(ctx, self.params.dns).read(self.params.name)
+        read = time.perf_counter() - started
         if self._is_target(current):
             return PlanResult.nothing(f"{self._fqdn()} already points at {describe_records(current)}")
         target = describe_records(self._desired(current))
@@ -270,7 +277,9 @@ class DnsTransfer(Step[DnsTransferParams]):
         if problem:
             changes.append(f"will refuse: {problem}")
         return PlanResult(changes=changes, reason=f"{self._fqdn()} is {describe_records(current)}",
-                          estimate=Estimate(seconds=1.0, items=1, basis="one DNS update"),
+                          estimate=Estimate(seconds=_UPDATE_IN_READS * read, items=1,
+                                            basis=f"one conditional DNS update: a read took {read * 1000:.0f} ms "
+                                                  f"(measured); the step reads, updates and reads back"),
                           details={"current": records_to_json(current)})
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -349,6 +358,11 @@ class DnsVerifyParams(Params):
         return _validate_records(value)
 
 
+#: An update in DNS reads: a step reads the record, sends the (conditional) update and reads it back.
+_UPDATE_IN_READS = 3.0
+#: Rounds of asking every name server a dns.verify makes when secondaries follow the NOTIFY at once.
+_VERIFY_ROUNDS = 3.0
+
 @dataclass(frozen=True)
 class _Answer:
     server: str  # "ns1.example.com (192.0.2.53:53)"
@@ -380,14 +394,19 @@ class DnsVerify(Step[DnsVerifyParams]):
                            outputs={"name": self._fqdn(), "nameservers": [a.server for a in answers]})
 
     def plan(self, ctx: StepContext) -> PlanResult:
+        started = time.perf_counter()
         state = self.check(ctx)
+        asked = time.perf_counter() - started
         if state.done:
             return PlanResult.nothing(state.reason)
         return PlanResult(changes=[f"wait up to {self.params.timeout:g} s until every name server of "
                                    f"{self.params.dns.zone} serves {self._fqdn()}"], reason=state.reason,
                           # Secondaries follow a NOTIFY within seconds; the timeout is only the bound.
-                          estimate=Estimate(seconds=min(self.params.timeout, 2.0),
-                                            basis=f"NOTIFY propagation: seconds (at most {self.params.timeout:g} s)"))
+                          # the check, then the apply's rounds (the first usually enough), then the verify.
+                          estimate=Estimate(seconds=min(self.params.timeout, _VERIFY_ROUNDS * asked),
+                                            basis=f"asking every name server took {asked * 1000:.0f} ms "
+                                                  f"(measured); NOTIFY propagates within the first rounds "
+                                                  f"(at most {self.params.timeout:g} s)"))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         started = ctx.clock.monotonic()

@@ -187,8 +187,10 @@ class Http(Step[HttpParams]):
             raise TransientError(f"{self.params.method} {self.params.url}: {getattr(exc, 'reason', exc)}") from exc
 
     def plan(self, ctx: StepContext) -> PlanResult:
+        from migrator.steps.smoke import REQUEST_SECONDS
+
         return PlanResult([f"{self.params.method} {self.params.url}"], "a request is always sent",
-                          Estimate(seconds=1.0))
+                          Estimate(seconds=REQUEST_SECONDS, basis=f"one request, {REQUEST_SECONDS * 1000:.0f} ms"))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
         started = time.monotonic()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,7 @@ from migrator.errors import CompensationError, PermanentError, TransientError, V
 from migrator.providers.database import DatabaseEndpoint
 from migrator.secrets import Secret
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
-from migrator.steps.smoke import HttpResponse, http_call
+from migrator.steps.smoke import REQUEST_SECONDS, HttpResponse, http_call
 
 MEMO_PREVIOUS = "previous"
 MEMO_SINCE = "read_only_since"
@@ -182,7 +183,9 @@ class TenantReadOnly(Step[TenantReadOnlyParams]):
                            outputs={"read_only_since": ctx.memo.get(MEMO_SINCE), "via": sorted(state)})
 
     def plan(self, ctx: StepContext) -> PlanResult:
+        started = time.perf_counter()
         state = self.check(ctx)
+        looked = time.perf_counter() - started
         if state.done:
             return PlanResult.nothing(state.reason)
         changes = []
@@ -192,7 +195,11 @@ class TenantReadOnly(Step[TenantReadOnlyParams]):
             changes.append(f"database read-only on: {self.params.database.describe()}")
         changes.append(f"prove it with {len(self.params.probes)} write probe(s)")
         return PlanResult(changes=changes, reason=state.reason,
-                          estimate=Estimate(seconds=1.0 + 0.5 * len(self.params.probes), basis="a few requests"))
+                          # apply sets what check read (the admin switch, the database) and probes; verify
+                          # probes again: about twice what reading the state took, plus two requests a probe.
+                          estimate=Estimate(seconds=2 * looked + 2 * len(self.params.probes) * REQUEST_SECONDS,
+                                            basis=f"reading the state took {looked * 1000:.0f} ms (measured); "
+                                                  f"{REQUEST_SECONDS * 1000:.0f} ms a probe request"))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         if ctx.memo.get(MEMO_PREVIOUS) is None:
