@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "migrator.steps.generic",
     "migrator.steps.blobs",
     "migrator.steps.database",
+    "migrator.steps.database_delta",
     "migrator.steps.cloud",
     "migrator.steps.dns",
     "migrator.steps.tenant",
