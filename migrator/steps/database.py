@@ -339,19 +339,20 @@ class Backup(Step[BackupParams]):
             elif started != schema:
                 raise PreconditionFailed(f"{db.describe()}: the schema changed since this backup began",
                                          step_id=self.step_id, hint="roll back and start the backup again")
-            if not db.read_only():
-                ctx.event("database.backup.live", f"{db.describe()} is not read-only: the backup is consistent "
-                          "within one attempt, but a resumed one may mix states")
+            live = not db.read_only()
+            if live:
+                ctx.event("database.backup.live", f"{db.describe()} is not read-only: a presync backup; rows written "
+                          "meanwhile are for the delta sync inside the read-only window to move")
             backups = []
             for index, table in enumerate(tables):
                 ctx.raise_if_cancelled()
-                backups.append(self._backup_table(ctx, store, db, index, table))
+                backups.append(self._backup_table(ctx, store, db, index, table, live=live))
         manifest = Manifest(db.dialect, str(ctx.memo.get("created_at")), backups)
         store.write(MANIFEST, manifest.to_bytes(), content_type="application/json")
         return _backup_outputs(manifest, self.params.to)
 
     def _backup_table(self, ctx: StepContext, store: BlobStore, db: Database, index: int,
-                      table: Table) -> TableBackup:
+                      table: Table, *, live: bool = False) -> TableBackup:
         chunks: list[ChunkInfo] = []
         number = 0
         while (record := ctx.items.get(chunk_name(index, table.name, number))) is not None \
@@ -390,7 +391,13 @@ class Backup(Step[BackupParams]):
         for chunk in chunks:
             total.merge(Fingerprint(chunk.rows, int(chunk.fingerprint, 16)))
         count = db.count(table.name)
-        if total.rows != count:
+        if total.rows != count and live:
+            # While the tenant is live (a presync, resumed perhaps) the table moves under the backup: the backup
+            # holds what its chunks hold, and database.sync moves the difference once the source is read-only.
+            ctx.event("database.backup.moved", f"table {table.name}: {total.rows} rows backed up, {count} now "
+                      "(the source is live)")
+            count = total.rows
+        elif total.rows != count:
             raise VerificationFailed(f"table {table.name}: {total.rows} rows backed up but the table holds {count}",
                                      step_id=self.step_id, retryable=False,
                                      hint="the source changed during the backup: switch it to read-only first")

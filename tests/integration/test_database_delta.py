@@ -241,3 +241,51 @@ def test_sigkill_mid_sync_then_resume_loses_nothing_and_doubles_nothing(postgres
         source.sql('SELECT count(*), count(*) FROM "Person"')
     events = "SELECT kind, n, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2"
     assert target.sql(events) == source.sql(events)
+
+
+class _StopAfter(MemoryContext):
+    """Asks the step to stop once it has stored ``chunks`` chunks, as a SIGTERM at that point would."""
+
+    def __init__(self, chunks: int) -> None:
+        super().__init__(run_id="live-presync")
+        self.stored = 0
+        self.limit = chunks
+
+    def progress(self, message: str | None = None) -> None:
+        self.stored += 1
+        if self.stored >= self.limit:
+            self.cancel_event.set()
+
+
+def test_presync_backup_interrupted_and_resumed_while_the_source_takes_writes_then_sync_catches_up(
+        postgres: PostgresServer, tmp_path: Path) -> None:
+    from migrator.errors import Cancelled
+
+    source = make_source("postgresql", postgres, tmp_path)
+    target = postgres.create_database()
+    backup = {"kind": "folder", "path": str(tmp_path / "backup")}
+    step = Backup("presync", Backup.Params.model_validate({"database": source, "to": backup, "chunk_rows": CHUNK_ROWS}))
+    ctx = _StopAfter(3)
+    with pytest.raises(Cancelled):
+        step.apply(ctx)
+    assert any("Order" in key for key in ctx.items.keys(None))  # stopped with "Order" half read
+    db = open_database(source, None)
+    try:
+        expected = change_source(db)  # the tenant is live: it writes between the attempts
+        extra = [101, *expected["Order"][0][1:]]
+        db.insert_rows(ORDERS, ORDERS.column_names, [extra])  # so the half-read table's row count moves
+        expected["Order"].append(extra)
+    finally:
+        db.close()
+    ctx.cancel_event.clear()
+    ctx.limit = 10**9
+    step.apply(ctx)  # the resumed attempt accepts that a live table moved, and says so
+    moved = [message for kind, message, _ in ctx.events if kind == "database.backup.moved"]
+    assert moved, "the resumed presync should have found a table that moved under it"
+    run_step(Restore("presync_restore", Restore.Params.model_validate({"backup": backup, "database": target.endpoint})),
+             MemoryContext())
+    _, out = run_step(Sync("db_sync", Sync.Params.model_validate(
+        {"source": source, "database": target.endpoint, "backup": backup})), MemoryContext(run_id="live-presync"))
+    assert out["mismatches"] == []
+    for table in TABLES:
+        assert target_rows(target, table.name) == sorted(repr(r) for r in expected[table.name]), table.name
