@@ -43,11 +43,11 @@ sys.path.insert(0, str(ROOT))
 
 from azure.core.pipeline.policies import SansIOHTTPPolicy  # noqa: E402
 
+from fixtures.services.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite, start_azurite, stop_azurite  # noqa: E402
 from migrator.providers.blob import PER_RETRY_POLICIES, BlobEndpoint  # noqa: E402
 from migrator.providers.blob.base import BlobInfo, BlobStore  # noqa: E402
 from migrator.steps.blobs import Presync, Sync  # noqa: E402
 from migrator.testing import MemoryContext, run_step  # noqa: E402
-from tests.support.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite, start_azurite, stop_azurite  # noqa: E402
 
 MiB = 1024 * 1024
 

@@ -14,13 +14,14 @@ from azure.core.exceptions import ServiceResponseError
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.storage.blob import ContainerClient, ContentSettings
 
+from fixtures.services.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite
 from migrator.clock import FakeClock
 from migrator.errors import Cancelled, ExitCode, InputError, MigratorError, VerificationFailed
 from migrator.providers.blob import PER_RETRY_POLICIES, AzureBlobStore, BlobAccessError, open_blob_store
 from migrator.providers.blob import azure as azure_store
 from migrator.steps.blobs import Presync, PutLive, Sync, Verify
 from migrator.testing import MemoryContext, MemoryItems, plan_step, run_step
-from tests.support.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite, RequestCounter
+from tests.support.azurite import RequestCounter
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fixtures.services.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite
 from tests.integration.test_blobs import container, small_name, upload_many
-from tests.support.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite
 from tests.support.engine import kill_when
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

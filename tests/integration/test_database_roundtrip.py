@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
+from fixtures.services.azurite import CLOUD_ACCOUNT, Azurite
 from migrator.errors import VerificationFailed
 from migrator.providers.database import Column, Table, encode_row, open_database, portable_row
 from migrator.providers.database.base import join_line
 from migrator.steps.database import Backup, Restore, Verify
 from migrator.testing import MemoryContext, run_step
 from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populate
-from tests.support.azurite import CLOUD_ACCOUNT, Azurite
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ import dns.query
 import pytest
 import yaml
 
-from tests.support.bind import BindServer
+from fixtures.services.bind import BindServer
 from tests.support.engine import MIGRATOR, ROOT, kill_when, step_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]

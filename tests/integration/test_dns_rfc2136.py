@@ -9,12 +9,12 @@ import dns.message
 import dns.query
 import pytest
 
+from fixtures.services.bind import BindServer
 from migrator.clock import FakeClock
 from migrator.errors import CompensationError, PermanentError, PreconditionFailed, VerificationFailed
 from migrator.providers.dns import DnsProvider, RecordChanged, RecordSet
 from migrator.steps.dns import DnsLowerTtl, DnsTransfer, DnsVerify, provider_key
 from migrator.testing import MemoryContext, MemoryMemo, plan_step, run_step
-from tests.support.bind import BindServer
 
 pytestmark = pytest.mark.integration
 
