@@ -7,9 +7,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from migrator.reports.plan import _fmt_s
+from migrator.reports.plan import _fmt_s as _fmt_long
 from migrator.reports.status import run_summary
 from migrator.state import StateStore
+
+
+def _fmt_s(seconds: float | None) -> str:
+    """Durations as a report shows them: tenths below ten seconds, where a demo's steps live."""
+    if seconds is not None and seconds < 10:
+        return f"{seconds:.1f}s"
+    return _fmt_long(seconds)
 
 
 def _iso(ts: float | None) -> str | None:
