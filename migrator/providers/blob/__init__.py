@@ -151,7 +151,8 @@ def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlob
                                   read_timeout=endpoint.read_timeout)
     options: dict[str, Any] = {
         "transport": transport,
-        "retry_policy": ExponentialRetry(initial_backoff=endpoint.retry_backoff, increment_base=2,
+        "retry_policy": ExponentialRetry(initial_backoff=endpoint.retry_backoff,  # type: ignore[arg-type]
+                                         increment_base=2,
                                          retry_total=endpoint.retry_total, random_jitter_range=1),
         # Bounded request sizes keep memory constant: 4 MiB per ranged GET, blocks of 4 MiB.
         "max_single_get_size": 4 * 1024 * 1024,

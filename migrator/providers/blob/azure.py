@@ -19,6 +19,7 @@ without a pipeline to borrow (a future SDK), those calls fall back to it too.
 from __future__ import annotations
 
 import base64
+import builtins
 import contextlib
 import hashlib
 import io
@@ -121,7 +122,7 @@ def _response_error(response: Any) -> HttpResponseError:
         ClientAuthenticationError if code in {"AuthenticationFailed", "InvalidAuthenticationInfo"} else \
         HttpResponseError
     exc = cls(message=f"HTTP {status} {code or response.reason or ''}".rstrip(), response=response)
-    exc.error_code = code
+    exc.error_code = code  # type: ignore[attr-defined]  # azure-core sets it on errors it parses itself
     return exc
 
 
@@ -389,7 +390,7 @@ class AzureBlobStore(BlobStore):
             raise
         return {block.id: int(block.size or 0) for block in uncommitted}
 
-    def commit_blocks(self, name: str, block_ids: list[str], *, content_type: str | None = None,
+    def commit_blocks(self, name: str, block_ids: builtins.list[str], *, content_type: str | None = None,
                       metadata: Mapping[str, str] | None = None, md5: bytes | None = None) -> BlobInfo:
         settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5) if md5 else None)
         with azure_errors(self.describe(), f"committing blob {name!r}"):

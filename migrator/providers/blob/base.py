@@ -7,6 +7,7 @@ copies. Names are always relative to the store's prefix.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -77,7 +78,7 @@ class BlobStore(ABC):
         """Uncommitted blocks of ``name`` (id -> size): what a restart can keep."""
         raise NotImplementedError(f"{self.describe()}: blocks are not supported")
 
-    def commit_blocks(self, name: str, block_ids: list[str], *, content_type: str | None = None,
+    def commit_blocks(self, name: str, block_ids: builtins.list[str], *, content_type: str | None = None,
                       metadata: Mapping[str, str] | None = None, md5: bytes | None = None) -> BlobInfo:
         raise NotImplementedError(f"{self.describe()}: blocks are not supported")
 

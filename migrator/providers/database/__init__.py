@@ -85,7 +85,7 @@ class DatabaseEndpoint(BaseModel):
         return self
 
     @property
-    def schema(self) -> str | None:
+    def schema(self) -> str | None:  # type: ignore[override]  # BaseModel.schema is pydantic v1's, unused
         return self.schema_name or _DEFAULT_SCHEMA[self.dialect]
 
     def describe(self) -> str:

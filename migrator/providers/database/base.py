@@ -248,7 +248,7 @@ def row_converter(columns: Sequence[Column] | Sequence[Converter | None]) -> Cal
 
 
 try:  # the C encoder json.dumps uses, built once instead of per call (same bytes, less overhead per row)
-    from json.encoder import c_make_encoder as _c_make_encoder
+    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
     from json.encoder import encode_basestring as _encode_basestring
 except ImportError:  # pragma: no cover - CPython always has it
     _c_make_encoder = None
