@@ -16,16 +16,18 @@ from rich.console import Console
 from rich.table import Table
 
 from migrator.playbook import LoadedPlaybook
+from migrator.reports.calibrate import EngineCost, engine_cost
 from migrator.runner import StepPlanView
 
-#: What the engine itself spends on every step it runs, on top of the step's own estimate: recording it
-#: running and done in the state store, its events and checkpoints, handing it to a worker (measured on the demo:
-#: 20-40 ms a step). A step without an estimate (deferred: its params are known only in the run) counts this.
-STEP_OVERHEAD_SECONDS = 0.03
 
+def timeline(loaded: LoadedPlaybook, views: list[StepPlanView], engine: EngineCost | None = None) -> dict[str, Any]:
+    """Start and end (seconds from the start of the run) of every step, and the read-only window.
 
-def timeline(loaded: LoadedPlaybook, views: list[StepPlanView]) -> dict[str, Any]:
-    """Start and end (seconds from the start of the run) of every step, and the read-only window."""
+    Every step also costs the engine its state-store transactions (``engine``; measured on this machine when not
+    given): a step without an estimate (deferred: its params are known only in the run) counts only that.
+    """
+    engine = engine if engine is not None else engine_cost()
+    overhead = engine.step_seconds
     by_id = {v.step_id: v for v in views}
     ends: dict[str, float] = {}
     rows: list[dict[str, Any]] = []
@@ -33,7 +35,7 @@ def timeline(loaded: LoadedPlaybook, views: list[StepPlanView]) -> dict[str, Any
     for step in loaded.steps:
         view = by_id.get(step.id)
         start = max((ends.get(d, 0.0) for d in step.needs), default=0.0)
-        seconds = STEP_OVERHEAD_SECONDS + (view.estimate_seconds if view and view.estimate_seconds is not None
+        seconds = overhead + (view.estimate_seconds if view and view.estimate_seconds is not None
                                            else 0.0)
         if view is not None and view.estimate_seconds is None and view.status != "done":
             unknown.append(step.id)
@@ -43,7 +45,8 @@ def timeline(loaded: LoadedPlaybook, views: list[StepPlanView]) -> dict[str, Any
     total = max(ends.values(), default=0.0)
     ro_start = next((r["start"] for r in rows if r["kind"].endswith("read_only")), None)
     window = {"start": ro_start, "end": total, "seconds": total - ro_start} if ro_start is not None else None
-    return {"steps": rows, "total_seconds": total, "read_only_window": window, "unestimated": unknown}
+    return {"steps": rows, "total_seconds": total, "read_only_window": window, "unestimated": unknown,
+            "engine_overhead": engine.as_dict()}
 
 
 def _fmt_s(seconds: float | None) -> str:

@@ -105,7 +105,8 @@ class DbCosts:
         return sum(self.rows.values())
 
 
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and the seconds it took."""
     started = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - started
@@ -114,18 +115,18 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def measure_db(endpoint: DatabaseEndpoint, ctx: StepContext, names: Sequence[str] | None = None, *,
                must_exist: bool = True) -> tuple[DbCosts, Database]:
     """Opens ``endpoint`` and measures a connection, a catalog read and a count; the caller closes the database."""
-    db, connect = _timed(lambda: open_database(endpoint, ctx, must_exist=must_exist))
+    db, connect = timed(lambda: open_database(endpoint, ctx, must_exist=must_exist))
     try:
-        tables, catalog = _timed(db.tables)
+        tables, catalog = timed(db.tables)
         tables = _selected(tables, names, db.describe()) if tables or names is None else []
         rows: dict[str, int] = {}
         counts: list[float] = []
         for table in tables:
-            rows[table.name], took = _timed(lambda t=table: db.count(t.name))
+            rows[table.name], took = timed(lambda t=table: db.count(t.name))
             counts.append(took)
         if len(counts) < 3 and tables:  # a few more, for a steadier figure
             smallest = min(tables, key=lambda t: rows[t.name])
-            counts += [_timed(lambda: db.count(smallest.name))[1] for _ in range(3 - len(counts))]
+            counts += [timed(lambda: db.count(smallest.name))[1] for _ in range(3 - len(counts))]
         count = statistics.median(counts) if counts else catalog
     except BaseException:
         db.close()
@@ -199,7 +200,7 @@ def source_profile(endpoint: DatabaseEndpoint, ctx: StepContext, names: Sequence
 
 def _blob_request(store: BlobStore) -> float:
     """Seconds of one request to the backup store (reading the manifest, present or not)."""
-    return _timed(lambda: read_manifest(store))[1]
+    return timed(lambda: read_manifest(store))[1]
 
 
 # -- database.read_only -------------------------------------------------------------------------------------
@@ -482,7 +483,8 @@ def read_chunk_rows(db: Database, table: Table, convert: Callable[[Sequence[Any]
     return writer, key, capped
 
 
-def _chunks(rows: int, per_row: float, chunk_rows: int, chunk_bytes: int) -> int:
+def chunk_count(rows: int, per_row: float, chunk_rows: int = 50_000, chunk_bytes: int = 64 << 20) -> int:
+    """Chunks a backup makes of a table of ``rows`` rows of ``per_row`` raw bytes (the backup's defaults)."""
     by_rows = -(-rows // chunk_rows)
     by_bytes = int(rows * per_row // chunk_bytes) + 1
     return max(by_rows, by_bytes, 1)
@@ -494,7 +496,7 @@ def backup_seconds(profile: SourceProfile, blob: float, chunk_rows: int = 50_000
     table its chunks read and written and a count, the manifest written) and the verify (manifest and chunks
     read back); rows at the probed rate."""
     c = profile.costs
-    chunks = sum(_chunks(n, profile.bytes_per_row, chunk_rows, chunk_bytes) for n in c.rows.values()) or 1
+    chunks = sum(chunk_count(n, profile.bytes_per_row, chunk_rows, chunk_bytes) for n in c.rows.values()) or 1
     seconds = (blob + c.connect + c.catalog + 2 * c.count + len(c.tables) * c.count + chunks * blob
                + profile.read_seconds(c.total_rows) + blob + blob + chunks * blob)
     return seconds, chunks
@@ -572,7 +574,7 @@ class Restore(Step[RestoreParams]):
 
     def plan(self, ctx: StepContext) -> PlanResult:
         store = open_blob_store(self.params.backup, ctx)
-        manifest, blob = _timed(lambda: read_manifest(store))
+        manifest, blob = timed(lambda: read_manifest(store))
         if manifest is None and self.params.size_from is not None:
             return self._plan_before_backup(ctx, blob)
         state = self.check(ctx)
@@ -603,7 +605,7 @@ class Restore(Step[RestoreParams]):
         profile = source_profile(self.params.size_from, ctx, self.params.tables)
         tables, rows = profile.costs.tables, profile.costs.total_rows
         target = measure_target(self.params.database, ctx)
-        chunks = sum(_chunks(n, profile.bytes_per_row, 50_000, 64 << 20) for n in profile.costs.rows.values())
+        chunks = sum(chunk_count(n, profile.bytes_per_row) for n in profile.costs.rows.values())
         seconds = restore_seconds(target, tables, rows, chunks, blob, profile.rows_per_second)
         return PlanResult(
             [f"load about {rows} rows into {len(tables)} tables of {self.params.database.describe()}, from the "
@@ -800,18 +802,60 @@ class TargetCosts:
     catalog: float
     lookup: float
     load_workers: int
+    #: Rows per second the target hands over (and the reader hashes), measured on rows the engine makes up; 0
+    #: where it was not measured (see :func:`probe_fetch_rate`).
+    fetch_rows_per_second: float = 0.0
 
     def basis(self) -> str:
+        fetch = f", fetch {self.fetch_rows_per_second:,.0f} rows/s" if self.fetch_rows_per_second else ""
         return (f"target: connect {self.connect * 1000:.0f} ms, catalog read {self.catalog * 1000:.0f} ms, "
-                f"table lookup {self.lookup * 1000:.1f} ms")
+                f"table lookup {self.lookup * 1000:.1f} ms{fetch}")
 
 
-def measure_target(endpoint: DatabaseEndpoint, ctx: StepContext) -> TargetCosts:
-    """Measures the target database (read only: a connection, its catalog, three lookups of a table name)."""
+#: Rows of the fetch probe (at most; it stops after PROBE_SECONDS).
+FETCH_PROBE_ROWS = 20_000
+#: Engines whose SQL has ``WITH RECURSIVE`` and a ``||`` that concatenates text (the probe's made-up rows).
+_RECURSIVE_CTE = ("sqlite", "postgresql")
+
+
+def probe_fetch_rate(db: Database, width: int, *, rows: int = FETCH_PROBE_ROWS,
+                     seconds: float = PROBE_SECONDS) -> float:
+    """Rows per second ``db`` hands over one text value of ``width`` characters a row (the shape of the lines a
+    fingerprint reads), each hashed as a fingerprint does; 0.0 where the engine's SQL cannot make the rows up.
+
+    An empty target (before the restore) has no table to read: the rows are made by a recursive query, so the
+    probe reads nothing of the tenant and writes nothing.
+    """
+    if db.dialect not in _RECURSIVE_CTE or rows < 1:
+        return 0.0
+    text = "x" * max(1, min(width, 4096))
+    sql = (f"WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < {int(rows)}) "
+           f"SELECT CAST(n AS TEXT) || '{text}' FROM r")
+    read = 0
+    fp = Fingerprint()
+    batch: list[bytes] = []
+    started = time.perf_counter()
+    for row in db.query(sql, [], batch=2000):
+        batch.append(str(row[0]).encode("utf-8"))
+        read += 1
+        if len(batch) >= 2000:
+            fp.add_lines(batch)
+            batch = []
+            if time.perf_counter() - started >= seconds:
+                break
+    fp.add_lines(batch)
+    spent = time.perf_counter() - started
+    return read / spent if read and spent > 0 else 0.0
+
+
+def measure_target(endpoint: DatabaseEndpoint, ctx: StepContext, *, fetch_width: int = 0) -> TargetCosts:
+    """Measures the target database (read only: a connection, its catalog, three lookups of a table name; with
+    ``fetch_width``, how fast it hands over rows that wide: :func:`probe_fetch_rate`)."""
     costs, db = measure_db(endpoint, ctx, must_exist=False)
     try:
-        lookup = statistics.median(_timed(lambda: db.table_exists(MARKER_TABLE))[1] for _ in range(3))
-        return TargetCosts(db.dialect, costs.connect, costs.catalog, lookup, db.load_workers)
+        lookup = statistics.median(timed(lambda: db.table_exists(MARKER_TABLE))[1] for _ in range(3))
+        fetch = probe_fetch_rate(db, fetch_width) if fetch_width > 0 else 0.0
+        return TargetCosts(db.dialect, costs.connect, costs.catalog, lookup, db.load_workers, fetch)
     finally:
         db.close()
 

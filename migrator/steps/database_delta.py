@@ -51,14 +51,42 @@ from migrator.providers.database import Database, DatabaseEndpoint, Fingerprint,
 from migrator.providers.database.backup import ChunkInfo, Manifest, read_chunk_lines, read_manifest, table_folder
 from migrator.providers.database.base import join_line, row_converter
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
-from migrator.steps.database import connected, fingerprint
+from migrator.steps.database import (
+    SourceProfile,
+    TargetCosts,
+    chunk_count,
+    connected,
+    fingerprint,
+    measure_target,
+    source_profile,
+    timed,
+)
 
 DELTA_FORMAT = "migrator-database-delta/1"
 DELTA_PREFIX = "delta/"
 DELTA_MANIFEST = DELTA_PREFIX + "manifest.json"
 INSERT_BATCH = 5000
-#: Source rows per second assumed by the plan (reading and hashing every row once; the demo does far more).
-ASSUMED_ROWS_PER_SECOND = 100_000
+
+
+def sync_seconds(source: SourceProfile, target: TargetCosts, blob: float, ranges: int) -> float:
+    """Seconds of a sync, counted from what its check, apply and verify do.
+
+    check: the presync manifest and the delta manifest looked up, a target connection. apply: the manifest, a
+    connection to each side, the source's catalog; every source row read once, range by range (one query per
+    range); the target's catalog and every target row read once for its fingerprint (at the target's measured
+    fetch rate, else the source's read rate); the delta manifest written. verify: a connection to
+    each side, the manifest, a count per table on each side. Changed ranges are few inside the window; each adds
+    a blob write and a target transaction.
+    """
+    c = source.costs
+    n = len(c.tables)
+    target_read = c.total_rows / target.fetch_rows_per_second if target.fetch_rows_per_second > 0 \
+        else source.read_seconds(c.total_rows)
+    check = 2 * blob + target.connect
+    apply = (blob + c.connect + target.connect + c.catalog + ranges * c.count + source.read_seconds(c.total_rows)
+             + target.catalog + n * target.lookup + target_read + blob)
+    verify = c.connect + target.connect + blob + n * (c.count + target.lookup)
+    return check + apply + verify
 
 
 @dataclass(frozen=True)
@@ -294,6 +322,9 @@ class Sync(Step[SyncParams]):
 
     def check(self, ctx: StepContext) -> CheckResult:
         store = self._store(ctx)
+        # A dry-run before the presync exists: not done, and the plan sizes the sync from the source.
+        if ctx.dry_run and read_manifest(store) is None:
+            return CheckResult(False, f"no presync backup in {store.describe()} yet")
         manifest = self._manifest(store)
         delta = self._delta_manifest(store)
         if delta is None or delta.get("run_id") != ctx.run_id or delta.get("base_created_at") != manifest.created_at:
@@ -307,21 +338,28 @@ class Sync(Step[SyncParams]):
         return CheckResult(True, "the target holds the delta of this run", delta.get("outputs", {}))
 
     def plan(self, ctx: StepContext) -> PlanResult:
-        state = self.check(ctx) if read_manifest(self._store(ctx)) is not None else None
+        store = self._store(ctx)
+        manifest, blob = timed(lambda: read_manifest(store))
+        state = self.check(ctx) if manifest is not None else None
         if state is not None and state.done:
             return PlanResult.nothing(state.reason)
-        with connected(self.params.source, ctx) as src:
-            tables = src.tables() if self.params.tables is None else \
-                [t for t in src.tables() if t.name in self.params.tables]
-            rows = sum(src.count(t.name) for t in tables)
-        seconds = 1.0 + rows / ASSUMED_ROWS_PER_SECOND
+        # Sized from the source whether or not the presync exists yet: the sync re-reads every source row,
+        # whatever changed; the few changed rows add little (see sync_seconds).
+        profile = source_profile(self.params.source, ctx, self.params.tables)
+        target = measure_target(self.params.database, ctx, fetch_width=round(profile.bytes_per_row))
+        tables, rows = profile.costs.tables, profile.costs.total_rows
+        ranges = len(manifest.tables) + sum(len(t.chunks) for t in manifest.tables) if manifest is not None \
+            else sum(chunk_count(n, profile.bytes_per_row) + 1 for n in profile.costs.rows.values())
+        seconds = sync_seconds(profile, target, blob, ranges)
         return PlanResult(
             [f"compare {len(tables)} tables ({rows} rows) of {self.params.source.describe()} with the presync "
              f"backup range by range; apply only the changed rows to {self.params.database.describe()}"],
-            state.reason if state is not None else "no presync backup yet",
-            Estimate(seconds=seconds, items=len(tables),
-                     basis=f"reads every source row once at an assumed {ASSUMED_ROWS_PER_SECOND} rows/s"),
-            {"tables": len(tables), "rows": rows})
+            state.reason if state is not None else f"no presync backup in {store.describe()} yet: sized from "
+                                                   f"{self.params.source.describe()}",
+            Estimate(seconds=seconds, items=ranges, bytes=round(rows * profile.bytes_per_row),
+                     basis=f"re-reads every source row and the whole target once: {profile.basis()}; "
+                           f"{target.basis()}; blob request {blob * 1000:.0f} ms; {ranges} key ranges"),
+            {"tables": len(tables), "rows": rows, "ranges": ranges})
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         store = self._store(ctx)

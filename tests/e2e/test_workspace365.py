@@ -14,7 +14,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -196,21 +195,35 @@ def test_plan_changes_nothing_and_writes_the_customer_plan(stack: DemoStack, tmp
     assert [s["step_id"] for s in plan["steps"]][:2] == ["preflight", "provision"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the dry-run cannot forecast the read-only window yet: database.backup and database.restore plan no "
-    "seconds, dns.verify plans its whole timeout, blobs.sync plans a full copy before the presync ran, and "
-    "database.restore's plan errors while its backup does not exist yet"))
+#: Big enough that the read-only window holds real work (seconds of re-reading rows and listing blobs), not only
+#: the fixed costs of its steps; small enough to set up, plan and run in well under a minute.
+FORECASTABLE = DemoSize(rows=30_000, blobs=1_000, blob_bytes=20_000_000)
+
+
+def report_json(stack: DemoStack, run_id: str) -> dict[str, Any]:
+    result = migrator(stack, "report", run_id, "--state", str(stack.state_dir), "--format", "json")
+    assert result.returncode == 0, output(result)
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "the forecast of the window is still short of the actual on a loaded machine: blobs_sync, blobs_live and "
+    "blobs_verify are planned against the empty cloud containers (their listings then hold nothing), smoke is "
+    "deferred (no estimate), and the bounded read probes swing with the load of the machine"))
+@pytest.mark.parametrize("stack", [FORECASTABLE], indirect=True)
 def test_plan_forecast_of_the_read_only_window_is_within_30_percent_of_the_actual(
         stack: DemoStack, tmp_path: Path) -> None:
     env_file = stack.write_environment()
     forecast = plan_json(stack, env_file, tmp_path / "plan")["timeline"]["read_only_window"]["seconds"]
     result = migrator(stack, *run_args(stack, env_file, "forecast"))
     assert result.returncode == 0, output(result)
-    (_, start), = events(stack, "forecast", "read_only.start")
-    # The source stays read-only after a successful cutover: the window ends when the run does.
-    (end_at, _), = events(stack, "forecast", "run.succeeded")
-    actual = end_at - datetime.fromisoformat(start["at"]).timestamp()
-    assert abs(forecast - actual) <= 0.3 * actual, f"forecast {forecast:.1f}s, actual {actual:.1f}s"
+    # The window as the run report measures it: the read_only.start event to the end of the run (the source
+    # stays read-only after a successful cutover).
+    window = report_json(stack, "forecast")["read_only_window"]
+    assert window is not None and window["lifted"] is False, window
+    actual = window["seconds"]
+    print(f"read-only window: forecast {forecast:.2f}s, actual {actual:.2f}s, ratio {forecast / actual:.2f}")
+    assert abs(forecast - actual) <= 0.3 * actual, f"forecast {forecast:.2f}s, actual {actual:.2f}s"
 
 
 def test_rollback_after_cutover_refuses_when_the_new_instance_took_writes_unless_accepting_data_loss(

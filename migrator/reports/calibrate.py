@@ -1,0 +1,86 @@
+"""What a step costs the engine itself, measured on this machine for the plan's timeline.
+
+Besides a step's own work, the runner records it in the state store: the step saved when it starts, again for
+its attempt and as running, a ``step.apply`` event, its item checkpoints flushed, the step saved as done and a
+``step.done`` event — each its own SQLite transaction in WAL mode with ``synchronous=FULL``, so each waits for
+an fsync. On a busy disk those commits, not the step, are most of a small step's time. The probe makes a
+handful of such transactions in a temporary directory (deleted afterwards: the dry-run changes nothing) and
+multiplies the median by the transactions a step makes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+#: State-store transactions the runner makes for a step it applies (migrator/runner.py ``_run_step``: saved when
+#: started, for the attempt and as running, the ``step.apply`` event, the item flush, saved as done, the
+#: ``step.done`` event).
+TRANSACTIONS_PER_STEP = 7
+#: Transactions the probe times (after one to warm the file up): enough for a steady median, a fraction of a
+#: second even on a slow disk.
+PROBE_TRANSACTIONS = 12
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """What the engine spends on each step, on top of the step's own estimate."""
+
+    transaction_seconds: float
+    transactions_per_step: int = TRANSACTIONS_PER_STEP
+
+    @property
+    def step_seconds(self) -> float:
+        return self.transaction_seconds * self.transactions_per_step
+
+    def basis(self) -> str:
+        return (f"measured: {self.transactions_per_step} state-store transactions a step at "
+                f"{self.transaction_seconds * 1000:.1f} ms each (fsync'd SQLite, WAL, synchronous=FULL)")
+
+    def as_dict(self) -> dict[str, object]:
+        return {"seconds_per_step": self.step_seconds, "transaction_seconds": self.transaction_seconds,
+                "transactions_per_step": self.transactions_per_step, "basis": self.basis()}
+
+
+def measure_transaction(transactions: int = PROBE_TRANSACTIONS, directory: Path | None = None) -> float:
+    """Median seconds of one committed transaction like the state store's (an UPDATE and an INSERT of an event
+    row), in a new SQLite file under a temporary directory that is deleted afterwards."""
+    with tempfile.TemporaryDirectory(prefix="migrator-calibrate-", dir=directory) as folder:
+        conn = sqlite3.connect(Path(folder) / "probe.db", isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("CREATE TABLE steps (id TEXT PRIMARY KEY, status TEXT, outputs TEXT, updated REAL)")
+            conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, step_id TEXT, ts REAL, "
+                         "type TEXT, data TEXT)")
+            conn.execute("INSERT INTO steps VALUES ('probe', 'pending', '{}', 0)")
+            took: list[float] = []
+            for n in range(transactions + 1):
+                started = time.perf_counter()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("UPDATE steps SET status = ?, outputs = ?, updated = ? WHERE id = 'probe'",
+                             (f"s{n}", json.dumps({"n": n}), time.time()))
+                conn.execute("INSERT INTO events (step_id, ts, type, data) VALUES ('probe', ?, 'probe', '{}')",
+                             (time.time(),))
+                conn.execute("COMMIT")
+                if n:  # the first one creates the WAL file
+                    took.append(time.perf_counter() - started)
+        finally:
+            conn.close()
+    return statistics.median(took)
+
+
+_measured: EngineCost | None = None
+
+
+def engine_cost() -> EngineCost:
+    """The engine's cost per step, measured once per process."""
+    global _measured
+    if _measured is None:
+        _measured = EngineCost(measure_transaction())
+    return _measured
