@@ -427,6 +427,9 @@ class Runner:
                         view.status = "deferred"
                         view.reason = f"its params use outputs of {', '.join(missing) or 'earlier steps'}, " \
                                       "known only when the run gets there"
+                        rough = step.kind.estimate_deferred(step.raw_params)
+                        if rough is not None:
+                            view.estimate_seconds, view.basis = rough.seconds, rough.basis
                     else:
                         instance = step.kind(step.id, params)
                         ctx = self._context("plan", step.id, env, outputs, MemoryItems(), MemoryMemo(),
@@ -726,7 +729,11 @@ class Runner:
         try:
             params = loaded.try_resolve_params(step, outputs, run_id)
             if params is None:
-                return None
+                rough = step.kind.estimate_deferred(step.raw_params)
+                if rough is None or rough.seconds is None:
+                    return None
+                return {"seconds": float(rough.seconds), "items": rough.items, "bytes": rough.bytes,
+                        "basis": rough.basis, "at": time.time(), "noop": False}
             instance: Step[Any] = step.kind(step.id, params)
             ctx = self._context(run_id, step.id, loaded.environment_values(), outputs, MemoryItems(), MemoryMemo(),
                                 dry_run=True)

@@ -203,6 +203,12 @@ class Step(ABC, Generic[P]):
         self.step_id = step_id
         self.params: P = params
 
+    @classmethod
+    def estimate_deferred(cls, raw_params: Mapping[str, Any]) -> Estimate | None:
+        """An estimate for the dry-run when the params wait for earlier steps' outputs (so no instance can be
+        made): from the params as written, references unresolved. Default: none."""
+        return None
+
     def check(self, ctx: StepContext) -> CheckResult:
         """Default: never known to be done, so the step always applies (fine for idempotent kinds)."""
         return CheckResult(False, "no check: the step always runs")
