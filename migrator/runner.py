@@ -516,6 +516,9 @@ class Runner:
                         status[step_id] = StepStatus.FAILED
                         if failed is None:
                             failed = result
+                            # The run stops here: steps still busy on other branches stop at their next
+                            # checkpoint (resumable, or undone by the rollback) instead of running to their end.
+                            self.cancel_event.set()
         if self._abort is not None:
             culprit = self._abort_step or (failed.step_id if failed else loaded.steps[0].id)
             for step_id, st in status.items():
@@ -525,15 +528,15 @@ class Runner:
                         rec.status, rec.error = StepStatus.FAILED, self._describe_error(self._abort)
                         self.store.save_step(rec)
             return self._fail(run_id, loaded, _StepResult(culprit, StepStatus.FAILED, self._abort))
-        if interrupted or (failed is None and self.cancel_event.is_set()):
+        if failed is not None:
+            return self._fail(run_id, loaded, failed)
+        if interrupted or self.cancel_event.is_set():
             reason = "the run's lock was taken by another runner" if self.cancel_event.is_set() and \
                 self.store.get_lock(run_id) is None else "interrupted"
             self.store.update_run(run_id, status=RunStatus.INTERRUPTED, error=reason)
             self._event(run_id, None, "run.interrupted", f"run {run_id} interrupted; resume it to go on")
             return RunOutcome(run_id, RunStatus.INTERRUPTED, ExitCode.FAILED, error=reason,
                               notes=[f"resume with: migrator resume {run_id}"])
-        if failed is not None:
-            return self._fail(run_id, loaded, failed)
         self.store.update_run(run_id, status=RunStatus.SUCCEEDED, finished_at=time.time(), error=None)
         notes = [f"step {s} failed but was allowed to (on_failure: continue)" for s in sorted(tolerated)]
         self._event(run_id, None, "run.succeeded", f"run {run_id} succeeded")
