@@ -8,6 +8,7 @@ No row value is ever logged or written to an output: only table names, counts an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import queue
@@ -122,7 +123,7 @@ def measure_db(endpoint: DatabaseEndpoint, ctx: StepContext, names: Sequence[str
         rows: dict[str, int] = {}
         counts: list[float] = []
         for table in tables:
-            rows[table.name], took = timed(lambda t=table: db.count(t.name))
+            rows[table.name], took = timed(functools.partial(db.count, table.name))
             counts.append(took)
         if len(counts) < 3 and tables:  # a few more, for a steadier figure
             smallest = min(tables, key=lambda t: rows[t.name])
@@ -676,23 +677,23 @@ class Restore(Step[RestoreParams]):
             loaded = 0
             with ExitStack() as sessions:
                 loaders = [db]
-                for backed in fk_order([t.table for t in tables]):
-                    table_backup = next(t for t in tables if t.table.name == backed.name)
+                for table in fk_order([t.table for t in tables]):
+                    table_backup = next(t for t in tables if t.table.name == table.name)
                     todo = [c for c in table_backup.chunks if c.name not in committed
                             and ((r := ctx.items.get(c.name)) is None or r.status != "done")]
                     while len(todo) > len(loaders) < db.load_workers:
                         loaders.append(sessions.enter_context(
                             connected(self.params.database, ctx, must_exist=False)))
-                    for chunk in self._load_chunks(ctx, loaders, store, backed, todo):
+                    for chunk in self._load_chunks(ctx, loaders, store, table, todo):
                         ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256)
                         loaded += chunk.rows
-                        ctx.progress(f"{backed.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
+                        ctx.progress(f"{table.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
             if db.dialect != "sqlite":
                 order = [t for t in fk_order([t.table for t in tables]) if t.name in created]
-                for backed in order:
-                    self._add_primary_key(db, backed)
-                for backed in order:
-                    self._add_foreign_keys(db, backed)
+                for table in order:
+                    self._add_primary_key(db, table)
+                for table in order:
+                    self._add_foreign_keys(db, table)
             db.drop_table(MARKER_TABLE)
             return {"database": db.describe(), "tables": len(tables), "created": sorted(created),
                     "rows": sum(t.row_count for t in tables), "rows_loaded_now": loaded}
