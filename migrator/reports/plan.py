@@ -1,13 +1,15 @@
 """The dry-run as a report: a terminal table, Markdown, JSON, and an HTML page with a timeline.
 
-The timeline places each step after the steps it needs, using each step's own estimate; the read-only window
-is the span from the first step that makes the tenant read-only to the end of the last step.
+The timeline places each step after the steps it needs, using each step's own estimate, with the steps that run
+at once sharing the machine's cores; the read-only window is the span from the first step that makes the tenant
+read-only to the end of the last step.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,33 +22,98 @@ from migrator.reports.calibrate import EngineCost, engine_cost
 from migrator.runner import StepPlanView
 
 
+def lanes() -> int:
+    """How many steps run side by side at full speed on this machine: one a core (``os.cpu_count()``).
+
+    The runner runs steps as threads of one process, but their time goes mostly where the interpreter lock is
+    let go or never held: the services they talk to (the storage emulator, PostgreSQL) in their own processes,
+    SQLite reads and MD5 hashing in C. Measured on the demo tenant (30,000 rows, 1,000 blobs) on 2 cores:
+    ``db_sync`` alone 0.37 s, the blob steps after it alone 1.11 s, the two side by side 1.10 s: the longer of
+    the two, not their sum. Beyond the cores, the steps running at once share them.
+    """
+    return max(1, os.cpu_count() or 1)
+
+
+def schedule(order: list[str], needs: dict[str, list[str]], work: dict[str, float], *, slots: int,
+             lanes: int = 1) -> dict[str, tuple[float, float]]:
+    """Start and end of every step when each starts as soon as the steps it needs are done (in ``order``, at most
+    ``slots`` at once, as the runner does) and the steps running at once share ``lanes``: with ``k`` running,
+    each does its ``work`` (seconds when alone) at ``min(1, lanes / k)`` of its own speed.
+    """
+    remaining = dict(work)
+    pending = list(order)
+    running: list[str] = []
+    done: set[str] = set()
+    spans: dict[str, tuple[float, float]] = {}
+    started: dict[str, float] = {}
+    now = 0.0
+    while pending or running:
+        for step_id in list(pending):
+            if len(running) >= slots:
+                break
+            if all(d in done or d not in work for d in needs.get(step_id, [])):
+                pending.remove(step_id)
+                running.append(step_id)
+                started[step_id] = now
+        if not running:  # needs that can never be met (the playbook loader refuses those)
+            break
+        rate = min(1.0, lanes / len(running))
+        step = min(remaining[s] for s in running) / rate
+        now += step
+        for step_id in list(running):
+            remaining[step_id] -= step * rate
+            if remaining[step_id] <= 1e-12:
+                running.remove(step_id)
+                done.add(step_id)
+                spans[step_id] = (started[step_id], now)
+    return spans
+
+
+def step_seconds(view: StepPlanView | None) -> float | None:
+    """What the run will spend on a step by its plan: its estimate; for a step its check finds done now, what the
+    run still spends on it (``details["run_seconds"]``: it checks and verifies again, and an earlier step may yet
+    give it work)."""
+    if view is None:
+        return None
+    if view.status == "done":
+        run = view.details.get("run_seconds") if isinstance(view.details, dict) else None
+        return float(run) if isinstance(run, int | float) else 0.0
+    return view.estimate_seconds
+
+
 def timeline(loaded: LoadedPlaybook, views: list[StepPlanView], engine: EngineCost | None = None) -> dict[str, Any]:
     """Start and end (seconds from the start of the run) of every step, and the read-only window.
 
     Every step also costs the engine its state-store transactions (``engine``; measured on this machine when not
     given): a step without an estimate (deferred: its params are known only in the run) counts only that.
+    Steps that overlap share this machine's cores (:func:`schedule`, :func:`lanes`): more steps at once than
+    cores stretch each of them by how many run over the cores.
     """
     engine = engine if engine is not None else engine_cost()
     overhead = engine.step_seconds
     by_id = {v.step_id: v for v in views}
-    ends: dict[str, float] = {}
-    rows: list[dict[str, Any]] = []
     unknown: list[str] = []
+    work: dict[str, float] = {}
     for step in loaded.steps:
         view = by_id.get(step.id)
-        start = max((ends.get(d, 0.0) for d in step.needs), default=0.0)
-        seconds = overhead + (view.estimate_seconds if view and view.estimate_seconds is not None
-                                           else 0.0)
-        if view is not None and view.estimate_seconds is None and view.status != "done":
+        estimate = step_seconds(view)
+        if view is not None and estimate is None and view.status != "done":
             unknown.append(step.id)
-        ends[step.id] = start + seconds
-        rows.append({"id": step.id, "kind": step.spec.uses, "start": start, "end": start + seconds,
-                     "seconds": seconds, "status": view.status if view else "?"})
-    total = max(ends.values(), default=0.0)
+        work[step.id] = overhead + (estimate or 0.0)
+    shared = lanes()
+    spans = schedule([s.id for s in loaded.steps], {s.id: list(s.needs) for s in loaded.steps}, work,
+                     slots=max(1, int(loaded.playbook.concurrency or 1)), lanes=shared)
+    rows: list[dict[str, Any]] = []
+    for step in loaded.steps:
+        view = by_id.get(step.id)
+        start, end = spans.get(step.id, (0.0, work[step.id]))
+        rows.append({"id": step.id, "kind": step.spec.uses, "start": start, "end": end, "seconds": end - start,
+                     "work_seconds": work[step.id], "status": view.status if view else "?"})
+    total = max((r["end"] for r in rows), default=0.0)
     ro_start = next((r["start"] for r in rows if r["kind"].endswith("read_only")), None)
     window = {"start": ro_start, "end": total, "seconds": total - ro_start} if ro_start is not None else None
     return {"steps": rows, "total_seconds": total, "read_only_window": window, "unestimated": unknown,
-            "engine_overhead": engine.as_dict()}
+            "engine_overhead": engine.as_dict(), "lanes": shared}
 
 
 def _fmt_s(seconds: float | None) -> str:

@@ -52,8 +52,6 @@ MiB = 1024 * 1024
 #: Assumed rates for plan estimates before anything was measured.
 _ASSUMED_BLOBS_PER_S = 200.0
 _ASSUMED_BYTES_PER_S = 50.0 * MiB
-#: MD5 over bytes read from the store, where a side keeps no Content-MD5.
-_ASSUMED_HASH_BYTES_PER_S = 200.0 * MiB
 _MAX_LISTED = 20
 
 
@@ -600,17 +598,35 @@ def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, se
     if seen is not None:
         diff = Diff(to_copy=len(seen.pending), to_copy_bytes=sum(info.size for info, _ in seen.pending),
                     unchanged=seen.unchanged, extra=seen.extra)
+        source = seen.source
     else:
         diff = compute_diff(src, dst)
         listing = time.perf_counter() - started
-    estimate = transfer_estimate(params, diff, listing or 0.0, seen)
+        source = {b.name: Compact(b.size, b.md5, b.last_modified) for b in src.list(metadata=False)}
+    # The destination listed on its own: what of the measured listing was the destination's.
+    started = time.perf_counter()
+    dst_count = len(destination_inventory(dst))
+    dst_listing = time.perf_counter() - started
+    src_listing = max((listing or 0.0) - dst_listing, 0.0)
+    sides = ListingSides(src_kind=params.source.kind, src_count=len(source), src_seconds=src_listing,
+                         dst_kind=params.destination.kind, dst_count=dst_count, dst_seconds=dst_listing)
+    will_hold = _planned_holdings(ctx).get(params.source.cache_key())
+    done_now = not diff.to_copy and not (diff.extra and extra == "delete")  # what check finds now
+    estimate, diff, projected = transfer_estimate(params, diff, sides, source, will_hold)
+    # What the destination holds once this step ran, for the steps after it that read it (a put live from the
+    # backup this presync fills).
+    _planned_holdings(ctx)[params.destination.cache_key()] = projected
     changes = []
     if diff.to_copy:
         changes.append(f"copy {diff.to_copy} blob(s), {diff.to_copy_bytes} bytes, from {src.describe()} to "
                        f"{dst.describe()}")
     if diff.extra and extra == "delete":
         changes.append(f"delete {len(diff.extra)} blob(s) from {dst.describe()} that are gone at the source")
-    details = {"unchanged": diff.unchanged, "to_copy": diff.to_copy, "extra": len(diff.extra)}
+    details: dict[str, Any] = {"unchanged": diff.unchanged, "to_copy": diff.to_copy, "extra": len(diff.extra)}
+    if done_now:
+        # The dry-run counts a step its check finds done as free, yet the run checks and verifies it again, and an
+        # earlier step may still give it work (a presync filling its source): what the run spends on it.
+        details["run_seconds"] = estimate.seconds
     if not changes:
         result = PlanResult.nothing(f"{what}: all {diff.unchanged} blob(s) already in place", **details)
         # Nothing to copy, yet the run lists both sides (check) and the destination again (verify).
@@ -622,35 +638,111 @@ def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, se
                       estimate=estimate, details=details)
 
 
-#: A listing in the run is read again by verify (the destination): the check's listing and about half again.
-_LISTINGS_PER_RUN = 1.5
+#: Seconds per blob of listing an Azure container, for a container the plan cannot time with blobs in it (a new
+#: cloud container a presync fills only in the run): a local storage emulator on 2 cores lists 1,000 blobs
+#: (one page, parsed by the SDK) in 80-150 ms.
+_ASSUMED_AZURE_LIST_SECONDS_PER_BLOB = 110e-6
+#: The same for a folder tree (a directory walk and a stat per file): 1,000 files in 13-16 ms.
+_ASSUMED_FOLDER_LIST_SECONDS_PER_BLOB = 15e-6
+#: A listing of fewer blobs than this times the request more than the blobs: the assumed rate is used instead.
+_MIN_LISTED_TO_MEASURE = 100
+#: Source blobs ``blobs.verify``'s plan reads and hashes, as the run does, to time hashing.
+HASH_SAMPLE = 48
+_PLANNED_KEY = "blobs.plan.will_hold"
 
 
-def transfer_estimate(params: TransferParams, diff: Diff, listing: float, seen: Survey | None) -> Estimate:
-    """Seconds of a transfer: listing both sides (measured) as check and verify do, plus the copies.
+def _planned_holdings(ctx: StepContext) -> dict[str, tuple[int, int]]:
+    """Endpoint -> (blobs, bytes) it will hold once the transfer steps planned so far ran (the dry-run's own
+    notes, in ``ctx.resources``; a container a presync fills is empty while the plan runs)."""
+    holdings = ctx.resources.get(_PLANNED_KEY)
+    if not isinstance(holdings, dict):
+        holdings = ctx.resources[_PLANNED_KEY] = {}
+    return holdings
 
-    With ``planned_change`` and a destination that lacks more than that share (a presync before this step has
-    not run yet), only the expected delta is counted: that share of the source, or, with
-    ``planned_recent_hours``, the share modified that recently when larger.
+
+@dataclass(frozen=True)
+class ListingSides:
+    """Both listings as the plan timed them: kind of store, blobs listed, seconds."""
+
+    src_kind: str
+    src_count: int
+    src_seconds: float
+    dst_kind: str
+    dst_count: int
+    dst_seconds: float
+
+    def per_blob(self, side: Literal["src", "dst"]) -> tuple[float, str]:
+        """Seconds per blob of listing ``side``: timed on that side, or on the other side when it is the same
+        kind of store, when either held enough blobs; else the assumed rate of its kind."""
+        kind = self.src_kind if side == "src" else self.dst_kind
+        candidates = [(self.src_count, self.src_seconds, "source"), (self.dst_count, self.dst_seconds,
+                                                                      "destination")]
+        if side == "dst":
+            candidates.reverse()
+        for count, seconds, name in candidates:
+            same_kind = (self.src_kind if name == "source" else self.dst_kind) == kind
+            if same_kind and count >= _MIN_LISTED_TO_MEASURE:
+                return seconds / count, f"{seconds / count * 1e6:.0f} us a blob (timed on the {name})"
+        rate = _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB if kind == "azure" else _ASSUMED_FOLDER_LIST_SECONDS_PER_BLOB
+        return rate, f"{rate * 1e6:.0f} us a blob (assumed for {kind})"
+
+
+def listing_seconds(count: int, measured_count: int, measured_seconds: float, per_blob: float) -> float:
+    """One listing of ``count`` blobs: the timed listing, plus the blobs it did not hold at ``per_blob``."""
+    return measured_seconds + max(count - measured_count, 0) * per_blob
+
+
+def transfer_estimate(params: TransferParams, diff: Diff, sides: ListingSides, source: Mapping[str, Compact],
+                      will_hold: tuple[int, int] | None = None) -> tuple[Estimate, Diff, tuple[int, int]]:
+    """Seconds of a transfer in the run, the diff it would work from, and the blobs and bytes the destination
+    then holds.
+
+    Listings, counted as the step makes them: ``check`` lists the source and the destination once, ``apply``
+    works from what check read (it lists both again only beyond :data:`SURVEY_LIMIT` blobs to copy), and
+    ``verify`` lists the destination once more. Each listing is timed on its side now and projected to the
+    blobs that side will hold: a source an earlier step of this plan fills (``will_hold``) holds what that step
+    leaves there; a destination a presync before this step fills (``planned_change``, the destination lacking
+    more than that share) holds the whole source. Then only the expected delta is copied: that share of the
+    source, or, with ``planned_recent_hours``, the share modified that recently when larger.
     """
+    src_count, src_bytes = len(source), sum(c.size for c in source.values())
+    parts = []
+    if will_hold is not None and will_hold[0] > src_count:
+        # An earlier step of this plan fills the source: the transfer copies what the destination then lacks.
+        lacking = max(will_hold[0] - diff.unchanged, 0)
+        diff = Diff(to_copy=lacking, to_copy_bytes=max(will_hold[1] - (src_bytes - diff.to_copy_bytes), 0),
+                    unchanged=diff.unchanged, extra=diff.extra)
+        src_count, src_bytes = will_hold
+        parts.append(f"the source will hold {src_count} blob(s) after the steps before")
     blobs, nbytes = diff.to_copy, diff.to_copy_bytes
-    total = diff.to_copy + diff.unchanged
-    basis = f"listing both sides {listing * 1000:.0f} ms (measured)"
-    if params.planned_change is not None and total and blobs > params.planned_change * total:
+    dst_before, dst_after = sides.dst_count, sides.dst_count + blobs
+    if params.planned_change is not None and src_count and blobs > params.planned_change * src_count:
         share = params.planned_change
         how = f"{share:.0%} expected to change after the presync"
-        if params.planned_recent_hours is not None and seen is not None:
+        if params.planned_recent_hours is not None:
             since = time.time() - params.planned_recent_hours * 3600
-            recent = sum(1 for c in seen.source.values() if c.last_modified is not None and c.last_modified >= since)
-            if recent / total > share:
-                share = recent / total
+            recent = sum(1 for c in source.values() if c.last_modified is not None and c.last_modified >= since)
+            if recent / src_count > share:
+                share = recent / src_count
                 how = f"{share:.0%} modified in the last {params.planned_recent_hours:g} h"
-        source_bytes = nbytes + (sum(c.size for c in seen.source.values()) - nbytes if seen is not None else 0)
-        blobs, nbytes = math.ceil(share * total), round(share * source_bytes)
-        basis += f"; delta only: {how} ({blobs} of {total} blob(s))"
-    seconds = _LISTINGS_PER_RUN * listing + blobs / _ASSUMED_BLOBS_PER_S + nbytes / _ASSUMED_BYTES_PER_S
+        blobs, nbytes = math.ceil(share * src_count), round(share * src_bytes)
+        dst_before = dst_after = max(sides.dst_count, src_count)  # the presync fills it before this step runs
+        parts.append(f"delta only: {how} ({blobs} of {src_count} blob(s))")
+    src_rate, src_how = sides.per_blob("src")
+    dst_rate, dst_how = sides.per_blob("dst")
+    # check lists both sides (apply again beyond SURVEY_LIMIT), verify the destination as the step leaves it.
+    again = 2 if blobs > SURVEY_LIMIT else 1
+    listings = again * listing_seconds(src_count, sides.src_count, sides.src_seconds, src_rate) \
+        + again * listing_seconds(dst_before, sides.dst_count, sides.dst_seconds, dst_rate) \
+        + listing_seconds(dst_after, sides.dst_count, sides.dst_seconds, dst_rate)
+    seconds = listings + blobs / _ASSUMED_BLOBS_PER_S + nbytes / _ASSUMED_BYTES_PER_S
+    basis = (f"listings {listings:.2f} s: {again} of {src_count} source blob(s) at {src_how}, {again} of "
+             f"{dst_before} and 1 of {dst_after} destination blob(s) at {dst_how} (timed now: {sides.src_count} "
+             f"and {sides.dst_count} blob(s) in {sides.src_seconds * 1000:.0f} and "
+             f"{sides.dst_seconds * 1000:.0f} ms)")
+    basis = "; ".join([*parts, basis])
     basis += f"; copies at an assumed {_ASSUMED_BLOBS_PER_S:.0f} blobs/s and {_ASSUMED_BYTES_PER_S / MiB:.0f} MiB/s"
-    return Estimate(seconds=seconds, items=blobs, bytes=nbytes, basis=basis)
+    return Estimate(seconds=seconds, items=blobs, bytes=nbytes, basis=basis), diff, (dst_after, src_bytes)
 
 
 def _check(ctx: StepContext, params: TransferParams, *, extra: str, attempt: Attempt) -> CheckResult:
@@ -783,6 +875,55 @@ def compare_inventories(ctx: StepContext, params: VerifyParams | TransferParams,
                 if bad:
                     content.append(pair[0].name)
     return _problems(ctx, missing, sorted(inventory if properties else compact), size, content, props)
+
+
+def hash_probe(ctx: StepContext, src: BlobStore, blobs: list[BlobInfo], concurrency: int,
+               sample: int = HASH_SAMPLE) -> tuple[float, int]:
+    """Seconds to read and hash a sample of ``blobs`` as ``compare_inventories`` does (``compute_md5`` in a pool of
+    ``concurrency`` threads), and the sample's size; blobs taken evenly across the list."""
+    if not blobs:
+        return 0.0, 0
+    chosen = blobs[::max(1, len(blobs) // sample)][:sample]
+    with ThreadPoolExecutor(concurrency) as pool:
+        # Threads started first: the run starts them once for all its blobs, not once for the sample.
+        list(pool.map(lambda _: None, range(concurrency * 2)))
+        started = time.perf_counter()
+        list(pool.map(lambda info: src.compute_md5(info.name), chosen))
+        took = time.perf_counter() - started
+    return took, len(chosen)
+
+
+def verify_estimate(ctx: StepContext, params: VerifyParams, src: BlobStore, listed: list[BlobInfo],
+                    src_seconds: float, have: Mapping[str, Compact], dst_seconds: float) -> Estimate:
+    """Seconds of ``blobs.verify`` in the run: one listing of each side and the hashing, as ``apply`` does them.
+
+    The destination is listed as it will be: a put live planned before fills it (the dry-run's notes), or, when it
+    lacks most source blobs now, it will hold the source's. Its copies then carry an MD5 (every transfer writes
+    one), so the run hashes the source blobs without one (and the destination blobs already there without one);
+    a sample of them is read and hashed now, the way the run does, and the time scaled by blob count.
+    """
+    sides = ListingSides(src_kind=params.source.kind, src_count=len(listed), src_seconds=src_seconds,
+                         dst_kind=params.destination.kind, dst_count=len(have), dst_seconds=dst_seconds)
+    planned = _planned_holdings(ctx).get(params.destination.cache_key())
+    dst_count = len(have)
+    if planned is not None and planned[0] > dst_count:
+        dst_count, how = planned[0], "as the steps before leave it"
+    elif len(have) * 2 < len(listed):
+        dst_count, how = len(listed), "once filled from the source"
+    else:
+        how = "as it is"
+    dst_rate, dst_how = sides.per_blob("dst")
+    listing = src_seconds + listing_seconds(dst_count, len(have), dst_seconds, dst_rate)
+    basis = (f"listings {listing:.2f} s: {len(listed)} source blob(s) in {src_seconds * 1000:.0f} ms (timed) and "
+             f"{dst_count} at the destination ({how}) at {dst_how}")
+    to_hash = [i for i in listed if i.md5 is None or (i.name in have and have[i.name].md5 is None)]
+    hashing = 0.0
+    if params.compare_md5 and to_hash:
+        took, sampled = hash_probe(ctx, src, to_hash, params.concurrency)
+        hashing = took * len(to_hash) / sampled
+        basis += (f"; {len(to_hash)} blob(s) to read and hash, {sampled} hashed now in {took * 1000:.0f} ms "
+                  f"({params.concurrency} threads), {hashing:.2f} s")
+    return Estimate(seconds=listing + hashing, items=len(listed), bytes=sum(i.size for i in to_hash), basis=basis)
 
 
 # -- the step kinds -------------------------------------------------------------------------------------------
@@ -929,16 +1070,14 @@ class Verify(Step[VerifyParams]):
         # Changes nothing, yet takes time: both listings, and hashing where a side stores no MD5.
         started = time.perf_counter()
         listed = list(src.list(metadata=self.params.compare_properties))
+        src_seconds = time.perf_counter() - started
+        started = time.perf_counter()
         have = destination_inventory(dst)
-        listing = time.perf_counter() - started
-        to_hash = sum(i.size for i in listed if i.md5 is None or (have.get(i.name) is not None
-                                                                   and have[i.name].md5 is None))
-        seconds = listing + (to_hash / _ASSUMED_HASH_BYTES_PER_S if self.params.compare_md5 else 0.0)
+        dst_seconds = time.perf_counter() - started
         result = PlanResult(changes=[], reason=f"read-only: compares {self.params.source.describe()} with "
                                                f"{self.params.destination.describe()}")
-        result.estimate = Estimate(seconds=seconds, items=len(listed), bytes=to_hash,
-                                   basis=f"listing both sides {listing * 1000:.0f} ms (measured); {to_hash} bytes "
-                                         f"to hash at an assumed {_ASSUMED_HASH_BYTES_PER_S / MiB:.0f} MiB/s")
+        result.estimate = verify_estimate(ctx, self.params, src, listed, src_seconds, have, dst_seconds)
+        result.details = {"run_seconds": result.estimate.seconds}
         return result
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:

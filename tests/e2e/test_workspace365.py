@@ -206,10 +206,6 @@ def report_json(stack: DemoStack, run_id: str) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the forecast of the window is still short of the actual on a loaded machine: blobs_sync, blobs_live and "
-    "blobs_verify are planned against the empty cloud containers (their listings then hold nothing), smoke is "
-    "deferred (no estimate), and the bounded read probes swing with the load of the machine"))
 @pytest.mark.parametrize("stack", [FORECASTABLE], indirect=True)
 def test_plan_forecast_of_the_read_only_window_is_within_30_percent_of_the_actual(
         stack: DemoStack, tmp_path: Path) -> None:

@@ -1,16 +1,34 @@
-"""Plan estimates: the engine's measured cost per step, the read-only window on the timeline, database.sync's sum."""
+"""Plan estimates: the engine's measured cost per step, the read-only window on the timeline (steps side by side
+sharing the cores), database.sync's sum, blob listings projected to what the containers will hold."""
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
+from migrator.providers.blob.folder import FolderBlobStore
 from migrator.providers.database import Table
 from migrator.reports.calibrate import TRANSACTIONS_PER_STEP, EngineCost, measure_transaction
+from migrator.reports.plan import schedule, step_seconds
+from migrator.runner import StepPlanView
+from migrator.steps.blobs import (
+    _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB,
+    _ASSUMED_BLOBS_PER_S,
+    _ASSUMED_BYTES_PER_S,
+    Compact,
+    Diff,
+    ListingSides,
+    PutLiveParams,
+    SyncParams,
+    hash_probe,
+    transfer_estimate,
+)
 from migrator.steps.database import DbCosts, SourceProfile, TargetCosts, chunk_count
 from migrator.steps.database_delta import sync_seconds
+from migrator.testing import MemoryContext
 
 
 def test_the_engine_probe_measures_a_transaction_and_leaves_no_file_behind(tmp_path: Path) -> None:
@@ -66,3 +84,103 @@ def test_sync_costs_one_count_sized_query_per_key_range() -> None:
     source = _profile(1000, 50_000.0)
     target = TargetCosts("sqlite", 0.0, 0.0, 0.0, 1)
     assert sync_seconds(source, target, 0.0, 10) - sync_seconds(source, target, 0.0, 4) == pytest.approx(6 * 0.001)
+
+
+# -- the timeline: steps side by side share the cores --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("lanes", "work", "needs", "expected_ends"), [
+    # two steps side by side on two cores: the longer of the two
+    (2, {"a": 1.0, "b": 3.0}, {}, {"a": 1.0, "b": 3.0}),
+    # on one core: they share it, each at half speed while both run
+    (1, {"a": 1.0, "b": 3.0}, {}, {"a": 2.0, "b": 4.0}),
+    # three on two cores: 2/3 speed while all three run
+    (2, {"a": 1.0, "b": 1.0, "c": 1.0}, {}, {"a": 1.5, "b": 1.5, "c": 1.5}),
+    # a step waits for the steps it needs
+    (2, {"a": 1.0, "b": 2.0, "c": 0.5}, {"c": ["a", "b"]}, {"a": 1.0, "b": 2.0, "c": 2.5}),
+])
+def test_steps_running_at_once_share_the_cores(lanes: int, work: dict[str, float], needs: dict[str, list[str]],
+                                               expected_ends: dict[str, float]) -> None:
+    spans = schedule(list(work), needs, work, slots=4, lanes=lanes)
+    assert {k: end for k, (_, end) in spans.items()} == pytest.approx(expected_ends)
+
+
+def test_the_runners_concurrency_limit_queues_steps_beyond_it() -> None:
+    spans = schedule(["a", "b", "c"], {}, {"a": 1.0, "b": 1.0, "c": 1.0}, slots=2, lanes=4)
+    assert spans["c"] == pytest.approx((1.0, 2.0))
+
+
+def _view(status: str, estimate: float | None, **details: object) -> StepPlanView:
+    return StepPlanView("s", "blobs.sync", [], status, "", estimate_seconds=estimate, details=dict(details))
+
+
+@pytest.mark.parametrize(("view", "expected"), [
+    (_view("change", 1.5), 1.5),
+    (_view("deferred", None), None),
+    (_view("done", 0.0), 0.0),                      # done now and nothing said about the run: free
+    (_view("done", 0.0, run_seconds=0.4), 0.4),     # done now, yet check and verify list again in the run
+])
+def test_a_step_done_at_plan_time_still_costs_what_the_run_spends_on_it(view: StepPlanView,
+                                                                        expected: float | None) -> None:
+    assert step_seconds(view) == expected
+
+
+# -- blob listings projected to what the containers will hold ----------------------------------------------
+
+
+def _azure(container: str) -> dict[str, str]:
+    return {"kind": "azure", "account_url": "http://127.0.0.1:1", "credential": "default", "container": container}
+
+
+def _source(count: int, size: int = 1000) -> dict[str, Compact]:
+    return {f"b{i}": Compact(size, None, 0.0) for i in range(count)}
+
+
+def test_a_sync_after_a_presync_is_planned_with_the_destination_as_the_presync_fills_it() -> None:
+    params = SyncParams.model_validate({"source": {"kind": "folder", "path": "/src"},
+                                        "destination": _azure("backup"), "planned_change": 0.01})
+    source = _source(1000)
+    sides = ListingSides("folder", 1000, 0.015, "azure", 0, 0.004)
+    diff = Diff(to_copy=1000, to_copy_bytes=1_000_000)
+    estimate, _, holds = transfer_estimate(params, diff, sides, source)
+    per_blob = _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB
+    # check lists the source once and the (then full) destination once; verify the destination again
+    listings = 0.015 + 2 * (0.004 + 1000 * per_blob)
+    copies = 10 / _ASSUMED_BLOBS_PER_S + 10_000 / _ASSUMED_BYTES_PER_S
+    assert estimate.seconds == pytest.approx(listings + copies)
+    assert estimate.items == 10 and holds == (1000, 1_000_000)
+    assert "assumed for azure" in estimate.basis and "10 of 1000" in estimate.basis
+
+
+def test_a_put_live_from_a_backup_an_earlier_step_fills_lists_what_it_will_hold() -> None:
+    params = PutLiveParams.model_validate({"source": _azure("backup"), "destination": _azure("live"),
+                                           "planned_change": 0.01})
+    sides = ListingSides("azure", 0, 0.004, "azure", 0, 0.004)
+    estimate, diff, _ = transfer_estimate(params, Diff(), sides, {}, will_hold=(1000, 1_000_000))
+    per_blob = _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB
+    listings = 3 * (0.004 + 1000 * per_blob)  # the source once, the destination twice, each of 1000 blobs
+    assert diff.to_copy == 1000 and estimate.items == 10
+    assert estimate.seconds == pytest.approx(listings + 10 / _ASSUMED_BLOBS_PER_S + 10_000 / _ASSUMED_BYTES_PER_S)
+    assert "will hold 1000" in estimate.basis
+
+
+@pytest.mark.parametrize(("sides", "side", "expected", "how"), [
+    (ListingSides("folder", 1000, 0.02, "azure", 0, 0.004), "src", 20e-6, "timed on the source"),
+    (ListingSides("folder", 1000, 0.02, "azure", 0, 0.004), "dst", _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB, "assumed"),
+    (ListingSides("azure", 1000, 0.1, "azure", 3, 0.004), "dst", 100e-6, "timed on the source"),
+    (ListingSides("azure", 50, 0.01, "azure", 0, 0.004), "src", _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB, "assumed"),
+])
+def test_the_listing_cost_of_a_blob_is_timed_on_a_store_of_the_same_kind_when_one_holds_enough(
+        sides: ListingSides, side: Literal["src", "dst"], expected: float, how: str) -> None:
+    rate, basis = sides.per_blob(side)
+    assert rate == pytest.approx(expected) and how in basis
+
+
+def test_the_hash_probe_reads_a_bounded_sample_of_the_blobs(tmp_path: Path) -> None:
+    for i in range(200):
+        (tmp_path / f"b{i:03d}").write_bytes(b"x" * 100)
+    store = FolderBlobStore(tmp_path)
+    blobs = list(store.list(metadata=False))
+    seconds, sampled = hash_probe(MemoryContext(), store, blobs, concurrency=4, sample=20)
+    assert sampled == 20 and seconds > 0
+    assert hash_probe(MemoryContext(), store, [], concurrency=4) == (0.0, 0)
