@@ -34,6 +34,7 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/ruff check migrator tests bench fixtures
+	$(BIN)/mypy migrator
 	$(BIN)/python -m pytest -q
 
 lint: install

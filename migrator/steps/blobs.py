@@ -260,7 +260,7 @@ class BlobCopier:
                 "not match its Content-MD5", hint="the source changed while it was copied; the copy is retried")
 
     def _server_side(self, info: BlobInfo, url: str) -> CopyResult:
-        status = self.dst.start_copy(info.name, url)
+        status: str | None = self.dst.start_copy(info.name, url)
         if status == "success":
             # A synchronous copy carries the source's properties (Content-MD5 included) as they were when it
             # ran; verify compares them with what we recorded.
@@ -292,7 +292,8 @@ class BlobCopier:
         # A large blob to a store without blocks (a folder): stream it through, hashing on the way.
         hashing = _HashingReader(self.src.open_read(info.name))
         with hashing:
-            written = self.dst.write(info.name, hashing, length=info.size, content_type=info.content_type,
+            written = self.dst.write(info.name, hashing,  # type: ignore[arg-type]  # read() is all write uses
+                                     length=info.size, content_type=info.content_type,
                                      metadata=info.metadata, md5=info.md5)
         md5 = hashing.digest.digest()
         self._check_md5(info, md5)
