@@ -5,9 +5,13 @@ Rows are given in portable form (what backups store), so a test can compare any 
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from migrator.providers.database import Column, Database, ForeignKey, Table
+from migrator.providers.database import Column, Database, ForeignKey, Table, open_database
+
+if TYPE_CHECKING:
+    from tests.support.postgres import PostgresServer
 
 BIG_TEXT = "Ωmega 😀 𝄞 " * 120_000  # over 1 MB, with 4-byte characters
 
@@ -100,3 +104,19 @@ def populate(db: Database) -> None:
     if db.dialect != "sqlite":  # sqlite declared it in CREATE TABLE
         with db.transaction():
             db.execute(db.foreign_key_sql(LINES, LINES.foreign_keys[0]))
+
+
+def populated_source(dialect: str, postgres: PostgresServer, tmp_path: Path, sqlite_name: str = "source.sqlite"
+                     ) -> dict[str, Any]:
+    """A fresh source database (a scratch PostgreSQL database, or a SQLite file) holding the data set."""
+    if dialect == "postgresql":
+        endpoint = postgres.create_database().endpoint
+        db = open_database(endpoint, None)
+    else:
+        endpoint = {"dialect": "sqlite", "connection": str(tmp_path / sqlite_name)}
+        db = open_database(endpoint, None, must_exist=False)
+    try:
+        populate(db)
+    finally:
+        db.close()
+    return endpoint

@@ -23,7 +23,7 @@ from migrator.providers.database import Database, open_database
 from migrator.steps.database import Backup, Restore, Verify
 from migrator.steps.database_delta import Sync, key_ranges
 from migrator.testing import MemoryContext, run_step
-from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populate
+from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populated_source
 from tests.support.postgres import PostgresServer, ScratchDatabase
 
 pytestmark = pytest.mark.integration
@@ -31,19 +31,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK_ROWS = 5
 
-
-def make_source(dialect: str, postgres: PostgresServer, tmp_path: Path) -> dict[str, Any]:
-    if dialect == "postgresql":
-        endpoint = postgres.create_database().endpoint
-        db = open_database(endpoint, None)
-    else:
-        endpoint = {"dialect": "sqlite", "connection": str(tmp_path / "source.sqlite")}
-        db = open_database(endpoint, None, must_exist=False)
-    try:
-        populate(db)
-    finally:
-        db.close()
-    return endpoint
 
 
 def presync(source: dict[str, Any], target: dict[str, Any], backup: dict[str, Any], chunk_rows: int) -> None:
@@ -103,7 +90,7 @@ def row_versions(target: ScratchDatabase) -> dict[int, str]:
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_sync_after_presync_applies_only_the_changed_ranges_and_target_equals_source(
         dialect: str, postgres: PostgresServer, tmp_path: Path) -> None:
-    source = make_source(dialect, postgres, tmp_path)
+    source = populated_source(dialect, postgres, tmp_path)
     target = postgres.create_database()
     backup = {"kind": "folder", "path": str(tmp_path / "backup")}
     presync(source, target.endpoint, backup, CHUNK_ROWS)
@@ -142,7 +129,7 @@ def test_sync_after_presync_applies_only_the_changed_ranges_and_target_equals_so
 
 
 def test_sync_with_nothing_changed_writes_nothing(postgres: PostgresServer, tmp_path: Path) -> None:
-    source = make_source("postgresql", postgres, tmp_path)
+    source = populated_source("postgresql", postgres, tmp_path)
     target = postgres.create_database()
     backup = {"kind": "folder", "path": str(tmp_path / "backup")}
     presync(source, target.endpoint, backup, CHUNK_ROWS)
@@ -261,7 +248,7 @@ def test_presync_backup_interrupted_and_resumed_while_the_source_takes_writes_th
         postgres: PostgresServer, tmp_path: Path) -> None:
     from migrator.errors import Cancelled
 
-    source = make_source("postgresql", postgres, tmp_path)
+    source = populated_source("postgresql", postgres, tmp_path)
     target = postgres.create_database()
     backup = {"kind": "folder", "path": str(tmp_path / "backup")}
     step = Backup("presync", Backup.Params.model_validate({"database": source, "to": backup, "chunk_rows": CHUNK_ROWS}))

@@ -16,24 +16,11 @@ from migrator.providers.database import Column, Table, encode_row, open_database
 from migrator.providers.database.base import join_line
 from migrator.steps.database import Backup, Restore, Verify
 from migrator.testing import MemoryContext, run_step
-from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populate
+from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populated_source
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
 
-
-def make_source(dialect: str, postgres: PostgresServer, tmp_path: Path) -> dict[str, Any]:
-    if dialect == "postgresql":
-        endpoint = postgres.create_database().endpoint
-        db = open_database(endpoint, None)
-    else:
-        endpoint = {"dialect": "sqlite", "connection": str(tmp_path / "source.sqlite")}
-        db = open_database(endpoint, None, must_exist=False)
-    try:
-        populate(db)
-    finally:
-        db.close()
-    return endpoint
 
 
 def backup_to(tmp_path: Path) -> dict[str, Any]:
@@ -54,7 +41,7 @@ def canonical(rows: list[list[Any]]) -> list[str]:
 @pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
 def test_backup_restore_round_trip_keeps_every_value_exact(dialect: str, postgres: PostgresServer,
                                                            tmp_path: Path) -> None:
-    source = make_source(dialect, postgres, tmp_path)
+    source = populated_source(dialect, postgres, tmp_path)
     target = postgres.create_database()
     backup = backup_to(tmp_path)
 
@@ -89,7 +76,7 @@ def test_backup_restore_round_trip_keeps_every_value_exact(dialect: str, postgre
 
 
 def test_verify_names_the_table_whose_content_differs(postgres: PostgresServer, tmp_path: Path) -> None:
-    source = make_source("postgresql", postgres, tmp_path)
+    source = populated_source("postgresql", postgres, tmp_path)
     target = postgres.create_database()
     backup = backup_to(tmp_path)
     run_step(Backup("backup", Backup.Params.model_validate({"database": source, "to": backup})), MemoryContext())
@@ -105,7 +92,7 @@ def test_verify_names_the_table_whose_content_differs(postgres: PostgresServer, 
 
 
 def test_restore_into_existing_schema_checks_drift_and_loads(postgres: PostgresServer, tmp_path: Path) -> None:
-    source = make_source("postgresql", postgres, tmp_path)
+    source = populated_source("postgresql", postgres, tmp_path)
     target = postgres.create_database()
     db = open_database(target.endpoint, None)
     try:
@@ -125,7 +112,7 @@ def test_restore_into_existing_schema_checks_drift_and_loads(postgres: PostgresS
 def test_backup_to_an_azure_container_restores_and_verifies(postgres: PostgresServer, tmp_path: Path,
                                                             azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BACKUP_STORAGE_KEY", azurite.cloud_key)
-    source = make_source("sqlite", postgres, tmp_path)
+    source = populated_source("sqlite", postgres, tmp_path)
     target = postgres.create_database()
     backup = {"kind": "azure", "account_url": azurite.cloud_url, "container": azurite.create_container(CLOUD_ACCOUNT),
               "account_key": "${env:BACKUP_STORAGE_KEY}", "prefix": "databases/ws365"}
@@ -172,7 +159,7 @@ def test_postgres_restore_keeps_every_float_bit_exact(values: list[float], postg
 
 def test_postgres_writes_the_same_lines_python_encodes(postgres: PostgresServer, tmp_path: Path) -> None:
     """The lines PostgreSQL builds for a backup are byte for byte encode_row of the portable values."""
-    source = make_source("postgresql", postgres, tmp_path)
+    source = populated_source("postgresql", postgres, tmp_path)
     rng = random.Random(4)
     doubles = [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(3000)]
     doubles = [d for d in doubles if math.isfinite(d)] + [

@@ -14,7 +14,7 @@ from migrator.errors import InputError, MigratorError
 from migrator.providers.database import open_database
 from migrator.steps.database import Backup, ReadOnly, Restore
 from migrator.testing import MemoryContext, run_step
-from tests.integration.dbdata import LINES, ORDERS, populate
+from tests.integration.dbdata import LINES, ORDERS, populated_source
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -35,19 +35,6 @@ def _sqlite_write(endpoint: dict[str, Any], postgres: PostgresServer) -> None:
         conn.close()
 
 
-def _source(dialect: str, postgres: PostgresServer, tmp_path: Path) -> dict[str, Any]:
-    if dialect == "postgresql":
-        endpoint = postgres.create_database().endpoint
-        db = open_database(endpoint, None)
-    else:
-        endpoint = {"dialect": "sqlite", "connection": str(tmp_path / "app.sqlite")}
-        db = open_database(endpoint, None, must_exist=False)
-    try:
-        populate(db)
-    finally:
-        db.close()
-    return endpoint
-
 
 WRITERS = {"postgresql": (_pg_write, psycopg.errors.ReadOnlySqlTransaction),
            "sqlite": (_sqlite_write, sqlite3.IntegrityError)}
@@ -56,7 +43,7 @@ WRITERS = {"postgresql": (_pg_write, psycopg.errors.ReadOnlySqlTransaction),
 @pytest.mark.parametrize("dialect", sorted(WRITERS))
 def test_read_only_rejects_writes_until_rolled_back(dialect: str, postgres: PostgresServer,
                                                     tmp_path: Path) -> None:
-    endpoint = _source(dialect, postgres, tmp_path)
+    endpoint = populated_source(dialect, postgres, tmp_path, "app.sqlite")
     write, refusal = WRITERS[dialect]
     step = ReadOnly("ro", ReadOnly.Params.model_validate({"database": endpoint}))
     ctx = MemoryContext()
@@ -103,7 +90,7 @@ def test_wrong_credentials_fail_as_input_error_and_mark_nothing_done(pg_database
 
 def test_missing_table_in_existing_target_schema_is_named_and_nothing_is_loaded(
         postgres: PostgresServer, tmp_path: Path) -> None:
-    source = _source("postgresql", postgres, tmp_path)
+    source = populated_source("postgresql", postgres, tmp_path, "app.sqlite")
     target = postgres.create_database()
     db = open_database(target.endpoint, None)
     try:

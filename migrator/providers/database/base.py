@@ -18,7 +18,7 @@ import json
 import re
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from decimal import Context, Decimal, InvalidOperation
@@ -690,3 +690,15 @@ def fk_order(tables: Sequence[Table]) -> list[Table]:
         ready.sort()
     ordered.extend(by_name[n] for n in sorted(by_name) if n not in done)
     return ordered
+
+
+def assemble_tables(columns: Mapping[str, Sequence[Column]], keys: Mapping[str, tuple[str, ...]],
+                    fks: Mapping[tuple[str, str], tuple[Sequence[str], str, Sequence[str]]]) -> list[Table]:
+    """Tables from catalog rows: columns by table, primary-key columns by table, and foreign keys by
+    (table, constraint) as (columns, referenced table, referenced columns)."""
+    return [
+        Table(name, tuple(cols), keys.get(name, ()),
+              tuple(ForeignKey(fk, tuple(c), ref, tuple(r)) for (t, fk), (c, ref, r) in sorted(fks.items())
+                    if t == name))
+        for name, cols in sorted(columns.items())
+    ]

@@ -32,9 +32,9 @@ from migrator.providers.database.base import (
     MARKER_TABLE,
     Column,
     Converter,
-    ForeignKey,
     Table,
     UnsupportedType,
+    assemble_tables,
     parse_odbc,
 )
 from migrator.providers.database.odbc import OdbcDatabase, odbc_error
@@ -262,12 +262,7 @@ class PostgresDatabase(OdbcDatabase):
                 cols, _, refs = fks.setdefault((table, conname), ([], ref_table, []))
                 cols.append(column)
                 refs.append(ref_column)
-        return [
-            Table(name, tuple(cols), keys.get(name, ()),
-                  tuple(ForeignKey(fk, tuple(c), ref, tuple(r)) for (t, fk), (c, ref, r) in sorted(fks.items())
-                        if t == name))
-            for name, cols in sorted(columns.items())
-        ]
+        return assemble_tables(columns, keys, fks)
 
     def table_exists(self, name: str) -> bool:
         return bool(self.scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = ? "

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pyodbc
 
 from migrator.errors import InputError
-from migrator.providers.database.base import MARKER_TABLE, Column, ForeignKey, Table, UnsupportedType
+from migrator.providers.database.base import MARKER_TABLE, Column, Table, UnsupportedType, assemble_tables
 from migrator.providers.database.odbc import OdbcDatabase, odbc_error
 
 _TYPES = {
@@ -146,12 +146,7 @@ class SqlServerDatabase(OdbcDatabase):
             cols, _, refs = fks.setdefault((table, fk), ([], ref_table, []))
             cols.append(column)
             refs.append(ref_column)
-        return [
-            Table(name, tuple(cols), keys.get(name, ()),
-                  tuple(ForeignKey(fk, tuple(c), ref, tuple(r)) for (t, fk), (c, ref, r) in sorted(fks.items())
-                        if t == name))
-            for name, cols in sorted(columns.items())
-        ]
+        return assemble_tables(columns, keys, fks)
 
     def table_exists(self, name: str) -> bool:
         return bool(self.scalar("SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_SCHEMA = ? "
