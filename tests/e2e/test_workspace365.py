@@ -8,7 +8,6 @@ and a blob folder, Azurite, a PostgreSQL database, a second tenant app, BIND) an
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from fixtures.tenant.db import connect
 from fixtures.tenant.harness import http
 from fixtures.tenant.webapp import READ_ONLY_ERROR
 from fixtures.tenant.writer import ConcurrentWriter
-from tests.support.engine import step_status, wait_for
+from tests.support.engine import kill_when, step_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -137,16 +136,8 @@ def test_sigkill_while_the_tenant_is_read_only_then_resume_completes_the_migrati
         child = subprocess.Popen([sys.executable, "-m", "migrator", *run_args(stack, env_file, run_id)],
                                  cwd=ROOT, env=stack.child_environ(), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        try:
-            wait_for(lambda: step_status(stack.state_dir, run_id, "read_only") == "done" or child.poll() is not None,
-                     "the tenant to be read-only")
-            child.send_signal(signal.SIGKILL)
-            child.wait(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-        assert child.returncode == -signal.SIGKILL
+        kill_when(child, lambda: step_status(stack.state_dir, run_id, "read_only") == "done",
+                  "the tenant to be read-only")
         assert step_status(stack.state_dir, run_id, "dns_transfer") != "done", "the run ended before it could be killed"
         status, body = http("POST", f"{stack.source_url}/tiles", {"title": "T", "url": "https://t.example"})
         assert (status, body["error"]) == (423, READ_ONLY_ERROR)  # killed: the tenant stays safely read-only

@@ -8,11 +8,8 @@ in the middle of the sync, then ``migrator resume``: nothing lost, nothing doubl
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +21,7 @@ from migrator.steps.database import Backup, Restore, Verify
 from migrator.steps.database_delta import Sync, key_ranges
 from migrator.testing import MemoryContext, run_step
 from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populated_source
+from tests.support.engine import kill_when
 from tests.support.postgres import PostgresServer, ScratchDatabase
 
 pytestmark = pytest.mark.integration
@@ -159,15 +157,6 @@ PEOPLE = 60_000
 SYNC_CHUNK_ROWS = 500
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_sigkill_mid_sync_then_resume_loses_nothing_and_doubles_nothing(postgres: PostgresServer,
                                                                          tmp_path: Path) -> None:
     source, target = postgres.create_database(), postgres.create_database()
@@ -206,16 +195,7 @@ def test_sigkill_mid_sync_then_resume_loses_nothing_and_doubles_nothing(postgres
     runner = subprocess.Popen([*cli, "run", str(playbook), "-e", str(env_file), "--state", str(state_dir),
                                "--run-id", run_id], cwd=tmp_path, env=child_env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for(lambda: ranges_written() >= 20 or runner.poll() is not None, "twenty changed ranges written")
-        assert runner.poll() is None, runner.communicate()[0].decode(errors="replace")
-        runner.send_signal(signal.SIGKILL)
-        runner.wait(timeout=60)
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-            runner.wait()
-    assert runner.returncode == -signal.SIGKILL
+    kill_when(runner, lambda: ranges_written() >= 20, "twenty changed ranges written", timeout=180)
     assert ranges_written() < PEOPLE // SYNC_CHUNK_ROWS  # killed part-way through
 
     resumed = subprocess.run([*cli, "resume", run_id, "--state", str(state_dir)], cwd=tmp_path, env=child_env,

@@ -12,8 +12,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import dns.message
-import dns.query
 import pytest
 import yaml
 
@@ -26,20 +24,6 @@ TARGET = "tenant-contoso.cloud.example.net."
 ORIGINAL = {"A": (3600, ["192.0.2.10", "192.0.2.11"]), "AAAA": (1800, ["2001:db8::10"])}
 
 
-
-
-def soa_serial(bind: BindServer, zone: str) -> int:
-    response = dns.query.tcp(dns.message.make_query(zone, "SOA"), bind.host, port=bind.port, timeout=5)
-    return int(response.answer[0][0].serial)
-
-
-def served(bind: BindServer, zone: str, name: str, *, secondary: bool = False) -> dict[str, tuple[int, set[str]]]:
-    found = {}
-    for rtype in ("A", "AAAA", "CNAME"):
-        answer = bind.answer(zone, name, rtype, secondary=secondary)
-        if answer is not None:
-            found[rtype] = answer
-    return found
 
 
 def expected_original() -> dict[str, tuple[int, set[str]]]:
@@ -95,20 +79,20 @@ def test_sigkill_while_verify_waits_for_a_lagging_secondary_then_resume_and_roll
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     kill_when(runner, lambda: step_status(state_dir, run_id, "verify") == "running",
               "dns.verify to be waiting for the secondary")
-    serial_after_transfer = soa_serial(bind_server, zone)
-    assert served(bind_server, zone, name) == {"CNAME": (60, {TARGET})}
+    serial_after_transfer = bind_server.soa_serial(zone)
+    assert bind_server.served(zone, name) == {"CNAME": (60, {TARGET})}
     bind_server.notify_secondary(zone)  # the lagging secondary catches up while nobody runs
 
     resumed = migrator(["resume", run_id, "--state", str(state_dir)], tmp_path)
 
     assert resumed.returncode == 0, output_of(resumed)
-    assert soa_serial(bind_server, zone) == serial_after_transfer  # nothing written twice
-    assert served(bind_server, zone, name, secondary=True) == {"CNAME": (60, {TARGET})}
+    assert bind_server.soa_serial(zone) == serial_after_transfer  # nothing written twice
+    assert bind_server.served(zone, name, secondary=True) == {"CNAME": (60, {TARGET})}
 
     rolled_back = migrator(["rollback", run_id, "--state", str(state_dir)], tmp_path)
 
     assert rolled_back.returncode == 0, output_of(rolled_back)
-    assert served(bind_server, zone, name) == expected_original()
+    assert bind_server.served(zone, name) == expected_original()
     assert bind_server.key_secret.encode() not in (state_dir / "state.db").read_bytes()
 
 
@@ -124,7 +108,7 @@ def test_failed_verify_rolls_back_the_transfer_and_the_ttl_exactly(bind_server: 
     text = output_of(result)
     assert result.returncode == 4, text
     assert f"ns2.{zone}" in text
-    assert served(bind_server, zone, name) == expected_original()
+    assert bind_server.served(zone, name) == expected_original()
     status = migrator(["status", "dns-fail", "--state", str(state_dir), "--json"], tmp_path)
     report: dict[str, Any] = json.loads(status.stdout)
     assert bind_server.key_secret not in json.dumps(report)

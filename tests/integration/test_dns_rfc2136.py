@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import dns.message
-import dns.query
 import pytest
 
 from fixtures.services.bind import BindServer
@@ -39,20 +37,6 @@ def verify(bind: BindServer, name: str, expect: dict[str, list[str]], zone: str 
         {"dns": bind.endpoint(zone), "name": name, "expect": expect, "timeout": 30, "interval": 1, **extra}))
 
 
-def soa_serial(bind: BindServer, zone: str) -> int:
-    response = dns.query.tcp(dns.message.make_query(zone, "SOA"), bind.host, port=bind.port, timeout=5)
-    return int(response.answer[0][0].serial)
-
-
-def served(bind: BindServer, zone: str, name: str, *, secondary: bool = False) -> dict[str, tuple[int, set[str]]]:
-    found = {}
-    for rtype in ("A", "AAAA", "CNAME"):
-        answer = bind.answer(zone, name, rtype, secondary=secondary)
-        if answer is not None:
-            found[rtype] = answer
-    return found
-
-
 class SomeoneChangesAfterRead:
     """The real provider, except that right after its first read another administrator changes the record."""
 
@@ -83,7 +67,7 @@ def test_transfer_then_verify_sees_the_cname_on_primary_and_secondary(bind_serve
     assert not state.done
     assert outputs["records"] == {"CNAME": ["tenant-contoso.cloud.example.net."]}
     assert outputs["ttl"] == 60  # the lowered TTL carries over to the new record
-    assert served(bind_server, bind_server.zone, name, secondary=True) == \
+    assert bind_server.served(bind_server.zone, name, secondary=True) == \
         {"CNAME": (60, {"tenant-contoso.cloud.example.net."})}
     assert sorted(verified["nameservers"]) == [
         f"ns1.{bind_server.zone} (127.0.0.1:{bind_server.port})",
@@ -143,7 +127,7 @@ def test_concurrent_change_between_read_and_update_is_refused_and_not_overwritte
         step.apply(ctx)
     step.compensate(ctx)  # a rollback after the refusal must not touch the other administrator's record
 
-    assert served(bind_server, bind_server.zone, name) == {"A": (3600, {"203.0.113.99"})}
+    assert bind_server.served(bind_server.zone, name) == {"A": (3600, {"203.0.113.99"})}
     assert ctx.memo.get("phase") == "refused"
 
 
@@ -151,14 +135,14 @@ def test_transfer_refuses_when_the_record_is_not_what_the_plan_expected(bind_ser
     name = bind_server.fresh_name()
     bind_server.someone_sets(bind_server.zone, name, {"A": (300, ["203.0.113.99"])})
     step = transfer(bind_server, name, NEW_CNAME, expect={"A": ["192.0.2.10"]})
-    serial = soa_serial(bind_server, bind_server.zone)
+    serial = bind_server.soa_serial(bind_server.zone)
 
     plan = plan_step(step, MemoryContext())
     with pytest.raises(PreconditionFailed, match=r"not the expected A 192\.0\.2\.10"):
         run_step(step, MemoryContext())
 
     assert any(change.startswith("will refuse") for change in plan.changes)
-    assert soa_serial(bind_server, bind_server.zone) == serial
+    assert bind_server.soa_serial(bind_server.zone) == serial
 
 
 ROLLBACK_CASES = [
@@ -176,7 +160,7 @@ def test_rollback_restores_the_previous_record_sets_exactly(bind_server: BindSer
     zone, name = bind_server.zone, bind_server.fresh_name()
     if before:
         bind_server.someone_sets(zone, name, before)
-    original = served(bind_server, zone, name)
+    original = bind_server.served(zone, name)
     lower_ctx, transfer_ctx = MemoryContext(), MemoryContext()
     steps = [transfer(bind_server, name, to)]
     contexts = [transfer_ctx]
@@ -186,12 +170,12 @@ def test_rollback_restores_the_previous_record_sets_exactly(bind_server: BindSer
 
     for step, ctx in zip(steps, contexts, strict=True):
         run_step(step, ctx)
-    changed = served(bind_server, zone, name)
+    changed = bind_server.served(zone, name)
     for step, ctx in reversed(list(zip(steps, contexts, strict=True))):
         step.compensate(ctx)
 
     assert changed != original
-    assert served(bind_server, zone, name) == original
+    assert bind_server.served(zone, name) == original
 
 
 def test_rollback_refuses_to_overwrite_a_change_made_after_the_transfer(bind_server: BindServer) -> None:
@@ -204,7 +188,7 @@ def test_rollback_refuses_to_overwrite_a_change_made_after_the_transfer(bind_ser
     with pytest.raises(CompensationError, match="someone else changed it"):
         step.compensate(ctx)
 
-    assert served(bind_server, bind_server.zone, name) == {"A": (60, {"203.0.113.99"})}
+    assert bind_server.served(bind_server.zone, name) == {"A": (60, {"203.0.113.99"})}
 
 
 def test_transfer_resumed_after_a_crash_before_the_update_uses_the_saved_record(bind_server: BindServer) -> None:
@@ -227,13 +211,13 @@ def test_transfer_resumed_after_a_crash_before_the_update_uses_the_saved_record(
     saved = memo.get("previous")
 
     state, _ = run_step(step, MemoryContext(memo=memo))
-    after_transfer = served(bind_server, bind_server.zone, name)
+    after_transfer = bind_server.served(bind_server.zone, name)
     step.compensate(MemoryContext(memo=memo))
 
     assert saved == [{"type": "A", "ttl": 3600, "values": ["192.0.2.10"], "version": None}]
     assert not state.done
     assert after_transfer == {"CNAME": (3600, {"tenant-contoso.cloud.example.net."})}
-    assert served(bind_server, bind_server.zone, name) == {"A": (3600, {"192.0.2.10"})}
+    assert bind_server.served(bind_server.zone, name) == {"A": (3600, {"192.0.2.10"})}
 
 
 def test_lower_ttl_twice_writes_once_and_reports_when_caches_let_go(bind_server: BindServer) -> None:
@@ -242,14 +226,14 @@ def test_lower_ttl_twice_writes_once_and_reports_when_caches_let_go(bind_server:
     clock = FakeClock()
 
     first, outputs = run_step(lower_ttl(bind_server, name, 120), MemoryContext(clock=clock))
-    serial = soa_serial(bind_server, bind_server.zone)
+    serial = bind_server.soa_serial(bind_server.zone)
     second, _ = run_step(lower_ttl(bind_server, name, 120), MemoryContext(clock=clock))
 
     assert (first.done, second.done) == (False, True)
-    assert soa_serial(bind_server, bind_server.zone) == serial
+    assert bind_server.soa_serial(bind_server.zone) == serial
     assert outputs["previous_ttl"] == 3600
     assert outputs["caches_expire_at"] == "2026-01-01T01:00:00+00:00"
-    assert served(bind_server, bind_server.zone, name) == {"A": (120, {"192.0.2.10"})}
+    assert bind_server.served(bind_server.zone, name) == {"A": (120, {"192.0.2.10"})}
 
 
 def test_lower_ttl_fails_before_changing_anything_when_the_name_has_no_record(bind_server: BindServer) -> None:
@@ -276,7 +260,7 @@ def test_update_with_a_bad_or_missing_tsig_key_fails_fast_and_writes_nothing(
         run_step(step, MemoryContext())
 
     assert not failure.value.retryable
-    assert served(bind_server, bind_server.zone, name) == {"A": (3600, {"192.0.2.10"})}
+    assert bind_server.served(bind_server.zone, name) == {"A": (3600, {"192.0.2.10"})}
 
 
 def test_the_tsig_secret_never_reaches_outputs_memo_or_events(bind_server: BindServer) -> None:

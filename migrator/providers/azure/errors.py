@@ -34,7 +34,8 @@ class ArmError(PermanentError):
         self.status = status
 
 
-def _retry_after(exc: HttpResponseError) -> float | None:
+def retry_after(exc: HttpResponseError) -> float | None:
+    """Seconds the service asked us to wait (its Retry-After header), when it said."""
     response = getattr(exc, "response", None)
     value = response.headers.get("Retry-After") if response is not None else None
     try:
@@ -68,7 +69,7 @@ def translate(exc: Exception, action: str) -> MigratorError:
     message = message.splitlines()[0] if message else ""
     what = f"{action}: {code or status}" + (f": {message}" if message else "")
     if status in TRANSIENT_STATUS or code in TRANSIENT_CODES:
-        return TransientError(what, retry_after=_retry_after(exc), hint="throttled or a service fault: retried "
+        return TransientError(what, retry_after=retry_after(exc), hint="throttled or a service fault: retried "
                               "with backoff")
     if isinstance(exc, ClientAuthenticationError) or status == 401:
         return ArmError(what, code=code, status=status,

@@ -51,6 +51,7 @@ from azure.storage.blob import (
 )
 
 from migrator.errors import ExitCode, MigratorError, PermanentError, TransientError
+from migrator.providers.azure.errors import retry_after as retry_after_seconds
 from migrator.providers.blob.base import BlobInfo, BlobStore
 
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
@@ -70,15 +71,6 @@ class BlobAccessError(PermanentError):
     """Credentials or names that can never work (wrong key, missing container): fix the input and run again."""
 
     exit_code = ExitCode.INVALID_INPUT
-
-
-def _retry_after(exc: HttpResponseError) -> float | None:
-    response = getattr(exc, "response", None)
-    value = response.headers.get("Retry-After") if response is not None else None
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
 
 
 def translate_error(exc: Exception, where: str, action: str) -> MigratorError:
@@ -101,7 +93,7 @@ def translate_error(exc: Exception, where: str, action: str) -> MigratorError:
         return TransientError(f"{reason}: {type(exc).__name__}: {exc}",
                               hint="the storage endpoint did not answer; check the network if this persists")
     if status in TRANSIENT_STATUS:
-        retry_after = _retry_after(exc) if isinstance(exc, HttpResponseError) else None
+        retry_after = retry_after_seconds(exc) if isinstance(exc, HttpResponseError) else None
         return TransientError(f"{reason}: HTTP {status} {code or ''}".rstrip(), retry_after=retry_after,
                               hint="throttled or a server fault: retried with backoff")
     if status == 403:
