@@ -44,7 +44,3 @@ class FakeClock(Clock):
 
     def sleep(self, seconds: float) -> None:
         self.advance(max(seconds, 0.0))
-
-
-def utc_now_iso(clock: Clock | None = None) -> str:
-    return (clock or Clock()).now().isoformat(timespec="milliseconds")
