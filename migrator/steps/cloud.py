@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -81,13 +82,20 @@ class ProvisionParams(Params):
     allow_delete: bool = False
 
 
-def _server_body(spec: ServerSpec, ctx: StepContext, current: dict[str, Any] | None) -> dict[str, Any]:
-    tags = dict(spec.tags)
+def _tags(wanted: Mapping[str, str], ctx: StepContext, current: dict[str, Any] | None) -> dict[str, str]:
+    """The tags to send: the spec's, plus the run tag — this run's id on a resource it creates, the creating
+    run's id kept on one that exists (so compensation only ever deletes what its own run made)."""
+    tags = dict(wanted)
     old_tag = ((current or {}).get("tags") or {}).get(RUN_TAG)
     if current is None:
         tags[RUN_TAG] = ctx.run_id
     elif old_tag:
         tags[RUN_TAG] = old_tag
+    return tags
+
+
+def _server_body(spec: ServerSpec, ctx: StepContext, current: dict[str, Any] | None) -> dict[str, Any]:
+    tags = _tags(spec.tags, ctx, current)
     props: dict[str, Any] = {"administratorLogin": spec.administrator_login, "version": spec.version,
                              "minimalTlsVersion": spec.minimal_tls_version,
                              "publicNetworkAccess": spec.public_network_access}
@@ -101,12 +109,7 @@ def _server_body(spec: ServerSpec, ctx: StepContext, current: dict[str, Any] | N
 
 def _database_body(spec: DatabaseSpec, location: str, ctx: StepContext,
                    current: dict[str, Any] | None) -> dict[str, Any]:
-    tags = dict(spec.tags)
-    old_tag = ((current or {}).get("tags") or {}).get(RUN_TAG)
-    if current is None:
-        tags[RUN_TAG] = ctx.run_id
-    elif old_tag:
-        tags[RUN_TAG] = old_tag
+    tags = _tags(spec.tags, ctx, current)
     props: dict[str, Any] = {"collation": spec.collation}
     if spec.max_size_bytes is not None:
         props["maxSizeBytes"] = spec.max_size_bytes
