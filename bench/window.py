@@ -41,7 +41,7 @@ from fixtures.tenant.db import connect  # noqa: E402
 from fixtures.tenant.generate import change_rows  # noqa: E402
 
 #: The steps that run while the tenant is read-only (db_sync beside blobs_sync and blobs_live).
-WINDOW_STEPS = ("read_only", "db_sync", "blobs_sync", "blobs_live", "db_verify", "blobs_verify",
+WINDOW_STEPS = ("read_only", "db_sync", "blobs_sync", "blobs_live", "blobs_verify", "cutover_guard",
                 "target_writable", "smoke", "dns_transfer", "dns_verify", "done")
 
 
@@ -52,19 +52,26 @@ def migrator(stack: DemoStack, *args: str) -> None:
         raise SystemExit(f"migrator {args[0]} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
 
 
-def step_seconds(state_db: Path, run_id: str) -> dict[str, float]:
+def step_times(state_db: Path, run_id: str) -> dict[str, tuple[float, float]]:
+    """Each step's (start, end), in seconds since the epoch."""
     with sqlite3.connect(state_db) as conn:
         rows = conn.execute("SELECT step_id, started_at, finished_at FROM steps WHERE run_id = ?", (run_id,))
-        return {r[0]: float(r[2] - r[1]) for r in rows if r[1] is not None and r[2] is not None}
+        return {r[0]: (float(r[1]), float(r[2])) for r in rows if r[1] is not None and r[2] is not None}
 
 
-def read_only_window(state_db: Path, run_id: str) -> float:
+def step_seconds(state_db: Path, run_id: str) -> dict[str, float]:
+    return {step: end - start for step, (start, end) in step_times(state_db, run_id).items()}
+
+
+def read_only_window(state_db: Path, run_id: str) -> tuple[float, float]:
+    """The read-only window's start (seconds since the epoch) and length."""
     with sqlite3.connect(state_db) as conn:
         start = conn.execute("SELECT data FROM events WHERE run_id = ? AND type = 'read_only.start'",
                              (run_id,)).fetchone()
         end = conn.execute("SELECT ts FROM events WHERE run_id = ? AND type = 'run.succeeded'",
                            (run_id,)).fetchone()
-    return float(end[0]) - datetime.fromisoformat(json.loads(start[0])["at"]).timestamp()
+    began = datetime.fromisoformat(json.loads(start[0])["at"]).timestamp()
+    return began, float(end[0]) - began
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
             # 4. the migration
             migrator(stack, "run", str(PLAYBOOK), "-e", str(env_file), "--state", str(stack.state_dir),
                      "--run-id", "migration")
-            seconds = step_seconds(state_db, "migration")
-            window = read_only_window(state_db, "migration")
+            times = step_times(state_db, "migration")
+            seconds = {step: end - start for step, (start, end) in times.items()}
+            began, window = read_only_window(state_db, "migration")
         drop_database(stack.database)
     database_full = seconds["db_backup"] + seconds["db_restore"]
     full_copy = blobs_full + database_full
@@ -110,8 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"read-only window: {window:8.1f}s  (while live: blob delta presync {seconds['presync']:.1f}s, "
           f"database presync {database_full:.1f}s)")
     print(f"ratio window / full copy: {window / full_copy:.1%}  (target <= 10%)")
-    inside = [s for s in WINDOW_STEPS if s in seconds]
-    print("inside the window: " + ", ".join(f"{s} {seconds[s]:.1f}s" for s in inside))
+    inside = sorted((s for s in WINDOW_STEPS if s in times), key=lambda s: times[s][0])
+    print("inside the window (step: start .. end, seconds from read-only):")
+    for step in inside:
+        start, end = times[step]
+        print(f"  {step:16s} {start - began:6.2f} .. {end - began:6.2f}  ({end - start:.2f}s)")
     return 0
 
 

@@ -25,11 +25,17 @@ class WriteGuardParams(Params):
 
 
 def _fingerprints(params: WriteGuardParams, ctx: StepContext) -> dict[str, Any]:
+    """Per table, what changes when the table takes a write: the engine's change token where it has one (no
+    row content read: PostgreSQL's row versions), else the content fingerprint."""
     from migrator.steps.database import connected, fingerprint
 
     with connected(params.database, ctx) as db:
         tables = [t for t in db.tables() if params.tables is None or t.name in params.tables]
-        return {t.name: fingerprint(db, t).as_dict() for t in sorted(tables, key=lambda t: t.name)}
+        prints: dict[str, Any] = {}
+        for table in sorted(tables, key=lambda t: t.name):
+            token = db.change_token(table.name)
+            prints[table.name] = {"token": token} if token is not None else fingerprint(db, table).as_dict()
+        return prints
 
 
 def _digest(prints: Mapping[str, Any]) -> str:
@@ -39,10 +45,11 @@ def _digest(prints: Mapping[str, Any]) -> str:
 class WriteGuard(Step[WriteGuardParams]):
     """Fingerprints the new instance's database at cutover, so a later rollback can tell if it took writes.
 
-    Changes: nothing (reads only); keeps the fingerprints in the step's memo. Done when: the fingerprints of
-    this run are kept. Undone by: a check, not a change — rollback refuses while the database differs from
-    the kept fingerprints (the new instance took writes that a rollback would lose), unless the command
-    has ``--accept-data-loss``.
+    Changes: nothing (reads only); keeps, per table, a change token (PostgreSQL: row count and the sum and
+    maximum of the row versions' transaction ids — no row content read) or else a content fingerprint, in the
+    step's memo. Done when: the fingerprints of this run are kept. Undone by: a check, not a change — rollback
+    refuses while the database differs from the kept fingerprints (the new instance took writes that a
+    rollback would lose), unless the command has ``--accept-data-loss``.
     """
 
     kind = "database.write_guard"
@@ -58,8 +65,9 @@ class WriteGuard(Step[WriteGuardParams]):
     def plan(self, ctx: StepContext) -> PlanResult:
         from migrator.steps.database import measure_target
 
-        # A connection, the catalog, every table read; before the restore the target holds nothing to measure
-        # but the connection and a catalog read, so the tables' reads are counted as two more catalog reads.
+        # A connection, the catalog, one aggregate per table (a change token, which reads no row content, where
+        # the engine has one); before the restore the target holds nothing to measure but the connection and a
+        # catalog read, so the tables' reads are counted as two more catalog reads.
         target = measure_target(self.params.database, ctx)
         return PlanResult([f"fingerprint {self.params.database.describe()} at cutover"], "",
                           Estimate(seconds=target.connect + 3 * target.catalog,

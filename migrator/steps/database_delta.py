@@ -41,8 +41,8 @@ import gzip
 import hashlib
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from migrator.errors import PreconditionFailed, VerificationFailed
 from migrator.providers.blob import BlobEndpoint, open_blob_store
@@ -58,6 +58,7 @@ from migrator.steps.database import (
     connected,
     fingerprint,
     measure_target,
+    same_portable_form,
     source_profile,
     timed,
 )
@@ -66,22 +67,29 @@ DELTA_FORMAT = "migrator-database-delta/1"
 DELTA_PREFIX = "delta/"
 DELTA_MANIFEST = DELTA_PREFIX + "manifest.json"
 INSERT_BATCH = 5000
+#: Primary keys per read-back query (one parameter each, per key column: well under every driver's limit).
+KEYS_PER_QUERY = 500
 
 
-def sync_seconds(source: SourceProfile, target: TargetCosts, blob: float, ranges: int) -> float:
+def sync_seconds(source: SourceProfile, target: TargetCosts, blob: float, ranges: int, *, full: bool = False
+                 ) -> float:
     """Seconds of a sync, counted from what its check, apply and verify do.
 
     check: the presync manifest and the delta manifest looked up, a target connection. apply: the manifest, a
     connection to each side, the source's catalog; every source row read once, range by range (one query per
-    range); the target's catalog and every target row read once for its fingerprint (at the target's measured
-    fetch rate, else the source's read rate); the delta manifest written. verify: a connection to
-    each side, the manifest, a count per table on each side. Changed ranges are few inside the window; each adds
-    a blob write and a target transaction.
+    range); the target's catalog; per table a count of the target (``verify: changed``: the few rows written
+    are read back by key) or every target row read once for its fingerprint (``verify: full``, at the target's
+    measured fetch rate, else the source's read rate); the delta manifest written. verify: a connection to each
+    side, the manifest, a count per table on each side. Changed ranges are few inside the window; each adds a
+    blob write and a target transaction.
     """
     c = source.costs
     n = len(c.tables)
-    target_read = c.total_rows / target.fetch_rows_per_second if target.fetch_rows_per_second > 0 \
-        else source.read_seconds(c.total_rows)
+    if full:
+        target_read = c.total_rows / target.fetch_rows_per_second if target.fetch_rows_per_second > 0 \
+            else source.read_seconds(c.total_rows)
+    else:
+        target_read = n * target.lookup
     check = 2 * blob + target.connect
     apply = (blob + c.connect + target.connect + c.catalog + ranges * c.count + source.read_seconds(c.total_rows)
              + target.catalog + n * target.lookup + target_read + blob)
@@ -146,17 +154,40 @@ def range_query(db: Database, table: Table, select: str, key_range: KeyRange) ->
     return sql, params
 
 
-class LineReader:
-    """Reads rows of a table as the encoded portable lines the backup wrote for them (same bytes, same hash)."""
+def keys_query(db: Database, table: Table, select: str, keys: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+    """``SELECT select`` of the rows whose primary key is one of ``keys`` (portable values)."""
+    columns = [table.column(n) for n in table.primary_key]
+    params: list[Any] = []
+    if len(columns) == 1:
+        marker = db.marker(columns[0])
+        condition = f"{db.quote(columns[0].name)} IN ({', '.join(marker for _ in keys)})"
+        params = [db.param_value(columns[0], key[0]) for key in keys]
+    else:
+        one = "(" + " AND ".join(f"{db.quote(c.name)} = {db.marker(c)}" for c in columns) + ")"
+        condition = " OR ".join(one for _ in keys)
+        for key in keys:
+            params.extend(db.param_value(c, v) for c, v in zip(columns, key, strict=True))
+    return f"SELECT {select} FROM {db.table_ref(table.name)} WHERE {condition}", params
 
-    def __init__(self, db: Database, table: Table) -> None:
+
+class LineReader:
+    """Reads rows of a table as the encoded portable lines the backup wrote for them (same bytes, same hash).
+
+    ``table`` is the portable table (the backup's); ``present`` the table as this database has it, when its
+    column types may differ (a target created by a restore): values are read as ``present`` holds them and
+    encoded as ``table``'s portable values.
+    """
+
+    def __init__(self, db: Database, table: Table, present: Table | None = None) -> None:
         self.db, self.table = db, table
+        present = present or table
         names = table.column_names
-        line_select = db.line_select(table, names)
+        line_select = db.line_select(present, names) if all(
+            same_portable_form(table.column(n), present.column(n)) for n in names) else None
         self.lines = line_select is not None
-        self.select = line_select if line_select is not None else db.select_list(table, names)
+        self.select = line_select if line_select is not None else db.select_list(present, names)
         self.convert: Callable[[Sequence[Any]], list[Any]] = row_converter(
-            db.read_converters(table.columns, table.columns))
+            db.read_converters([present.column(n) for n in names], table.columns))
 
     def _encoded(self, rows: Iterator[Sequence[Any]]) -> Iterator[bytes]:
         if self.lines:
@@ -171,6 +202,14 @@ class LineReader:
         sql = f"SELECT {self.select} FROM {self.db.table_ref(self.table.name)}"
         return self._encoded(self.db.query(sql, [], batch=2000))
 
+    def keys(self, keys: Sequence[Sequence[Any]]) -> list[bytes]:
+        """The lines of the rows with these primary keys (portable values), those that exist."""
+        found: list[bytes] = []
+        for start in range(0, len(keys), KEYS_PER_QUERY):
+            sql, params = keys_query(self.db, self.table, self.select, keys[start:start + KEYS_PER_QUERY])
+            found.extend(self._encoded(self.db.query(sql, params, batch=2000)))
+        return found
+
 
 def fingerprint_of(lines: Sequence[bytes]) -> Fingerprint:
     result = Fingerprint()
@@ -182,6 +221,12 @@ def fingerprint_of(lines: Sequence[bytes]) -> Fingerprint:
 class RangeDiff:
     upserts: list[bytes]
     deletes: list[list[Any]]
+    #: The presync's lines that are no longer in the source: old versions of changed rows, and deleted rows.
+    gone: list[bytes] = field(default_factory=list)
+
+    def upsert_keys(self, table: Table) -> list[list[Any]]:
+        positions = [table.column_names.index(k) for k in table.primary_key]
+        return [[row[i] for i in positions] for row in map(json.loads, self.upserts)]
 
 
 def diff_lines(table: Table, source: Sequence[bytes], presync: Sequence[bytes]) -> RangeDiff:
@@ -195,8 +240,9 @@ def diff_lines(table: Table, source: Sequence[bytes], presync: Sequence[bytes]) 
         return tuple(row[i] for i in positions)
 
     upserted = {key(line) for line in upserts}
-    deletes = [list(k) for k in (key(line) for line in presync if line not in source_set) if k not in upserted]
-    return RangeDiff(upserts, deletes)
+    gone = [line for line in presync if line not in source_set]
+    deletes = [list(k) for k in map(key, gone) if k not in upserted]
+    return RangeDiff(upserts, deletes, gone)
 
 
 def delta_blob(diff: RangeDiff, *, replace: bool = False) -> bytes:
@@ -273,6 +319,12 @@ class SyncParams(Params):
     #: The presync backup (its manifest gives the boundaries and fingerprints); the delta is written beside it.
     backup: BlobEndpoint
     tables: list[str] | None = None
+    #: How the target is proved equal to the source. ``changed``: the rows this sync wrote are read back from
+    #: the target and the rows it deleted are looked up (gone); every other row is as ``database.restore``
+    #: loaded and verified it (its content fingerprint against the backup's) while the tenant was live — the
+    #: target is not reachable by users before the cutover. ``full``: every target row is read and hashed again
+    #: (inside the window: it costs a read of the whole target database).
+    verify: Literal["changed", "full"] = "changed"
 
 
 class Sync(Step[SyncParams]):
@@ -285,7 +337,10 @@ class Sync(Step[SyncParams]):
     Done when: ``delta/manifest.json`` of this run exists for this presync backup, recording no mismatch, and every
     table holds the synced row count in the target.
     Verified when: every table's fingerprint in the target equals the source's, computed (as ``database.verify``
-    does) over the rows this sync read from the read-only source; the outputs have ``database.verify``'s shape
+    does) over the rows this sync read from the read-only source. The target's side (``verify: changed``, the
+    default): the rows this sync wrote, read back by primary key, the rows it deleted looked up and found gone,
+    and every other row as ``database.restore`` loaded and verified it; per table the row count besides. With
+    ``verify: full`` every target row is read again instead. The outputs have ``database.verify``'s shape
     (``tables.NAME.expected/actual``, ``mismatches``), so a separate ``database.verify`` need not read the source
     again. Resumes per range (``ctx.items``); a range done twice changes nothing.
     Undone: not by itself; the presync's ``database.restore`` compensation drops or empties the tables it loaded.
@@ -346,18 +401,21 @@ class Sync(Step[SyncParams]):
         # Sized from the source whether or not the presync exists yet: the sync re-reads every source row,
         # whatever changed; the few changed rows add little (see sync_seconds).
         profile = source_profile(self.params.source, ctx, self.params.tables)
-        target = measure_target(self.params.database, ctx, fetch_width=round(profile.bytes_per_row))
+        target = measure_target(self.params.database, ctx,
+                                fetch_width=round(profile.bytes_per_row) if self.params.verify == "full" else 0)
         tables, rows = profile.costs.tables, profile.costs.total_rows
         ranges = len(manifest.tables) + sum(len(t.chunks) for t in manifest.tables) if manifest is not None \
             else sum(chunk_count(n, profile.bytes_per_row) + 1 for n in profile.costs.rows.values())
-        seconds = sync_seconds(profile, target, blob, ranges)
+        full = self.params.verify == "full"
+        seconds = sync_seconds(profile, target, blob, ranges, full=full)
         return PlanResult(
             [f"compare {len(tables)} tables ({rows} rows) of {self.params.source.describe()} with the presync "
              f"backup range by range; apply only the changed rows to {self.params.database.describe()}"],
             state.reason if state is not None else f"no presync backup in {store.describe()} yet: sized from "
                                                    f"{self.params.source.describe()}",
             Estimate(seconds=seconds, items=ranges, bytes=round(rows * profile.bytes_per_row),
-                     basis=f"re-reads every source row and the whole target once: {profile.basis()}; "
+                     basis=f"re-reads every source row{' and the whole target' if full else ''} once: "
+                           f"{profile.basis()}; "
                            f"{target.basis()}; blob request {blob * 1000:.0f} ms; {ranges} key ranges"),
             {"tables": len(tables), "rows": rows, "ranges": ranges})
 
@@ -368,7 +426,8 @@ class Sync(Step[SyncParams]):
         index_of = {t.table.name: i for i, t in enumerate(manifest.tables)}
         totals = {"ranges": 0, "changed_ranges": 0, "rows_updated": 0, "rows_inserted": 0, "rows_deleted": 0}
         recopied: list[str] = []
-        fingerprints: dict[str, Fingerprint] = {}
+        fingerprints: dict[str, Fingerprint] = {}  # the source's, per table
+        targets: dict[str, Fingerprint] = {}  # the target's, as verified (see SyncParams.verify)
         with connected(self.params.source, ctx) as src, connected(self.params.database, ctx) as dst:
             present = {t.name: t for t in src.tables()}
             for table in tables:
@@ -382,10 +441,10 @@ class Sync(Step[SyncParams]):
                 for table in ordered:
                     backed = manifest.tables[index_of[table.name]]
                     if table.primary_key:
-                        fingerprints[table.name] = self._sync_ranges(ctx, store, src, dst, index_of[table.name],
-                                                                     table, backed.chunks, totals)
+                        fingerprints[table.name], targets[table.name] = self._sync_ranges(
+                            ctx, store, src, dst, index_of[table.name], table, backed.chunks, totals)
                     else:
-                        fingerprints[table.name], copied = self._sync_whole(
+                        fingerprints[table.name], targets[table.name], copied = self._sync_whole(
                             ctx, store, src, dst, index_of[table.name], table, backed.fingerprint, totals)
                         if copied:
                             recopied.append(table.name)
@@ -400,8 +459,14 @@ class Sync(Step[SyncParams]):
             for table in tables:
                 ctx.raise_if_cancelled()
                 there = present_target.get(table.name)
-                actual = fingerprint(dst, table, there).as_dict() if there is not None else \
-                    {"rows": None, "checksum": None}
+                if there is None:
+                    actual: dict[str, Any] = {"rows": None, "checksum": None}
+                elif self.params.verify == "full":
+                    actual = fingerprint(dst, table, there).as_dict()
+                else:
+                    actual = targets[table.name].as_dict()
+                    if dst.count(table.name) != targets[table.name].rows:  # a row no range accounts for
+                        actual = {"rows": dst.count(table.name), "checksum": None}
                 compared[table.name] = {"expected": fingerprints[table.name].as_dict(), "actual": actual}
             mismatches = sorted(n for n, c in compared.items() if c["expected"] != c["actual"])
             ctx.memo.set("mismatches", mismatches)
@@ -427,9 +492,14 @@ class Sync(Step[SyncParams]):
                 if isinstance(r.detail, dict) and r.detail.get("table") == table and r.detail.get("delta")]
 
     def _sync_ranges(self, ctx: StepContext, store: BlobStore, src: Database, dst: Database, index: int,
-                     table: Table, chunks: Sequence[ChunkInfo], totals: dict[str, int]) -> Fingerprint:
+                     table: Table, chunks: Sequence[ChunkInfo], totals: dict[str, int]
+                     ) -> tuple[Fingerprint, Fingerprint]:
+        """Pass 1 for a table with a primary key. Returns the source's fingerprint and the target's, the latter
+        as verified: per range, the presync chunk's (which the restore loaded and verified) with the lines that
+        went away taken out and the lines read back from the target for the rows written put in."""
         reader = LineReader(src, table)
-        total = Fingerprint()
+        target_reader = LineReader(dst, table, dst.table(table.name))
+        total, target_total = Fingerprint(), Fingerprint()
         for key_range in key_ranges(chunks):
             ctx.raise_if_cancelled()
             totals["ranges"] += 1
@@ -437,6 +507,7 @@ class Sync(Step[SyncParams]):
             record = ctx.items.get(key)
             if record is not None and record.status == "done":
                 total.merge(Fingerprint.from_dict(record.detail["fingerprint"]))
+                target_total.merge(Fingerprint.from_dict(record.detail["target"]))
                 totals["changed_ranges"] += bool(record.detail.get("delta"))
                 continue
             lines = reader.range(key_range)
@@ -445,8 +516,10 @@ class Sync(Step[SyncParams]):
             chunk = key_range.chunk
             same = (chunk is not None and found.rows == chunk.rows and found.checksum == chunk.fingerprint) or \
                 (chunk is None and not lines)
-            detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None}
+            detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None,
+                                      "target": found.as_dict()}
             if same:
+                target_total.merge(found)
                 ctx.items.record(key, "done", detail=detail)
                 continue
             presync = read_chunk_lines(store, chunk) if chunk is not None else []
@@ -456,14 +529,20 @@ class Sync(Step[SyncParams]):
             store.write(blob_name, data, content_type="application/gzip")
             with dst.transaction():
                 updated, inserted = upsert_lines(dst, table, diff.upserts)
+            # What the target holds for this range now, from what it was loaded with and what was just written.
+            there = fingerprint_of(presync)
+            there.remove(fingerprint_of(diff.gone))
+            there.merge(fingerprint_of(target_reader.keys(diff.upsert_keys(table))))
+            target_total.merge(there)
             totals["changed_ranges"] += 1
             totals["rows_updated"] += updated
             totals["rows_inserted"] += inserted
-            detail.update(delta=blob_name, deletes=len(diff.deletes), upserts=len(diff.upserts))
+            detail.update(delta=blob_name, deletes=len(diff.deletes), upserts=len(diff.upserts),
+                          target=there.as_dict())
             ctx.items.record(key, "done", bytes=len(data), checksum=hashlib.sha256(data).hexdigest(), detail=detail)
             ctx.items.flush()  # the target committed: keep the checkpoint as close behind as we can
             ctx.progress(f"{table.name}: range {key_range.number}: {len(diff.upserts)} rows upserted")
-        return total
+        return total, target_total
 
     def _apply_deletes(self, ctx: StepContext, store: BlobStore, dst: Database, index: int, table: Table,
                        totals: dict[str, int]) -> None:
@@ -481,26 +560,36 @@ class Sync(Step[SyncParams]):
             header, _ = read_delta_blob(store, detail["delta"], str(record.checksum))
             with dst.transaction():
                 deleted = delete_keys(dst, table, header["deletes"])
+            left = LineReader(dst, table, dst.table(table.name)).keys(header["deletes"])
+            if left:
+                raise VerificationFailed(f"table {table.name}: {len(left)} rows deleted at the source are still in "
+                                         f"{dst.describe()} after the sync deleted them", step_id=self.step_id)
             totals["rows_deleted"] += deleted
             ctx.items.record(done_key, "done", detail=deleted)
             ctx.items.flush()
 
     def _sync_whole(self, ctx: StepContext, store: BlobStore, src: Database, dst: Database, index: int,
-                    table: Table, presync: Fingerprint, totals: dict[str, int]) -> tuple[Fingerprint, bool]:
-        """A table without a primary key: copied again whole when its fingerprint changed since the presync."""
+                    table: Table, presync: Fingerprint, totals: dict[str, int]
+                    ) -> tuple[Fingerprint, Fingerprint, bool]:
+        """A table without a primary key: copied again whole when its fingerprint changed since the presync.
+
+        Returns the source's fingerprint, the target's as verified (read again whole after a copy; else the
+        presync's, which the restore verified) and whether it was copied."""
         key = f"{table_folder(index, table.name)}/whole"
         totals["ranges"] += 1
         record = ctx.items.get(key)
         if record is not None and record.status == "done":
             totals["changed_ranges"] += bool(record.detail.get("delta"))
-            return Fingerprint.from_dict(record.detail["fingerprint"]), bool(record.detail.get("delta"))
+            return (Fingerprint.from_dict(record.detail["fingerprint"]), Fingerprint.from_dict(record.detail["target"]),
+                    bool(record.detail.get("delta")))
         reader = LineReader(src, table)
         lines = list(reader.all())
         found = fingerprint_of(lines)
-        detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None}
+        detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None,
+                                  "target": found.as_dict()}
         if found.as_dict() == presync.as_dict():
             ctx.items.record(key, "done", detail=detail)
-            return found, False
+            return found, found, False
         blob_name = f"{DELTA_PREFIX}{key}.jsonl.gz"
         data = delta_blob(RangeDiff(lines, []), replace=True)
         store.write(blob_name, data, content_type="application/gzip")
@@ -508,12 +597,13 @@ class Sync(Step[SyncParams]):
             dst.execute(f"DELETE FROM {dst.table_ref(table.name)}")
             for start in range(0, len(lines), INSERT_BATCH):
                 dst.insert_lines(table, table.column_names, lines[start:start + INSERT_BATCH])
+        there = fingerprint(dst, table, dst.table(table.name))
         totals["changed_ranges"] += 1
         totals["rows_inserted"] += len(lines)
-        detail["delta"] = blob_name
+        detail.update(delta=blob_name, target=there.as_dict())
         ctx.items.record(key, "done", bytes=len(data), checksum=hashlib.sha256(data).hexdigest(), detail=detail)
         ctx.items.flush()
-        return found, True
+        return found, there, True
 
     def verify(self, ctx: StepContext) -> None:
         mismatches = ctx.memo.get("mismatches")

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from migrator.errors import VerificationFailed
 from migrator.providers.database import Database, open_database
 from migrator.steps.database import Backup, Restore, Verify
 from migrator.steps.database_delta import Sync, key_ranges
@@ -138,6 +139,59 @@ def test_sync_with_nothing_changed_writes_nothing(postgres: PostgresServer, tmp_
 
     assert out["changed_ranges"] == 0 and out["rows_updated"] == out["rows_inserted"] == out["rows_deleted"] == 0
     assert row_versions(target) == before
+
+
+def _synced(source: dict[str, Any], target: ScratchDatabase, backup: dict[str, Any], **params: Any) -> dict[str, Any]:
+    step = Sync("db_sync", Sync.Params.model_validate(
+        {"source": source, "database": target.endpoint, "backup": backup, **params}))
+    ctx = MemoryContext()
+    step.check(ctx)
+    return dict(step.apply(ctx))
+
+
+def test_the_sync_proves_what_it_wrote_by_reading_it_back(postgres: PostgresServer, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A write that does not land as the source has it (here: corrupted right after the update) is a mismatch."""
+    import migrator.steps.database_delta as delta
+
+    source = populated_source("postgresql", postgres, tmp_path)
+    target = postgres.create_database()
+    backup = {"kind": "folder", "path": str(tmp_path / "backup")}
+    presync(source, target.endpoint, backup, CHUNK_ROWS)
+    db = open_database(source, None)
+    try:
+        change_source(db)
+    finally:
+        db.close()
+    real = delta.upsert_lines
+
+    def corrupting(dst: Database, table: Any, lines: Any) -> tuple[int, int]:
+        result = real(dst, table, lines)
+        if table.name == LINES.name:
+            dst.execute(f"UPDATE {dst.table_ref(LINES.name)} SET {dst.quote('Note')} = 'corrupted' "
+                        f"WHERE {dst.quote('order')} = 9 AND {dst.quote('Line')} = 2")
+        return result
+
+    monkeypatch.setattr(delta, "upsert_lines", corrupting)
+    out = _synced(source, target, backup)
+    assert out["mismatches"] == [LINES.name]
+
+
+def test_the_target_changed_since_its_restore_is_caught(postgres: PostgresServer, tmp_path: Path) -> None:
+    """Rows the sync does not touch were verified by the restore; a row added since shows in the count, a row
+    changed since in the restore's verification and in a sync with ``verify: full``."""
+    source = populated_source("postgresql", postgres, tmp_path)
+    target = postgres.create_database()
+    backup = {"kind": "folder", "path": str(tmp_path / "backup")}
+    presync(source, target.endpoint, backup, CHUNK_ROWS)
+    target.sql('UPDATE "Order" SET "Code" = \'tampered\' WHERE "Id" = 12')  # a range nothing else changes
+    restore = Restore("presync_restore", Restore.Params.model_validate({"backup": backup, "database": target.endpoint}))
+    with pytest.raises(VerificationFailed, match=r"Order.*content differs from the backup"):
+        restore.verify(MemoryContext())
+    assert _synced(source, target, backup, verify="full")["mismatches"] == ["Order"]
+    target.sql('UPDATE "Order" SET "Code" = \'C0012\' WHERE "Id" = 12')
+    target.sql('INSERT INTO "line items" ("order", "Line") VALUES (12, 9)')
+    assert _synced(source, target, backup)["mismatches"] == ["line items"]
 
 
 def test_key_ranges_cover_every_key_once() -> None:

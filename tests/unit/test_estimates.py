@@ -70,13 +70,16 @@ def _profile(rows: int, rate: float) -> SourceProfile:
     (0.0, 100_000 / 50_000),        # not measured: the target read at the source's rate
     (200_000.0, 100_000 / 200_000),  # measured: at the target's fetch rate
 ])
-def test_sync_reads_every_source_row_and_the_whole_target_once(fetch: float, target_read: float) -> None:
+def test_sync_reads_every_source_row_and_with_verify_full_the_whole_target(fetch: float, target_read: float) -> None:
     source = _profile(100_000, 50_000.0)
     target = TargetCosts("postgresql", connect=0.02, catalog=0.01, lookup=0.001, load_workers=2,
                          fetch_rows_per_second=fetch)
     fixed = sync_seconds(_profile(0, 50_000.0), target, blob=0.005, ranges=4)
     seconds = sync_seconds(source, target, blob=0.005, ranges=4)
-    assert seconds - fixed == pytest.approx(100_000 / 50_000 + target_read)
+    assert seconds - fixed == pytest.approx(100_000 / 50_000)  # verify: changed reads no unchanged target row
+    full = sync_seconds(source, target, blob=0.005, ranges=4, full=True)
+    fixed_full = sync_seconds(_profile(0, 50_000.0), target, blob=0.005, ranges=4, full=True)
+    assert full - fixed_full == pytest.approx(100_000 / 50_000 + target_read)
     assert fixed > 0  # connections, catalogs, manifests and counts cost something even for no rows
 
 

@@ -16,9 +16,11 @@ import datetime as dt
 import hashlib
 import json
 import re
+import sys
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass, field
 from decimal import Context, Decimal, InvalidOperation
@@ -301,14 +303,33 @@ FINGERPRINT_MODULUS = 1 << 128
 
 
 def row_hash(line: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(line, digest_size=16).digest(), "big")
+    """A row's contribution to a :class:`Fingerprint`: ``hi * 2**64 + lo``, where ``hi`` and ``lo`` are the two
+    halves of the MD5 of its encoded line read as signed big-endian 64-bit integers.
+
+    MD5 (a content checksum, not for security) and signed 64-bit halves because that is what engines compute
+    and sum natively — PostgreSQL's ``md5()`` and ``('x' || hex)::bit(64)::bigint`` — so a server can fingerprint
+    a table itself (:meth:`Database.server_fingerprint`) to the very same value, sending one row instead of all.
+    """
+    digest = hashlib.md5(line, usedforsecurity=False).digest()
+    return (int.from_bytes(digest[:8], "big", signed=True) << 64) + int.from_bytes(digest[8:], "big", signed=True)
+
+
+def _half_sums(lines: Iterable[bytes]) -> tuple[int, int]:
+    """The sums, over ``lines``, of the signed high and low halves of each line's MD5 (see :func:`row_hash`)."""
+    md5 = hashlib.md5
+    halves = array("q", b"".join(md5(line, usedforsecurity=False).digest() for line in lines))
+    if sys.byteorder == "little":
+        halves.byteswap()
+    return sum(halves[0::2]), sum(halves[1::2])
 
 
 @dataclass
 class Fingerprint:
-    """Row count and an order-independent content checksum (sum of row hashes modulo 2**128).
+    """Row count and an order-independent content checksum: the sum of :func:`row_hash` over the rows, modulo
+    2**128.
 
-    A sum rather than XOR so that two identical rows do not cancel out (tables without a primary key).
+    A sum rather than XOR so that two identical rows do not cancel out (tables without a primary key); MD5
+    halves (see :func:`row_hash`) so that an engine can compute the same sum itself.
     """
 
     rows: int = 0
@@ -319,17 +340,25 @@ class Fingerprint:
         self.total = (self.total + row_hash(line)) % FINGERPRINT_MODULUS
 
     def add_lines(self, lines: Sequence[bytes]) -> None:
-        """:meth:`add_line` for many lines (one modulo for all of them)."""
-        blake2b, from_bytes = hashlib.blake2b, int.from_bytes
-        total = self.total
-        for line in lines:
-            total += from_bytes(blake2b(line, digest_size=16).digest(), "big")
-        self.total = total % FINGERPRINT_MODULUS
+        """:meth:`add_line` for many lines (the hashing loop in C, one modulo for all of them)."""
+        high, low = _half_sums(lines)
+        self.total = (self.total + (high << 64) + low) % FINGERPRINT_MODULUS
         self.rows += len(lines)
+
+    @classmethod
+    def from_half_sums(cls, rows: Any, high: Any, low: Any) -> Fingerprint:
+        """The fingerprint of ``rows`` rows from the sums of the signed halves of their hashes (None for no
+        rows): what an engine's aggregate query returns (:meth:`Database.fingerprint_sql`)."""
+        return cls(int(rows), ((int(high or 0) << 64) + int(low or 0)) % FINGERPRINT_MODULUS)
 
     def merge(self, other: Fingerprint) -> None:
         self.rows += other.rows
         self.total = (self.total + other.total) % FINGERPRINT_MODULUS
+
+    def remove(self, other: Fingerprint) -> None:
+        """Takes ``other``'s rows out again (the sum is a group: what :meth:`merge` adds, this subtracts)."""
+        self.rows -= other.rows
+        self.total = (self.total - other.total) % FINGERPRINT_MODULUS
 
     @property
     def checksum(self) -> str:
@@ -604,6 +633,27 @@ class Database(ABC):
     def read_all(self, table: Table, columns: Sequence[str], *, lines: bool = False) -> Iterator[Sequence[Any]]:
         sql = f"SELECT {self._select(table, columns, lines)} FROM {self.table_ref(table.name)}"
         return self.query(sql, [], batch=2000)
+
+    def fingerprint_sql(self, table: Table, columns: Sequence[str]) -> str | None:
+        """A query the engine answers with one row — the row count, then the sums of the signed high and low
+        64-bit halves of every row's MD5 (:func:`row_hash`) — so that it fingerprints the table itself and only
+        that row crosses the network; None where this dialect cannot write every row's encoded line in SQL (see
+        :meth:`line_select`) or has no MD5 over UTF-8 text."""
+        return None
+
+    def change_token(self, table: str) -> str | None:
+        """A value of the table that changes whenever a row is inserted, updated or deleted, and that the engine
+        gives without reading the rows' contents; None where it has none (compare content fingerprints then)."""
+        return None
+
+    def server_fingerprint(self, table: Table, columns: Sequence[str]) -> Fingerprint | None:
+        """The table's :class:`Fingerprint` over ``columns``, computed by the engine (:meth:`fingerprint_sql`),
+        or None where it cannot: the caller then reads the rows and hashes them itself, to the same value."""
+        sql = self.fingerprint_sql(table, columns)
+        if sql is None:
+            return None
+        rows, high, low = next(iter(self.query(sql, [])))
+        return Fingerprint.from_half_sums(rows, high, low)
 
     # -- writing -----------------------------------------------------------------------------------------
 
