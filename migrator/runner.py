@@ -615,6 +615,7 @@ class Runner:
         rec.error = None
         if rec.started_at is None:
             rec.started_at = time.time()
+        rec.attempts += 1  # the first attempt's count is saved with the start: one commit less
         self.store.save_step(rec)
         instance: Step[Any] = step.kind(step.id, params)
         ctx = self._step_context(run_id, loaded, step, rec, outputs)
@@ -624,11 +625,13 @@ class Runner:
             self._event(run_id, step.id, "forecast", f"the steps after {step.id} are forecast to take {seconds:.0f}s"
                         + (f" (no estimate for {', '.join(unknown)})" if unknown else ""), seconds=seconds)
         policy = step.retry_policy(loaded.playbook)
-        state = {"applied_here": resuming_running}
+        state = {"applied_here": resuming_running, "first_attempt": True}
 
         def attempt() -> tuple[dict[str, Any], str]:
-            rec.attempts += 1
-            self.store.save_step(rec)
+            if not state["first_attempt"]:
+                rec.attempts += 1
+                self.store.save_step(rec)
+            state["first_attempt"] = False
             ctx.raise_if_cancelled()
             check = instance.check(ctx)
             if check.done:
@@ -642,9 +645,8 @@ class Runner:
                     rec.applied = True
                     rec.seq = self.store.next_seq(run_id)
                 rec.status = StepStatus.RUNNING
-                self.store.save_step(rec)
                 state["applied_here"] = True
-                self._event(run_id, step.id, "step.apply", f"step {step.id} applying ({check.reason})")
+                self._save_with_event(rec, "step.apply", f"step {step.id} applying ({check.reason})")
                 result = dict(instance.apply(ctx) or {})
                 ctx.items.flush()
                 note = "applied"
@@ -673,9 +675,8 @@ class Runner:
         rec.status = StepStatus.DONE
         rec.note = note
         rec.finished_at = time.time()
-        self.store.save_step(rec)
-        self._event(run_id, step.id, "step.done", f"step {step.id} done: {note}",
-                    attempts=rec.attempts, seconds=round(rec.finished_at - (rec.started_at or rec.finished_at), 3))
+        self._save_with_event(rec, "step.done", f"step {step.id} done: {note}", attempts=rec.attempts,
+                              seconds=round(rec.finished_at - (rec.started_at or rec.finished_at), 3))
         self.listener.step_finished(step.id, StepStatus.DONE, note)
         return _StepResult(step.id, StepStatus.DONE)
 
@@ -895,6 +896,12 @@ class Runner:
     def _event(self, run_id: str, step_id: str | None, type: str, message: str, **data: Any) -> None:
         message = self.redactor.redact(message)
         self.store.add_event(run_id, step_id, type, message, self.redactor.redact_obj(data))
+        log.info("%s", message)
+
+    def _save_with_event(self, rec: StepRecord, type: str, message: str, **data: Any) -> None:
+        """Saves the step and adds an event about it in one state-store transaction (one commit, not two)."""
+        message = self.redactor.redact(message)
+        self.store.save_step(rec, (type, message, self.redactor.redact_obj(data)))
         log.info("%s", message)
 
     def _command_event(self, run_id: str) -> None:

@@ -1,11 +1,11 @@
 """What a step costs the engine itself, measured on this machine for the plan's timeline.
 
-Besides a step's own work, the runner records it in the state store: the step saved when it starts, again for
-its attempt and as running, a ``step.apply`` event, its item checkpoints flushed, the step saved as done and a
-``step.done`` event — each its own SQLite transaction in WAL mode with ``synchronous=FULL``, so each waits for
-an fsync. On a busy disk those commits, not the step, are most of a small step's time. The probe makes a
-handful of such transactions in a temporary directory (deleted afterwards: the dry-run changes nothing) and
-multiplies the median by the transactions a step makes.
+Besides a step's own work, the runner records it in the state store: the step saved when it starts (with its
+first attempt), saved as running together with the ``step.apply`` event, its item checkpoints flushed, saved as
+done together with the ``step.done`` event — each its own SQLite transaction in WAL mode with
+``synchronous=FULL``, so each waits for an fsync. On a busy disk those commits, not the step, are most of a
+small step's time. The probe makes a handful of such transactions in a temporary directory (deleted afterwards:
+the dry-run changes nothing) and multiplies the median by the transactions a step makes.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: State-store transactions the runner makes for a step it applies (migrator/runner.py ``_run_step``: saved when
-#: started, for the attempt and as running, the ``step.apply`` event, the item flush, saved as done, the
-#: ``step.done`` event).
-TRANSACTIONS_PER_STEP = 7
+#: started, saved as running with the ``step.apply`` event, the item flush, saved as done with the ``step.done``
+#: event).
+TRANSACTIONS_PER_STEP = 4
 #: Transactions the probe times (after one to warm the file up): enough for a steady median, a fraction of a
 #: second even on a slow disk.
 PROBE_TRANSACTIONS = 12
