@@ -444,7 +444,7 @@ class Backup(Step[BackupParams]):
                     raise VerificationFailed(f"table {backed.table.name}: {problem}", step_id=self.step_id)
 
 
-def read_chunk_rows(db: Database, table: Table, convert: Callable[[Sequence[Any]], list[Any]],
+def read_chunk_rows(db: Database, table: Table, convert: Callable[[Sequence[Any]], Sequence[Any]],
                     after: list[Any] | None, offset: int, limit: int,
                     cap: int) -> tuple[ChunkWriter, list[Any] | None, bool]:
     """One chunk: up to ``limit`` rows after the key ``after`` (or ``offset`` rows in, without a primary key),
@@ -457,7 +457,7 @@ def read_chunk_rows(db: Database, table: Table, convert: Callable[[Sequence[Any]
     else:
         rows = db.read_offset(table, names, offset, limit, lines=lines)
     writer = ChunkWriter()
-    last_row: list[Any] | None = None
+    last_row: Sequence[Any] | None = None
     last_line = b""
     capped = False
     if lines:  # the engine wrote each row's line: nothing to convert or encode here

@@ -186,7 +186,7 @@ class LineReader:
             same_portable_form(table.column(n), present.column(n)) for n in names) else None
         self.lines = line_select is not None
         self.select = line_select if line_select is not None else db.select_list(present, names)
-        self.convert: Callable[[Sequence[Any]], list[Any]] = row_converter(
+        self.convert: Callable[[Sequence[Any]], Sequence[Any]] = row_converter(
             db.read_converters([present.column(n) for n in names], table.columns))
 
     def _encoded(self, rows: Iterator[Sequence[Any]]) -> Iterator[bytes]:
@@ -278,27 +278,34 @@ def _key_where(db: Database, table: Table) -> str:
 
 def upsert_lines(db: Database, table: Table, lines: Sequence[bytes]) -> tuple[int, int]:
     """Makes each row of ``lines`` present in ``db`` with these values, matched by primary key, inside the
-    current transaction: an ``UPDATE``, or an insert where no row matched. Returns (updated, inserted)."""
+    current transaction: one lookup of which keys the target holds, then an ``UPDATE`` of those rows (the
+    driver's bulk path) and an insert of the others. Returns (updated, inserted)."""
     names = table.column_names
+    positions = [names.index(k) for k in table.primary_key]
+    rows = [json.loads(line) for line in lines]
+    keys = [[row[i] for i in positions] for row in rows]
+    present = existing_keys(db, table, keys)
     update = _update_sql(db, table)
-    exists = f"SELECT 1 FROM {db.table_ref(table.name)} WHERE {_key_where(db, table)}"
-    fresh: list[bytes] = []
-    updated = 0
-    for line in lines:
-        row = dict(zip(names, json.loads(line), strict=True))
-        if update is not None:
-            sql, order = update
-            matched = db.execute(sql, [db.param_value(table.column(n), row[n]) for n in order])
-        else:  # every column is in the key: the row is either there or not
-            params = [db.param_value(table.column(n), row[n]) for n in table.primary_key]
-            matched = sum(1 for _ in db.query(exists, params))
-        if matched:
-            updated += 1
-        else:
-            fresh.append(line)
+    updates = [row for row, key in zip(rows, keys, strict=True) if tuple(key) in present]
+    if update is not None and updates:
+        sql, order = update
+        columns = [table.column(n) for n in order]
+        at = [names.index(n) for n in order]
+        db.execute_many(sql, columns, [[db.param_value(c, row[i]) for c, i in zip(columns, at, strict=True)]
+                                       for row in updates])
+    fresh = [line for line, key in zip(lines, keys, strict=True) if tuple(key) not in present]
     for start in range(0, len(fresh), INSERT_BATCH):
         db.insert_lines(table, names, fresh[start:start + INSERT_BATCH])
-    return updated, len(fresh)
+    return len(updates), len(fresh)
+
+
+def existing_keys(db: Database, table: Table, keys: Sequence[Sequence[Any]]) -> set[tuple[Any, ...]]:
+    """Which of these primary keys (portable values) ``db``'s table holds, as tuples of portable values."""
+    key_table = Table(table.name, tuple(table.column(n) for n in table.primary_key), table.primary_key)
+    present = db.table(table.name)
+    reader = LineReader(db, key_table, Table(table.name, tuple(present.column(n) for n in table.primary_key),
+                                             table.primary_key) if present is not None else None)
+    return {tuple(json.loads(line)) for line in reader.keys(keys)}
 
 
 def delete_keys(db: Database, table: Table, keys: Sequence[Sequence[Any]]) -> int:

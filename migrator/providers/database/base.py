@@ -188,20 +188,26 @@ def _as_is(value: Any) -> Any:
     return value
 
 
+#: Per logical type, the one Python type a driver value of which is already the portable value (see converter).
+_PASSES_AS_IS: dict[str, type] = {**dict.fromkeys(INTEGER_TYPES, int), "text": str, "float": float,
+                                  "real": float, "boolean": bool}
+#: The attribute of a converter naming the Python type it returns unchanged (see row_converter).
+_PASSES = "passes_as_is"
+
+
 def converter(column: Column) -> Callable[[Any], Any]:
     """:func:`to_portable` for one column, with a shortcut for the values drivers usually return.
 
     The backup and fingerprint loops call this once per value: skipping the type dispatch matters there.
     """
     kind = column.type
-    if kind in INTEGER_TYPES:
-        return lambda v: v if type(v) is int else to_portable(column, v)
-    if kind == "text":
-        return lambda v: v if type(v) is str else to_portable(column, v)
-    if kind in ("float", "real"):
-        return lambda v: v if type(v) is float else to_portable(column, v)
-    if kind == "boolean":
-        return lambda v: v if type(v) is bool else to_portable(column, v)
+    passes = _PASSES_AS_IS.get(kind)
+    if passes is not None:
+        def as_is(v: Any) -> Any:
+            return v if type(v) is passes else to_portable(column, v)
+
+        setattr(as_is, _PASSES, passes)
+        return as_is
     if kind == "uuid":
         return lambda v: v.lower() if type(v) is str and len(v) == 36 else to_portable(column, v)
     if kind == "binary":
@@ -224,19 +230,34 @@ def converter(column: Column) -> Callable[[Any], Any]:
 Converter = Callable[[Any], Any]
 
 
-def row_converter(columns: Sequence[Column] | Sequence[Converter | None]) -> Callable[[Sequence[Any]], list[Any]]:
-    """A function turning a driver row into a portable row.
+def row_converter(columns: Sequence[Column] | Sequence[Converter | None]) -> Callable[[Sequence[Any]], Sequence[Any]]:
+    """A function turning a driver row into a portable row (a list, or the row itself where nothing changes).
 
     Takes the columns (each converted by :func:`converter`) or one converter per column, None where the driver
-    value is already portable (:meth:`Database.read_converters`): those values are not touched at all.
+    value is already portable (:meth:`Database.read_converters`): those values are not touched at all. A row
+    whose every value already has its portable Python type (int for integers, str for text ..., or None) is
+    recognised by the tuple of its value types and passed on whole, without a call per value.
     """
     convs = [converter(c) if isinstance(c, Column) else c for c in columns]
     active = [(i, f) for i, f in enumerate(convs) if f is not None]
     width = len(convs)
     if not active:
         return list
+    # Per column the one type its values pass as they are (object: any, no converter), or None: always converted.
+    as_is = [object if f is None else getattr(f, _PASSES, None) for f in convs]
+    signatures: dict[tuple[type, ...], bool] = {}
 
-    def convert(row: Sequence[Any]) -> list[Any]:
+    def plain(signature: tuple[type, ...]) -> bool:
+        ok = len(signature) == width and all(
+            t is type(None) or want is object or t is want for t, want in zip(signature, as_is, strict=True))
+        signatures[signature] = ok
+        return ok
+
+    def convert(row: Sequence[Any]) -> Sequence[Any]:
+        signature = tuple(map(type, row))
+        known = signatures.get(signature)
+        if known or (known is None and plain(signature)):
+            return row if type(row) is tuple else list(row)  # a driver's row object is no JSON array
         values = list(row)
         if len(values) != width:
             raise ValueError(f"row of {len(values)} values for {width} columns")
@@ -660,6 +681,12 @@ class Database(ABC):
     @abstractmethod
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Runs one statement in the current transaction; returns the row count it reports."""
+
+    def execute_many(self, sql: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> None:
+        """Runs one statement once per row of parameters (``param_value``s of ``columns``, in order) in the
+        current transaction, through the driver's bulk path where it has one."""
+        for params in rows:
+            self.execute(sql, params)
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:

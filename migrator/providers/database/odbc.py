@@ -138,29 +138,39 @@ class OdbcDatabase(Database):
 
     def insert_rows(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         cols = [table.column(n) for n in columns]
-        sql = self.insert_sql(table, columns)
-        binary = [self.binds_binary(c) for c in cols]
-        fast: list[list[Any]] = []
-        slow: list[list[Any]] = []
-        for row in rows:
-            params = [self.param_value(c, v) for c, v in zip(cols, row, strict=True)]
-            long = any(isinstance(v, (str, bytes)) and len(v) > FAST_VALUE_LIMIT for v in params)
-            (slow if long else fast).append(params)
+        params = [[self.param_value(c, v) for c, v in zip(cols, row, strict=True)] for row in rows]
         try:
-            cursor = self.conn.cursor()
-            for start in range(0, len(fast), FAST_BATCH):
-                batch = fast[start:start + FAST_BATCH]
-                cursor.fast_executemany = True
-                cursor.setinputsizes(self._sizes(batch, binary))
-                cursor.executemany(sql, batch)
-            if slow:
-                cursor.close()
-                cursor = self.conn.cursor()  # a fresh cursor: no parameter arrays, no fixed sizes
-                for params in slow:
-                    cursor.execute(sql, *params)
-            cursor.close()
+            self._bulk(self.insert_sql(table, columns), cols, params)
         except pyodbc.Error as exc:
             raise odbc_error(exc, f"insert into {table.name} on {self.label} failed") from None
+
+    def execute_many(self, sql: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            self._bulk(sql, columns, rows)
+        except pyodbc.Error as exc:
+            raise odbc_error(exc, f"statement on {self.label} failed") from None
+
+    def _bulk(self, sql: str, cols: Sequence[Column], rows: Sequence[Sequence[Any]]) -> None:
+        """``sql`` once per row of parameters: parameter arrays (fast_executemany) for rows of short values,
+        one execution each for rows with a value too long for them."""
+        binary = [self.binds_binary(c) for c in cols]
+        fast: list[Sequence[Any]] = []
+        slow: list[Sequence[Any]] = []
+        for params in rows:
+            long = any(isinstance(v, (str, bytes)) and len(v) > FAST_VALUE_LIMIT for v in params)
+            (slow if long else fast).append(params)
+        cursor = self.conn.cursor()
+        for start in range(0, len(fast), FAST_BATCH):
+            batch = fast[start:start + FAST_BATCH]
+            cursor.fast_executemany = True
+            cursor.setinputsizes(self._sizes(batch, binary))
+            cursor.executemany(sql, batch)
+        if slow:
+            cursor.close()
+            cursor = self.conn.cursor()  # a fresh cursor: no parameter arrays, no fixed sizes
+            for params in slow:
+                cursor.execute(sql, *params)
+        cursor.close()
 
     @staticmethod
     def _sizes(batch: Sequence[Sequence[Any]], binary: Sequence[bool]) -> list[tuple[int, int, int]]:

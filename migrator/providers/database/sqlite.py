@@ -163,6 +163,12 @@ class SqliteDatabase(Database):
         finally:
             self.conn.execute("COMMIT")
 
+    def execute_many(self, sql: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> None:
+        try:
+            self.conn.executemany(sql, [list(params) for params in rows])
+        except sqlite3.Error as exc:
+            raise self._error(exc, "statement") from None
+
     def insert_rows(self, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         cols = [table.column(n) for n in columns]
         sql = (f"INSERT INTO {self.table_ref(table.name)} ({self.column_list(columns)}) "
