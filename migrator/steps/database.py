@@ -425,6 +425,7 @@ class Backup(Step[BackupParams]):
         chunk.bytes = len(data)
         chunk.sha256 = hashlib.sha256(data).hexdigest()
         chunk.fingerprint = writer.fingerprint.checksum
+        chunk.text_md5 = writer.text_md5
         store.write(chunk.name, data, content_type="application/gzip")
         ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256, detail=chunk.to_json())
         return chunk

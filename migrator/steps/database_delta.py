@@ -48,7 +48,14 @@ from migrator.errors import PreconditionFailed, VerificationFailed
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database import Database, DatabaseEndpoint, Fingerprint, Table, encode_row, fk_order
-from migrator.providers.database.backup import ChunkInfo, Manifest, read_chunk_lines, read_manifest, table_folder
+from migrator.providers.database.backup import (
+    ChunkInfo,
+    Manifest,
+    lines_text,
+    read_chunk_lines,
+    read_manifest,
+    table_folder,
+)
 from migrator.providers.database.base import join_line, row_converter
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
 from migrator.steps.database import (
@@ -151,7 +158,8 @@ def range_query(db: Database, table: Table, select: str, key_range: KeyRange) ->
     sql = f"SELECT {select} FROM {db.table_ref(table.name)}"
     if conditions:
         sql += " WHERE " + " AND ".join(conditions)
-    return sql, params
+    # In key order, as the backup read it: the same engine gives the same lines in the same order (text_md5).
+    return sql + " ORDER BY " + ", ".join(db.quote(n) for n in table.primary_key), params
 
 
 def keys_query(db: Database, table: Table, select: str, keys: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
@@ -518,26 +526,38 @@ class Sync(Step[SyncParams]):
                 totals["changed_ranges"] += bool(record.detail.get("delta"))
                 continue
             lines = reader.range(key_range)
-            found = fingerprint_of(lines)
-            total.merge(found)
             chunk = key_range.chunk
-            same = (chunk is not None and found.rows == chunk.rows and found.checksum == chunk.fingerprint) or \
-                (chunk is None and not lines)
-            detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None,
-                                      "target": found.as_dict()}
-            if same:
+            presync_print = Fingerprint(chunk.rows, int(chunk.fingerprint, 16)) if chunk is not None else Fingerprint()
+            if chunk is not None and chunk.text_md5 is not None:
+                # The same text as the presync chunk, in the same order: the same rows, no row hashed.
+                same = len(lines) == chunk.rows and \
+                    hashlib.md5(lines_text(lines), usedforsecurity=False).hexdigest() == chunk.text_md5
+                found = presync_print if same else None
+            else:  # a backup without the chunk's text digest: compare content fingerprints
+                found = fingerprint_of(lines)
+                same = (chunk is not None and found.rows == chunk.rows and found.checksum == chunk.fingerprint) \
+                    or (chunk is None and not lines)
+            if same and found is not None:
+                total.merge(found)
                 target_total.merge(found)
-                ctx.items.record(key, "done", detail=detail)
+                ctx.items.record(key, "done", detail={"table": table.name, "fingerprint": found.as_dict(),
+                                                      "delta": None, "target": found.as_dict()})
                 continue
             presync = read_chunk_lines(store, chunk) if chunk is not None else []
             diff = diff_lines(table, lines, presync)
+            # The source range's fingerprint from the presync's and the difference: only changed rows hashed.
+            found = Fingerprint(presync_print.rows, presync_print.total)
+            found.remove(fingerprint_of(diff.gone))
+            found.merge(fingerprint_of(diff.upserts))
+            total.merge(found)
+            detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None}
             blob_name = f"{DELTA_PREFIX}{key}.jsonl.gz"
             data = delta_blob(diff)
             store.write(blob_name, data, content_type="application/gzip")
             with dst.transaction():
                 updated, inserted = upsert_lines(dst, table, diff.upserts)
             # What the target holds for this range now, from what it was loaded with and what was just written.
-            there = fingerprint_of(presync)
+            there = Fingerprint(presync_print.rows, presync_print.total)
             there.remove(fingerprint_of(diff.gone))
             there.merge(fingerprint_of(target_reader.keys(diff.upsert_keys(table))))
             target_total.merge(there)

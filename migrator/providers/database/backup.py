@@ -20,7 +20,7 @@ import hashlib
 import json
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,9 @@ class ChunkInfo:
     #: Portable primary key of the last row (keyset tables), or the row offset after this chunk.
     last_key: list[Any] | None = None
     end_offset: int | None = None
+    #: MD5 of the chunk's uncompressed text, its lines in key order: a source range read again in the same
+    #: order and found to hash the same is unchanged (database.sync), without hashing each row.
+    text_md5: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -111,6 +114,11 @@ def read_manifest(store: BlobStore) -> Manifest | None:
     return Manifest.from_bytes(store.read_bytes(MANIFEST), store.describe())
 
 
+def lines_text(lines: Sequence[bytes]) -> bytes:
+    """A chunk's uncompressed text: one encoded row a line, each ended by a newline."""
+    return b"\n".join(lines) + b"\n" if lines else b""
+
+
 class ChunkWriter:
     """Collects the encoded rows of one chunk; :meth:`finish` gives the gzip blob and the content fingerprint.
 
@@ -124,6 +132,7 @@ class ChunkWriter:
         self.raw_bytes = 0
         self.rows = 0
         self.data: bytes | None = None
+        self.text_md5: str | None = None
 
     def add(self, line: bytes) -> None:
         self._lines.append(line)
@@ -134,7 +143,8 @@ class ChunkWriter:
         if self.data is None:
             self.fingerprint = Fingerprint()
             self.fingerprint.add_lines(self._lines)
-            text = b"\n".join(self._lines) + b"\n" if self._lines else b""
+            text = lines_text(self._lines)
+            self.text_md5 = hashlib.md5(text, usedforsecurity=False).hexdigest()
             self._lines = []
             packer = zlib.compressobj(1, zlib.DEFLATED, 31)
             self.data = packer.compress(text) + packer.flush()
