@@ -17,9 +17,16 @@ from azure.storage.blob import ContainerClient, ContentSettings
 from fixtures.services.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite
 from migrator.clock import FakeClock
 from migrator.errors import Cancelled, ExitCode, InputError, MigratorError, VerificationFailed
-from migrator.providers.blob import PER_RETRY_POLICIES, AzureBlobStore, BlobAccessError, open_blob_store
+from migrator.providers.blob import (
+    PER_RETRY_POLICIES,
+    AzureBlobStore,
+    BlobAccessError,
+    FolderBlobStore,
+    open_blob_store,
+)
 from migrator.providers.blob import azure as azure_store
-from migrator.steps.blobs import Presync, PutLive, Sync, Verify
+from migrator.providers.blob import folder as folder_store
+from migrator.steps.blobs import SOURCE_VERSION_KEY, Presync, PutLive, Sync, Verify, source_token
 from migrator.testing import MemoryContext, MemoryItems, plan_step, run_step
 from tests.support.azurite import RequestCounter
 
@@ -445,7 +452,7 @@ def test_folder_presync_sends_one_request_per_small_blob_and_lists_each_side_onc
     assert stored[name][2] == "text/plain"  # guessed from the file name, as the folder store reports it
 
 
-def test_delta_sync_attempt_lists_each_side_once_in_check_and_the_destination_once_in_verify(
+def test_delta_sync_attempt_lists_each_side_once_and_verify_reads_back_only_what_it_changed(
         azurite: Azurite, containers: dict[str, str]) -> None:
     src = container(azurite, SOURCE_ACCOUNT, containers["source"])
     names = [small_name(i) for i in range(200)]
@@ -462,7 +469,8 @@ def test_delta_sync_attempt_lists_each_side_once_in_check_and_the_destination_on
 
     assert (out["copied"], out["deleted"]) == (2, 1)
     assert log.count("GET", SOURCE_ACCOUNT, "list") == 1
-    assert log.count("GET", CLOUD_ACCOUNT, "list") == 2
+    assert log.count("GET", CLOUD_ACCOUNT, "list") == 1, "check lists the destination; verify does not again"
+    assert log.count("HEAD", CLOUD_ACCOUNT, "blob") == 3, "verify reads back the 2 copies and the 1 deletion"
 
 
 def test_sync_verify_from_a_folder_source_catches_a_destination_blob_changed_after_the_copy(
@@ -483,3 +491,132 @@ def test_sync_verify_from_a_folder_source_catches_a_destination_blob_changed_aft
 
     with pytest.raises(VerificationFailed, match=r"1 MD5 differs: 'docs/0.txt'"):
         step.verify(ctx)
+
+
+class ReadLog:
+    """Records every source file a folder store opens for reading (copies and hashing alike)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        original = FolderBlobStore.open_read
+
+        def open_read(store: FolderBlobStore, name: str) -> Any:
+            self.names.append(name)
+            return original(store, name)
+
+        monkeypatch.setattr(FolderBlobStore, "open_read", open_read)
+
+
+def rewrite_keeping_size_and_mtime(path: Path, fill: bytes = b"#") -> None:
+    """New content of the same size, the modification time set back to what it was (as ``cp -p`` would)."""
+    stat = path.stat()
+    path.write_bytes(fill * stat.st_size)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files count as settled at once (they were all written a moment ago)."""
+    monkeypatch.setattr(folder_store, "SETTLE_SECONDS", 0.0)
+
+
+@pytest.mark.usefixtures("settled")
+def test_verify_reads_only_source_files_whose_version_changed_and_names_one_rewritten_with_its_mtime_restored(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    names = [f"docs/{i}.txt" for i in range(20)]
+    write_folder(tmp_path / "src", names, age=3600)
+    source = {"kind": "folder", "path": str(tmp_path / "src")}
+    backup = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"])
+    run_step(Presync("presync", Presync.Params(source=source, destination=backup)), MemoryContext())
+    stored = inventory(container(azurite, CLOUD_ACCOUNT, containers["backup"]))
+    assert all(SOURCE_VERSION_KEY in meta for *_, meta in stored.values()), "each copy records its source version"
+    reads = ReadLog(monkeypatch)
+    verify = Verify("verify", Verify.Params(source=source, destination=backup))
+
+    assert run_step(verify, MemoryContext())[1] == {"identical": True}
+    assert reads.names == [], "no source file is read while its version is the one its copy recorded"
+
+    rewrite_keeping_size_and_mtime(tmp_path / "src" / names[3])
+    with pytest.raises(VerificationFailed, match=r"1 MD5 differs: 'docs/3\.txt'"):
+        run_step(verify, MemoryContext())
+    assert reads.names == [names[3]], "only the file whose ctime moved on is read"
+
+    reads.names.clear()
+    with pytest.raises(VerificationFailed, match=r"1 MD5 differs: 'docs/3\.txt'"):
+        run_step(Verify("verify", Verify.Params(source=source, destination=backup, rehash="all")), MemoryContext())
+    assert sorted(reads.names) == sorted(names), "rehash: all reads every file"
+
+    _, out = run_step(Sync("sync", Sync.Params(source=source, destination=backup)), MemoryContext())
+    assert out["copied"] == 1, "the delta sync sees the change by the version, although size and mtime are the same"
+    reads.names.clear()
+    assert run_step(verify, MemoryContext())[1] == {"identical": True}
+    assert reads.names == []
+
+
+def test_a_copy_read_less_than_a_timestamp_tick_after_a_change_records_no_version(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_folder(tmp_path / "src", ["a.txt", "b.txt"])
+    monkeypatch.setattr(folder_store, "SETTLE_SECONDS", 3600.0)  # every file changed "just now"
+    source = {"kind": "folder", "path": str(tmp_path / "src")}
+    backup = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"])
+    run_step(Presync("presync", Presync.Params(source=source, destination=backup)), MemoryContext())
+    assert all(SOURCE_VERSION_KEY not in meta
+               for *_, meta in inventory(container(azurite, CLOUD_ACCOUNT, containers["backup"])).values())
+    reads = ReadLog(monkeypatch)
+
+    run_step(Verify("verify", Verify.Params(source=source, destination=backup)), MemoryContext())
+
+    assert sorted(reads.names) == ["a.txt", "b.txt"], "without a recorded version the source is read and hashed"
+
+
+class ChangesOnFirstRead(FolderBlobStore):
+    """A folder whose file ``name`` is rewritten (same size) right after it is first opened for reading."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        super().__init__(root)
+        self.name, self.opened = name, 0
+
+    def open_read(self, name: str) -> Any:
+        stream = super().open_read(name)
+        if name == self.name:
+            self.opened += 1
+            if self.opened == 1:
+                rewrite_keeping_size_and_mtime(self.path_of(name), b"2")
+        return stream
+
+
+@pytest.mark.usefixtures("settled")
+def test_a_source_file_written_while_it_is_copied_is_read_again_and_the_copy_records_the_new_version(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path) -> None:
+    write_folder(tmp_path / "src", ["a.txt", "b.txt"])
+    source = {"kind": "folder", "path": str(tmp_path / "src")}
+    params = Presync.Params(source=source, destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]),
+                            concurrency=1)
+    ctx = MemoryContext()
+    store = ChangesOnFirstRead(tmp_path / "src", "a.txt")
+    ctx.resources[f"blob-store:{params.source.cache_key()}:1"] = store
+
+    run_step(Presync("presync", params), ctx)
+
+    assert store.opened == 2
+    backup = container(azurite, CLOUD_ACCOUNT, containers["backup"])
+    assert backup.download_blob("a.txt").readall() == (tmp_path / "src" / "a.txt").read_bytes()
+    now = store.info("a.txt")
+    assert now is not None and now.version is not None
+    body = (tmp_path / "src" / "a.txt").read_bytes()
+    assert inventory(backup)["a.txt"][3][SOURCE_VERSION_KEY] == source_token(now.version, hashlib.md5(body).digest())
+
+
+def test_a_server_side_copy_within_one_account_names_its_source_without_a_sas(
+        azurite: Azurite, containers: dict[str, str]) -> None:
+    ctx = MemoryContext()
+    source, backup, live = (open_blob_store(azurite.endpoint(account, containers[kind]), ctx)
+                            for account, kind in ((SOURCE_ACCOUNT, "source"), (CLOUD_ACCOUNT, "backup"),
+                                                  (CLOUD_ACCOUNT, "live")))
+
+    within = backup.copy_source_url("a b.txt", into=live)
+    across = source.copy_source_url("a b.txt", into=live)
+
+    assert within is not None and "sig=" not in within and within.endswith("/a%20b.txt")
+    assert across is not None and "sig=" in across, "another account's blob is read through a SAS"

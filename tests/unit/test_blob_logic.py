@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,10 @@ from migrator.providers.blob import (
     check_relative_name,
     translate_error,
 )
+from migrator.providers.blob import folder as folder_store
 from migrator.providers.blob.azure import _parse_listing, _response_error
 from migrator.secrets import Secret
-from migrator.steps.blobs import block_ids, same_content
+from migrator.steps.blobs import SOURCE_VERSION_KEY, block_ids, same_content, source_token
 
 AZ = {"kind": "azure", "account_url": "https://acct.blob.core.windows.net", "container": "files"}
 
@@ -106,8 +108,13 @@ def test_folder_store_round_trips_content_type_metadata_and_md5(tmp_path: Path) 
     assert store.info("a/b.bin").md5 is None  # type: ignore[union-attr]  # a stale sidecar MD5 no longer counts
 
 
-def blob(size: int = 10, md5: bytes | None = b"1" * 16, modified: float | None = 100.0) -> BlobInfo:
-    return BlobInfo(name="n", size=size, md5=md5, last_modified=modified)
+def blob(size: int = 10, md5: bytes | None = b"1" * 16, modified: float | None = 100.0, version: str | None = None,
+         recorded: str | None = None) -> BlobInfo:
+    return BlobInfo(name="n", size=size, md5=md5, last_modified=modified, version=version,
+                    metadata={SOURCE_VERSION_KEY: recorded} if recorded is not None else {})
+
+
+M1, M2 = b"1" * 16, b"2" * 16
 
 
 @pytest.mark.parametrize(("source", "destination", "same"), [
@@ -119,9 +126,45 @@ def blob(size: int = 10, md5: bytes | None = b"1" * 16, modified: float | None =
     (blob(md5=None, modified=100.0), blob(modified=99.0), False),
     (blob(md5=None), blob(md5=None, modified=200.0), False),  # a destination without MD5 is never current
     (blob(md5=None, modified=None), blob(), False),
+    # a copy that recorded the source version it was read from: current exactly while the source has it
+    (blob(md5=None, version="v1"), blob(modified=50.0, recorded=source_token("v1", M1)), True),
+    (blob(md5=None, version="v2"), blob(modified=200.0, recorded=source_token("v1", M1)), False),  # mtime restored
+    (blob(md5=None, version="v1"), blob(md5=M2, recorded=source_token("v1", M1)), False),  # MD5 changed since
+    (blob(md5=None, version=None), blob(modified=101.0, recorded=source_token("v1", M1)), True),  # no version: mtime
 ])
 def test_same_content_decides_what_a_delta_sync_copies(source: BlobInfo, destination: BlobInfo, same: bool) -> None:
     assert same_content(source, destination) is same
+
+
+def test_a_folder_version_changes_with_any_write_even_with_size_and_mtime_restored(tmp_path: Path) -> None:
+    path = tmp_path / "doc.txt"
+    path.write_bytes(b"first")
+    store = FolderBlobStore(tmp_path)
+    before = store.info("doc.txt")
+    assert before is not None and before.version is not None
+    stat = path.stat()
+    path.write_bytes(b"other")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = store.info("doc.txt")
+    assert after is not None and (after.size, after.last_modified) == (before.size, before.last_modified)
+    assert after.version != before.version  # the ctime moved on
+    with store.open_read("doc.txt") as stream:
+        stream.read()
+        assert store.version_after_read("doc.txt", stream) == after.version
+        path.write_bytes(b"third")  # written while open: the version seen through the open file moves on
+        assert store.version_after_read("doc.txt", stream) != after.version
+
+
+def test_a_folder_version_is_trusted_only_once_its_timestamp_tick_has_passed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "doc.txt").write_bytes(b"x")
+    store = FolderBlobStore(tmp_path)
+    version = store.info("doc.txt").version  # type: ignore[union-attr]
+    assert version is not None
+    monkeypatch.setattr(folder_store, "SETTLE_SECONDS", 3600.0)
+    assert not store.trusts_version(version)  # changed within the margin: a later write could keep it
+    monkeypatch.setattr(folder_store, "SETTLE_SECONDS", 0.0)
+    assert store.trusts_version(version)
 
 
 def test_block_ids_are_equal_length_and_change_with_the_source_version() -> None:

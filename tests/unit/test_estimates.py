@@ -18,12 +18,14 @@ from migrator.steps.blobs import (
     _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB,
     _ASSUMED_BLOBS_PER_S,
     _ASSUMED_BYTES_PER_S,
+    _ASSUMED_READ_BACK_SECONDS,
     Compact,
     Diff,
     ListingSides,
     PutLiveParams,
     SyncParams,
     hash_probe,
+    listings_overlap,
     transfer_estimate,
 )
 from migrator.steps.database import DbCosts, SourceProfile, TargetCosts, chunk_count
@@ -147,12 +149,14 @@ def test_a_sync_after_a_presync_is_planned_with_the_destination_as_the_presync_f
     diff = Diff(to_copy=1000, to_copy_bytes=1_000_000)
     estimate, _, holds = transfer_estimate(params, diff, sides, source)
     per_blob = _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB
-    # check lists the source once and the (then full) destination once; verify the destination again
-    listings = 0.015 + 2 * (0.004 + 1000 * per_blob)
+    # check lists the folder beside the (then full) destination: the longer of the two; verify reads back the
+    # 10 copies instead of listing the destination again
+    listings = max(0.015, 0.004 + 1000 * per_blob) + 10 * _ASSUMED_READ_BACK_SECONDS
     copies = 10 / _ASSUMED_BLOBS_PER_S + 10_000 / _ASSUMED_BYTES_PER_S
     assert estimate.seconds == pytest.approx(listings + copies)
     assert estimate.items == 10 and holds == (1000, 1_000_000)
     assert "assumed for azure" in estimate.basis and "10 of 1000" in estimate.basis
+    assert "10 copies read back" in estimate.basis
 
 
 def test_a_put_live_from_a_backup_an_earlier_step_fills_lists_what_it_will_hold() -> None:
@@ -161,10 +165,33 @@ def test_a_put_live_from_a_backup_an_earlier_step_fills_lists_what_it_will_hold(
     sides = ListingSides("azure", 0, 0.004, "azure", 0, 0.004)
     estimate, diff, _ = transfer_estimate(params, Diff(), sides, {}, will_hold=(1000, 1_000_000))
     per_blob = _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB
-    listings = 3 * (0.004 + 1000 * per_blob)  # the source once, the destination twice, each of 1000 blobs
+    # two containers of one account: the listings add up (one service answers both); the copies read back
+    listings = 2 * (0.004 + 1000 * per_blob) + 10 * _ASSUMED_READ_BACK_SECONDS
     assert diff.to_copy == 1000 and estimate.items == 10
     assert estimate.seconds == pytest.approx(listings + 10 / _ASSUMED_BLOBS_PER_S + 10_000 / _ASSUMED_BYTES_PER_S)
     assert "will hold 1000" in estimate.basis
+
+
+def test_a_full_copy_is_verified_by_listing_the_destination_once_more() -> None:
+    params = PutLiveParams.model_validate({"source": _azure("backup"), "destination": _azure("live")})
+    sides = ListingSides("azure", 1000, 0.1, "azure", 0, 0.004)
+    estimate, _, _ = transfer_estimate(params, Diff(to_copy=1000, to_copy_bytes=1_000_000), sides, _source(1000))
+    per_blob = 0.1 / 1000  # timed on the source, a container of the same kind
+    listings = 0.1 + 0.004 + (0.004 + 1000 * per_blob)  # check: both sides; verify: the destination, now full
+    assert estimate.seconds == pytest.approx(listings + 1000 / _ASSUMED_BLOBS_PER_S + 1_000_000 / _ASSUMED_BYTES_PER_S)
+    assert "1000 destination blob(s) listed again" in estimate.basis
+
+
+@pytest.mark.parametrize(("source", "destination", "overlap"), [
+    ({"kind": "folder", "path": "/src"}, _azure("backup"), True),
+    (_azure("backup"), _azure("live"), False),  # one account: one service answers both
+    (_azure("backup"), {**_azure("live"), "account_url": "http://127.0.0.2:1"}, True),
+    ({"kind": "folder", "path": "/src"}, {"kind": "folder", "path": "/dst"}, False),
+])
+def test_listings_side_by_side_overlap_only_on_different_services(
+        source: dict[str, str], destination: dict[str, str], overlap: bool) -> None:
+    params = PutLiveParams.model_validate({"source": source, "destination": destination})
+    assert listings_overlap(params.source, params.destination) is overlap
 
 
 @pytest.mark.parametrize(("sides", "side", "expected", "how"), [

@@ -124,28 +124,33 @@ def _session(pool_size: int) -> requests.Session:
     return session
 
 
-def _settle_environment(session: requests.Session, url: str) -> None:
-    """Reads the proxy and CA-bundle environment once for ``url`` instead of on every request.
+def _settle_environment(session: requests.Session, url: str) -> tuple[dict[str, str], str | None]:
+    """Reads the proxy and CA-bundle environment once for ``url`` instead of on every request; returns both.
 
     requests re-reads the whole environment per request (``trust_env``), which costs about as much CPU as the
     rest of a small blob upload. A store talks to one account endpoint, so the answer does not change.
     """
-    session.proxies.update(requests.utils.get_environ_proxies(url))  # honours NO_PROXY for this host
+    proxies = requests.utils.get_environ_proxies(url)  # honours NO_PROXY for this host
+    session.proxies.update(proxies)
     bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
     if bundle:
         session.verify = bundle
     session.trust_env = False
+    return dict(proxies), bundle
 
 
 def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlobStore:
     from azure.core.pipeline.transport import RequestsTransport
     from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
+    from migrator.providers.blob.transport import Urllib3Transport
+
     reveal = ctx.reveal
     redactor = getattr(ctx, "redactor", None)
     on_secret = redactor.add if redactor is not None else (lambda value: None)
     # Up to `concurrency` blob workers and as many block uploads can each hold a connection at once.
     session = _session(2 * concurrency + 2)
+    per_retry = list(ctx.resources.get(PER_RETRY_POLICIES, [])) if hasattr(ctx, "resources") else []
     transport = RequestsTransport(session=session, session_owner=False,
                                   connection_timeout=endpoint.connection_timeout,
                                   read_timeout=endpoint.read_timeout)
@@ -160,8 +165,7 @@ def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlob
         "max_single_put_size": 8 * 1024 * 1024,
         "max_block_size": 4 * 1024 * 1024,
         # azure-storage-blob appends these after its retry policy: they see every try of every request.
-        "_additional_pipeline_policies": list(ctx.resources.get(PER_RETRY_POLICIES, [])) if hasattr(ctx, "resources")
-        else [],
+        "_additional_pipeline_policies": per_retry,
     }
     account_key = sas = None
     token_credential = None
@@ -190,13 +194,18 @@ def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlob
 
             token_credential = credential = DefaultAzureCredential()
         service = BlobServiceClient(str(endpoint.account_url), credential=credential, **options)
-    _settle_environment(session, str(service.url))
+    proxies, bundle = _settle_environment(session, str(service.url))
+    # The plain REST calls (every per-blob request of a transfer) skip requests: see transport.py.
+    plain = Urllib3Transport(str(service.url), pool_size=2 * concurrency + 2,
+                             connection_timeout=endpoint.connection_timeout, read_timeout=endpoint.read_timeout,
+                             proxies=proxies, ca_bundle=bundle)
     for value in (account_key, sas):
         if value:
             on_secret(value)
     assert endpoint.container is not None
     return AzureBlobStore(service, endpoint.container, prefix=endpoint.prefix, account_key=account_key,
-                          sas_token=sas, token_credential=token_credential, on_secret=on_secret, owned=[session])
+                          sas_token=sas, token_credential=token_credential, on_secret=on_secret,
+                          owned=[session, plain], plain_transport=plain, per_retry_policies=per_retry)
 
 
 def open_blob_store(endpoint: BlobEndpoint | dict[str, Any], ctx: Any, *, concurrency: int = 8,

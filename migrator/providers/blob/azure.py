@@ -9,11 +9,14 @@ Server-side copies read the source through a SAS minted just in time: a containe
 key when we have it, a user-delegation SAS when the credential is an Azure AD identity, or the SAS the
 endpoint was given. Minted SAS tokens are registered with the redactor and never stored.
 
-Three hot calls (List Blobs, Put Blob of an in-memory body, Put Block) are sent as plain REST requests through the
-container client's own pipeline (same credential, retry policy and per-retry policies as every SDK call), because
-the SDK's per-call work dominates small blobs: building a ``BlobClient`` per blob and deserializing listings
-model by model cost more CPU than the storage service spends on the request. Everything else uses the SDK API;
-without a pipeline to borrow (a future SDK), those calls fall back to it too.
+The hot calls (List Blobs, Put Blob of an in-memory body, Put Block, Put Block List, Copy Blob, Get Blob
+Properties, Delete Blob) are sent as plain REST requests, because the SDK's per-call work dominates small blobs:
+building a ``BlobClient`` per blob, deserializing listings model by model and the ``requests`` transport cost more
+CPU than the storage service spends on the request. They run through a pipeline made of the container client's
+own retry, header and credential policies plus the run's per-retry policies, on the lean transport of
+:mod:`~migrator.providers.blob.transport` when the store was opened with one (else the SDK's transport).
+Everything else uses the SDK API; without those policies to borrow (a future SDK), the hot calls fall back to it
+too.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import logging
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any, BinaryIO
@@ -39,6 +43,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.pipeline import Pipeline
 from azure.core.rest import HttpRequest
 from azure.storage.blob import (
     BlobBlock,
@@ -122,6 +127,16 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def _next_marker(body: bytes) -> str:
+    """The NextMarker of a List Blobs page, read from the end of the body before the page is parsed."""
+    at = body.rfind(b"<NextMarker")
+    if at < 0:
+        return ""
+    end = body.find(b"</NextMarker>", at)
+    snippet = body[at:end + len(b"</NextMarker>")] if end >= 0 else body[at:body.find(b">", at) + 1]
+    return ET.fromstring(snippet).text or ""
+
+
 def _parse_listing(body: bytes, rel: Callable[[str], str], dates: dict[str, float]) -> tuple[list[BlobInfo], str]:
     """The blobs and next marker of one List Blobs page (``dates`` caches parsed Last-Modified values)."""
     root = ET.fromstring(body)
@@ -199,6 +214,36 @@ def _info(name: str, props: BlobProperties) -> BlobInfo:
     )
 
 
+def _plain_pipeline(container: ContainerClient, transport: Any, per_retry: list[Any]) -> Any:
+    """The pipeline of the plain REST calls: the container client's retry, date/version header, user agent and
+    credential policies (a SAS travels in the URL), then the per-retry policies, on ``transport`` (default: the
+    SDK's). The SDK's pipeline adds request/response hooks, logging, tracing, content validation and decoding
+    policies that these calls do not use. None when the client lacks what is borrowed (another SDK version)."""
+    config = getattr(container, "_config", None)
+    retry = getattr(config, "retry_policy", None)
+    headers = getattr(config, "headers_policy", None)
+    agent = getattr(config, "user_agent_policy", None)
+    sdk_pipeline = getattr(container, "_pipeline", None)
+    if retry is None or headers is None or sdk_pipeline is None or not hasattr(container, "_credential_policy"):
+        return sdk_pipeline
+    credential = container._credential_policy
+    policies = [p for p in (agent, retry, headers, credential) if p is not None] + list(per_retry)
+    return Pipeline(transport if transport is not None else sdk_pipeline._transport, policies=policies)
+
+
+def _props_from_headers(name: str, headers: Mapping[str, str]) -> BlobInfo:
+    """A blob's properties from a Get Blob Properties response."""
+    md5 = headers.get("Content-MD5")
+    modified = headers.get("Last-Modified")
+    etag = headers.get("ETag")
+    metadata = {key[len("x-ms-meta-"):]: value for key, value in headers.items()
+                if key.lower().startswith("x-ms-meta-")}
+    return BlobInfo(name=name, size=int(headers.get("Content-Length") or 0),
+                    md5=base64.b64decode(md5) if md5 else None, etag=etag.strip('"') if etag else None,
+                    last_modified=parsedate_to_datetime(modified).timestamp() if modified else None,
+                    content_type=headers.get("Content-Type") or None, metadata=metadata)
+
+
 class AzureBlobStore(BlobStore):
     """One container (optionally one prefix inside it) of an Azure Storage account."""
 
@@ -206,7 +251,8 @@ class AzureBlobStore(BlobStore):
 
     def __init__(self, service: BlobServiceClient, container_name: str, *, prefix: str = "",
                  account_key: str | None = None, sas_token: str | None = None, token_credential: Any = None,
-                 on_secret: Callable[[str], None] | None = None, owned: list[Any] | None = None) -> None:
+                 on_secret: Callable[[str], None] | None = None, owned: list[Any] | None = None,
+                 plain_transport: Any = None, per_retry_policies: list[Any] | None = None) -> None:
         self.service = service
         self.container: ContainerClient = service.get_container_client(container_name)
         self.account = service.account_name or "?"
@@ -219,8 +265,7 @@ class AzureBlobStore(BlobStore):
         self._owned = owned or []
         self._minted: tuple[str, datetime] | None = None
         self._lock = threading.Lock()
-        # The container client's pipeline (credential, retries, per-retry policies) for the plain REST calls.
-        self._pipeline: Any = getattr(self.container, "_pipeline", None)
+        self._pipeline: Any = _plain_pipeline(self.container, plain_transport, per_retry_policies or [])
         self._api_version = str(getattr(self.container, "api_version", "") or "")
         if not self._api_version:
             self._pipeline = None
@@ -264,7 +309,7 @@ class AzureBlobStore(BlobStore):
             self.container.get_container_properties()
 
     def list(self, prefix: str = "", *, metadata: bool = True) -> Iterator[BlobInfo]:
-        """Every blob under ``prefix``, a page (up to 5,000) at a time; ``metadata=False`` leaves it out."""
+        """Every blob under ``prefix``, a page (:data:`LIST_PAGE`) at a time; ``metadata=False`` leaves it out."""
         start = self._full(prefix) if self.prefix else prefix
         if self.prefix and not prefix:
             start = self.prefix + "/"
@@ -275,9 +320,9 @@ class AzureBlobStore(BlobStore):
                     yield _info(self._rel(props.name), props)
             return
         base, query = self._split_url
-        marker = ""
         dates: dict[str, float] = {}
-        while True:
+
+        def fetch(marker: str) -> bytes:
             params = {"restype": "container", "comp": "list", "maxresults": str(LIST_PAGE)}
             if start:
                 params["prefix"] = start
@@ -289,12 +334,42 @@ class AzureBlobStore(BlobStore):
             with azure_errors(self.describe(), "listing blobs"):
                 response = self._send(HttpRequest("GET", url, headers={"x-ms-version": self._api_version,
                                                                        "Accept": "application/xml"}), 200)
-                page, marker = _parse_listing(response.body(), self._rel, dates)
-            yield from page
-            if not marker:
-                return
+                return bytes(response.body())
+
+        # The next page is requested as soon as a page's marker is known, so the service prepares it while this
+        # one is parsed and consumed.
+        with ThreadPoolExecutor(1, thread_name_prefix="blob-list-page") as pool:
+            body = fetch("")
+            while True:
+                marker = _next_marker(body)
+                ahead = pool.submit(fetch, marker) if marker else None
+                try:
+                    with azure_errors(self.describe(), "listing blobs"):
+                        page, _ = _parse_listing(body, self._rel, dates)
+                    yield from page
+                except BaseException:  # the caller stopped early (or parsing failed): the page ahead is not needed
+                    if ahead is not None:
+                        ahead.cancel()
+                    raise
+                if ahead is None:
+                    return
+                body = ahead.result()
+
+    def _head(self, name: str) -> Any:
+        """Get Blob Properties as a plain request: the response (its headers), or None for a missing blob."""
+        with azure_errors(self.describe(), f"reading properties of blob {name!r}"):
+            response = self._pipeline.run(HttpRequest("HEAD", self._url(name),
+                                                      headers={"x-ms-version": self._api_version})).http_response
+            if response.status_code == 404 and response.headers.get("x-ms-error-code") in (None, "BlobNotFound"):
+                return None
+            if response.status_code != 200:
+                raise _response_error(response)
+        return response
 
     def info(self, name: str) -> BlobInfo | None:
+        if self._pipeline is not None:
+            response = self._head(name)
+            return _props_from_headers(name, response.headers) if response is not None else None
         try:
             with azure_errors(self.describe(), f"reading properties of blob {name!r}"):
                 props = self._blob(name).get_blob_properties()
@@ -350,6 +425,13 @@ class AzureBlobStore(BlobStore):
                         metadata=dict(metadata or {}))
 
     def delete(self, name: str) -> None:
+        if self._pipeline is not None:
+            with azure_errors(self.describe(), f"deleting blob {name!r}"):
+                response = self._pipeline.run(HttpRequest("DELETE", self._url(name), headers={
+                    "x-ms-version": self._api_version})).http_response
+                if response.status_code not in (202, 404):  # gone already: fine
+                    raise _response_error(response)
+            return
         try:
             with azure_errors(self.describe(), f"deleting blob {name!r}"):
                 self._blob(name).delete_blob()
@@ -384,6 +466,25 @@ class AzureBlobStore(BlobStore):
 
     def commit_blocks(self, name: str, block_ids: builtins.list[str], *, content_type: str | None = None,
                       metadata: Mapping[str, str] | None = None, md5: bytes | None = None) -> BlobInfo:
+        if self._pipeline is not None:
+            # Ids base64-encoded once more, as staged (see stage_block).
+            body = ('<?xml version="1.0" encoding="utf-8"?><BlockList>'
+                    + "".join(f"<Latest>{_b64(b.encode())}</Latest>" for b in block_ids) + "</BlockList>").encode()
+            headers = {"x-ms-version": self._api_version, "Content-Type": "application/xml",
+                       "Content-Length": str(len(body)),
+                       "Content-MD5": _b64(hashlib.md5(body, usedforsecurity=False).digest())}
+            if md5:
+                headers["x-ms-blob-content-md5"] = _b64(md5)
+            if content_type:
+                headers["x-ms-blob-content-type"] = content_type
+            for key, value in (metadata or {}).items():
+                headers[f"x-ms-meta-{key}"] = value
+            with azure_errors(self.describe(), f"committing blob {name!r}"):
+                response = self._send(HttpRequest("PUT", self._url(name, comp="blocklist"), headers=headers,
+                                                  content=body), 201)
+            etag = str(response.headers.get("ETag") or "").strip('"') or None
+            return BlobInfo(name=name, size=0, md5=md5, etag=etag, content_type=content_type,
+                            metadata=dict(metadata or {}))
         settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5) if md5 else None)
         with azure_errors(self.describe(), f"committing blob {name!r}"):
             result = self._blob(name).commit_block_list([BlobBlock(block_id=b) for b in block_ids],
@@ -418,18 +519,38 @@ class AzureBlobStore(BlobStore):
             self._minted = (token, expiry)
             return token
 
-    def copy_source_url(self, name: str) -> str | None:
+    def _shares_account_with(self, other: BlobStore | None) -> bool:
+        """Whether ``other`` is a container of this account that signs requests with the account's key or an
+        identity: a Copy Blob it receives may then name a source of this account without a SAS (the service
+        authorizes the read with the request's own credential, and skips checking a SAS on every copy)."""
+        return isinstance(other, AzureBlobStore) and other.account == self.account \
+            and self._split_url[0].rsplit("/", 1)[0] == other._split_url[0].rsplit("/", 1)[0] \
+            and other._sas_token is None and (other._account_key is not None or other._token_credential is not None)
+
+    def copy_source_url(self, name: str, *, into: BlobStore | None = None) -> str | None:
+        if self._shares_account_with(into):
+            return self._url(name).partition("?")[0]
         sas = self._read_sas()
         if sas is None:
             return None
         return f"{self._blob(name).url}?{sas}"
 
     def start_copy(self, name: str, source_url: str) -> str:
+        if self._pipeline is not None:
+            with azure_errors(self.describe(), f"starting a server-side copy into blob {name!r}"):
+                response = self._send(HttpRequest("PUT", self._url(name), headers={
+                    "x-ms-version": self._api_version, "x-ms-copy-source": source_url, "Content-Length": "0"}), 202)
+            return str(response.headers.get("x-ms-copy-status") or "pending")
         with azure_errors(self.describe(), f"starting a server-side copy into blob {name!r}"):
             result = self._blob(name).start_copy_from_url(source_url)
         return str(result.get("copy_status") or "pending")
 
     def copy_status(self, name: str) -> tuple[str | None, str | None]:
+        if self._pipeline is not None:
+            response = self._head(name)
+            if response is None:
+                return None, None
+            return response.headers.get("x-ms-copy-status"), response.headers.get("x-ms-copy-status-description")
         with azure_errors(self.describe(), f"reading the copy status of blob {name!r}"):
             props = self._blob(name).get_blob_properties()
         copy = props.copy

@@ -1,8 +1,10 @@
 """The narrow interface every blob store offers the steps: list, read, write, delete, by blob name.
 
 Stores that can do more say so: ``supports_blocks`` (stage blocks, list the uncommitted ones after a restart,
-commit a list) for block-level resume of large blobs, and ``copy_source_url`` / ``start_copy`` for server-side
-copies. Names are always relative to the store's prefix.
+commit a list) for block-level resume of large blobs, ``copy_source_url`` / ``start_copy`` for server-side
+copies, and ``reports_versions`` for stores whose listing carries a content version token (a folder: size,
+modification and change times, inode) that lets a copy's MD5 be reused instead of reading the blob again.
+Names are always relative to the store's prefix.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class BlobInfo:
     last_modified: float | None = None  # POSIX seconds
     content_type: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    #: A token that changes whenever the content may have changed, from stores that have one
+    #: (``reports_versions``); None elsewhere.
+    version: str | None = None
 
 
 class BlobStore(ABC):
@@ -82,8 +87,25 @@ class BlobStore(ABC):
                       metadata: Mapping[str, str] | None = None, md5: bytes | None = None) -> BlobInfo:
         raise NotImplementedError(f"{self.describe()}: blocks are not supported")
 
-    def copy_source_url(self, name: str) -> str | None:
-        """A URL another store can copy ``name`` from server-side (with a SAS minted just in time), or None."""
+    #: Whether ``list``/``info`` report a ``version`` token and ``version_after_read`` can confirm it.
+    reports_versions: bool = False
+
+    def version_after_read(self, name: str, stream: BinaryIO) -> str | None:
+        """The version of ``name`` as seen through ``stream`` (opened by ``open_read``) once it has been read.
+
+        Equal to the version listed before the read only when nothing wrote the blob in between, so that the
+        bytes read are that version's. None from stores without versions.
+        """
+        return None
+
+    def trusts_version(self, version: str) -> bool:
+        """Whether ``version``, read just now, may be recorded with the MD5 of the bytes read: no later write can
+        leave the blob with the same version (a folder: its last change is older than a timestamp tick)."""
+        return True
+
+    def copy_source_url(self, name: str, *, into: BlobStore | None = None) -> str | None:
+        """A URL the store ``into`` can copy ``name`` from server-side, or None. It carries a SAS minted just in
+        time, except where ``into`` is in the same account and authorizes the read with its own credential."""
         return None
 
     def start_copy(self, name: str, source_url: str) -> str:

@@ -7,6 +7,14 @@ is written, and the resolved path is checked against the root as well (symlinks 
 What a folder cannot hold itself (content type, metadata, a known MD5) lives in a sidecar JSON file under
 ``.blobmeta/`` in the root; a sidecar MD5 counts only while the file's size and mtime still match it.
 Writes go to a temporary file beside the target and are renamed into place, so a reader never sees half a blob.
+
+Every listed file carries a version token: its size, modification time, status-change time (ctime) and inode
+number. User space can set a modification time back (``touch -d``, ``cp -p``, ``rsync -t``) but not a ctime:
+any write, rename over or metadata change gives the file a new ctime, so an unchanged token means unchanged
+content. Timestamps tick coarsely (a jiffy on Linux, more on some network file systems), so two writes within
+one tick could leave the same token: a token read less than :data:`SETTLE_SECONDS` after the file's last change
+is not trusted (``trusts_version``), since a write later in the same tick would not change it. A clock on the
+file server that runs behind this machine's by more than that margin would defeat it: use ``rehash: all`` there.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import json
 import mimetypes
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,10 +38,19 @@ from migrator.providers.blob.base import COPY_CHUNK, BlobInfo, BlobStore
 META_DIR = ".blobmeta"
 _DRIVE = re.compile(r"^[A-Za-z]:($|[/\\])")
 _TMP_SUFFIX = ".migrator-tmp"
+#: A version token read less than this many seconds after the file last changed is not trusted (module doc).
+SETTLE_SECONDS = 1.0
+
+
+def version_token(stat: os.stat_result) -> str:
+    """Size, modification and status-change times (ns) and inode: changes whenever the content may have."""
+    return f"{stat.st_size:x}-{stat.st_mtime_ns:x}-{stat.st_ctime_ns:x}-{stat.st_ino:x}"
 
 
 class FolderBlobStore(BlobStore):
     """Blobs as files under ``root`` (optionally under ``prefix`` inside it)."""
+
+    reports_versions = True
 
     def __init__(self, root: str | os.PathLike[str], prefix: str = "", *, create: bool = False) -> None:
         self.root = Path(root)
@@ -76,7 +94,7 @@ class FolderBlobStore(BlobStore):
 
     # -- reading -------------------------------------------------------------------------------------------
 
-    def _info_from(self, name: str, path: Path, stat: os.stat_result, *, has_meta: bool | None = None) -> BlobInfo:
+    def _info_from(self, name: str, filename: str, stat: os.stat_result, *, has_meta: bool | None = None) -> BlobInfo:
         if has_meta is None:
             has_meta = (self.root / META_DIR).is_dir()
         meta = self._read_meta(name) if has_meta else {}
@@ -89,9 +107,10 @@ class FolderBlobStore(BlobStore):
             md5=md5,
             etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
             last_modified=stat.st_mtime,
-            content_type=meta.get("content_type") or mimetypes.guess_type(path.name)[0]
+            content_type=meta.get("content_type") or mimetypes.guess_type(filename)[0]
             or "application/octet-stream",
             metadata=dict(meta.get("metadata") or {}),
+            version=version_token(stat),
         )
 
     def list(self, prefix: str = "", *, metadata: bool = True) -> Iterator[BlobInfo]:
@@ -99,22 +118,38 @@ class FolderBlobStore(BlobStore):
         if not base.is_dir():
             return
         has_meta = (self.root / META_DIR).is_dir()  # once per listing: a self-hosted source usually has none
-        for dirpath, dirnames, filenames in os.walk(base):
-            # Sorted in place so the walk is deterministic; the sidecar tree is not part of the inventory.
-            dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == self.root and d == META_DIR))
-            rel_dir = os.path.relpath(dirpath, base)
-            for filename in sorted(filenames):
-                if filename.endswith(_TMP_SUFFIX):
+        yield from self._walk(os.fspath(base), "", prefix, has_meta, top=not self.prefix)
+
+    def _walk(self, directory: str, rel: str, prefix: str, has_meta: bool, *, top: bool) -> Iterator[BlobInfo]:
+        """A directory's files (sorted), then its subdirectories, depth first, as ``os.walk`` orders them; with
+        ``os.scandir`` and plain strings (no path objects per file), one stat per file. Symbolic links to
+        directories are not followed; the sidecar tree at the root is not part of the inventory."""
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):  # removed while we walked
+            return
+        subdirs = []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    if not entry.is_symlink() and not (top and entry.name == META_DIR):
+                        subdirs.append(entry)
                     continue
-                name = filename if rel_dir == "." else f"{rel_dir.replace(os.sep, '/')}/{filename}"
-                if prefix and not name.startswith(prefix):
-                    continue
-                path = Path(dirpath) / filename
-                try:
-                    stat = path.stat()
-                except FileNotFoundError:  # removed while we walked
-                    continue
-                yield self._info_from(name, path, stat, has_meta=has_meta)
+            except OSError:
+                continue
+            if entry.name.endswith(_TMP_SUFFIX):
+                continue
+            name = rel + entry.name
+            if prefix and not name.startswith(prefix):
+                continue
+            try:
+                stat = entry.stat()
+            except FileNotFoundError:  # removed while we walked (or a dangling link)
+                continue
+            yield self._info_from(name, entry.name, stat, has_meta=has_meta)
+        for entry in subdirs:
+            yield from self._walk(entry.path, f"{rel}{entry.name}/", prefix, has_meta, top=False)
 
     def info(self, name: str) -> BlobInfo | None:
         path = self.path_of(name)
@@ -124,13 +159,21 @@ class FolderBlobStore(BlobStore):
             return None
         if not path.is_file():
             return None
-        return self._info_from(name, path, stat)
+        return self._info_from(name, path.name, stat)
 
     def open_read(self, name: str) -> BinaryIO:
         try:
             return open(self.path_of(name), "rb")
         except FileNotFoundError as exc:
             raise PermanentError(f"blob {name!r} not found in {self.describe()}") from exc
+
+    def version_after_read(self, name: str, stream: BinaryIO) -> str | None:
+        # The open file itself: a rename over the path or an unlink changes this inode's ctime as well.
+        return version_token(os.fstat(stream.fileno()))
+
+    def trusts_version(self, version: str) -> bool:
+        changed_ns = int(version.split("-")[2], 16)
+        return time.time_ns() - changed_ns >= SETTLE_SECONDS * 1e9
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -166,7 +209,7 @@ class FolderBlobStore(BlobStore):
             "content_type": content_type, "metadata": dict(metadata or {}),
             "md5": base64.b64encode(digest.digest()).decode(), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
         }), "utf-8")
-        return self._info_from(name, path, stat)
+        return self._info_from(name, path.name, stat)
 
     def delete(self, name: str) -> None:
         for path in (self.path_of(name), self._meta_path(name)):
