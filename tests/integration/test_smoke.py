@@ -107,7 +107,7 @@ def _run(spec: dict[str, Any]) -> tuple[MemoryContext, dict[str, Any]]:
 
 def test_passing_checks_all_report_ok(app: RunningApp, name_server: int) -> None:
     ctx, outputs = _run({
-        "http": [{"url": f"{app.url}/health", "body_contains": ['"ok":true', "fingerprint"],
+        "http": [{"url": f"{app.url}/health?fingerprint=1", "body_contains": ['"ok":true', "fingerprint"],
                   "max_latency_ms": 60_000},
                  {"name": "tiles", "url": f"{app.url}/tiles", "expect_status": [200, 204]}],
         "fingerprints": [{"name": "database", "source": "abc", "target": "abc"}],

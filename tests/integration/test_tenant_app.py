@@ -244,5 +244,5 @@ def test_app_module_runs_on_postgresql_as_a_process(locations: tuple[Path, list[
     location = _new_location("postgresql", tmp_path, created)
     make_tenant_db(location, SMALL)
     with AppProcess(location, env={TOKEN_ENV: TOKEN}, token_env=TOKEN_ENV) as process:
-        status, health = http("GET", f"{process.url}/health")
+        status, health = http("GET", f"{process.url}/health?fingerprint=1")
     assert status == 200 and health["fingerprint"] == _fingerprint(location)
