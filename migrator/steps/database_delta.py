@@ -284,33 +284,36 @@ def _key_where(db: Database, table: Table) -> str:
     return " AND ".join(f"{db.quote(n)} = {db.marker(table.column(n))}" for n in table.primary_key)
 
 
-def upsert_lines(db: Database, table: Table, lines: Sequence[bytes]) -> tuple[int, int]:
+def upsert_lines(db: Database, table: Table, lines: Sequence[bytes], present: Table | None = None
+                 ) -> tuple[int, int]:
     """Makes each row of ``lines`` present in ``db`` with these values, matched by primary key, inside the
     current transaction: one lookup of which keys the target holds, then an ``UPDATE`` of those rows (the
-    driver's bulk path) and an insert of the others. Returns (updated, inserted)."""
+    driver's bulk path) and an insert of the others. ``present``: the table as ``db`` has it (else looked up).
+    Returns (updated, inserted)."""
     names = table.column_names
     positions = [names.index(k) for k in table.primary_key]
     rows = [json.loads(line) for line in lines]
     keys = [[row[i] for i in positions] for row in rows]
-    present = existing_keys(db, table, keys)
+    found = existing_keys(db, table, keys, present)
     update = _update_sql(db, table)
-    updates = [row for row, key in zip(rows, keys, strict=True) if tuple(key) in present]
+    updates = [row for row, key in zip(rows, keys, strict=True) if tuple(key) in found]
     if update is not None and updates:
         sql, order = update
         columns = [table.column(n) for n in order]
         at = [names.index(n) for n in order]
         db.execute_many(sql, columns, [[db.param_value(c, row[i]) for c, i in zip(columns, at, strict=True)]
                                        for row in updates])
-    fresh = [line for line, key in zip(lines, keys, strict=True) if tuple(key) not in present]
+    fresh = [line for line, key in zip(lines, keys, strict=True) if tuple(key) not in found]
     for start in range(0, len(fresh), INSERT_BATCH):
         db.insert_lines(table, names, fresh[start:start + INSERT_BATCH])
     return len(updates), len(fresh)
 
 
-def existing_keys(db: Database, table: Table, keys: Sequence[Sequence[Any]]) -> set[tuple[Any, ...]]:
+def existing_keys(db: Database, table: Table, keys: Sequence[Sequence[Any]], present: Table | None = None
+                  ) -> set[tuple[Any, ...]]:
     """Which of these primary keys (portable values) ``db``'s table holds, as tuples of portable values."""
     key_table = Table(table.name, tuple(table.column(n) for n in table.primary_key), table.primary_key)
-    present = db.table(table.name)
+    present = present or db.table(table.name)
     reader = LineReader(db, key_table, Table(table.name, tuple(present.column(n) for n in table.primary_key),
                                              table.primary_key) if present is not None else None)
     return {tuple(json.loads(line)) for line in reader.keys(keys)}
@@ -444,6 +447,8 @@ class Sync(Step[SyncParams]):
         fingerprints: dict[str, Fingerprint] = {}  # the source's, per table
         targets: dict[str, Fingerprint] = {}  # the target's, as verified (see SyncParams.verify)
         with connected(self.params.source, ctx) as src, connected(self.params.database, ctx) as dst:
+            # The target's tables as it has them, read once: the sync changes rows, never the schema.
+            self._there: dict[str, Table] = {t.name: t for t in dst.tables()}
             present = {t.name: t for t in src.tables()}
             for table in tables:
                 if present.get(table.name) != table:
@@ -469,7 +474,7 @@ class Sync(Step[SyncParams]):
                     self._apply_deletes(ctx, store, dst, index_of[table.name], table, totals)
             # The proof, as database.verify gives it: the target's fingerprints against the source's, which this
             # sync has just read whole (the source being read-only, reading it a second time would add nothing).
-            present_target = {t.name: t for t in dst.tables()}
+            present_target = self._there
             compared: dict[str, dict[str, Any]] = {}
             for table in tables:
                 ctx.raise_if_cancelled()
@@ -513,7 +518,7 @@ class Sync(Step[SyncParams]):
         as verified: per range, the presync chunk's (which the restore loaded and verified) with the lines that
         went away taken out and the lines read back from the target for the rows written put in."""
         reader = LineReader(src, table)
-        target_reader = LineReader(dst, table, dst.table(table.name))
+        target_reader = LineReader(dst, table, self._there.get(table.name))
         total, target_total = Fingerprint(), Fingerprint()
         for key_range in key_ranges(chunks):
             ctx.raise_if_cancelled()
@@ -555,7 +560,7 @@ class Sync(Step[SyncParams]):
             data = delta_blob(diff)
             store.write(blob_name, data, content_type="application/gzip")
             with dst.transaction():
-                updated, inserted = upsert_lines(dst, table, diff.upserts)
+                updated, inserted = upsert_lines(dst, table, diff.upserts, self._there.get(table.name))
             # What the target holds for this range now, from what it was loaded with and what was just written.
             there = Fingerprint(presync_print.rows, presync_print.total)
             there.remove(fingerprint_of(diff.gone))
@@ -587,7 +592,7 @@ class Sync(Step[SyncParams]):
             header, _ = read_delta_blob(store, detail["delta"], str(record.checksum))
             with dst.transaction():
                 deleted = delete_keys(dst, table, header["deletes"])
-            left = LineReader(dst, table, dst.table(table.name)).keys(header["deletes"])
+            left = LineReader(dst, table, self._there.get(table.name)).keys(header["deletes"])
             if left:
                 raise VerificationFailed(f"table {table.name}: {len(left)} rows deleted at the source are still in "
                                          f"{dst.describe()} after the sync deleted them", step_id=self.step_id)
@@ -624,7 +629,7 @@ class Sync(Step[SyncParams]):
             dst.execute(f"DELETE FROM {dst.table_ref(table.name)}")
             for start in range(0, len(lines), INSERT_BATCH):
                 dst.insert_lines(table, table.column_names, lines[start:start + INSERT_BATCH])
-        there = fingerprint(dst, table, dst.table(table.name))
+        there = fingerprint(dst, table, self._there.get(table.name))
         totals["changed_ranges"] += 1
         totals["rows_inserted"] += len(lines)
         detail.update(delta=blob_name, target=there.as_dict())

@@ -165,8 +165,8 @@ def test_the_sync_proves_what_it_wrote_by_reading_it_back(postgres: PostgresServ
         db.close()
     real = delta.upsert_lines
 
-    def corrupting(dst: Database, table: Any, lines: Any) -> tuple[int, int]:
-        result = real(dst, table, lines)
+    def corrupting(dst: Database, table: Any, lines: Any, present: Any = None) -> tuple[int, int]:
+        result = real(dst, table, lines, present)
         if table.name == LINES.name:
             dst.execute(f"UPDATE {dst.table_ref(LINES.name)} SET {dst.quote('Note')} = 'corrupted' "
                         f"WHERE {dst.quote('order')} = 9 AND {dst.quote('Line')} = 2")
