@@ -26,6 +26,31 @@ source files whose token changed. Server-side copies carry the metadata along, s
 tokens too. Each finished blob is recorded in ``ctx.items``; a resumed step skips recorded blobs whose source is
 unchanged, and the inventory diff skips everything else that is already in place, so no completed blob is sent
 twice.
+
+Across the steps of one run, each Azure container a transfer step writes is listed once (:class:`InventoryCache`,
+in ``ctx.resources``): a transfer step that finished its apply and verify leaves its destination's inventory there
+(what its listing gave, updated with what it wrote or deleted and read back, or the listing its verify made), and
+the next transfer step with that container as its source or destination works from it instead of listing again.
+In the Workspace 365 playbook the presync steps leave the backup and the live container, so inside the read-only
+window ``blobs.sync`` lists only the source folder and ``blobs.put_live`` lists nothing. The rules that keep this
+safe:
+
+* it lives only in the memory of one run process: a resumed run, a new process, lists again, and so does every
+  step when ``reuse_listing: false``;
+* only destinations are kept: containers the run writes itself. A container only read (a source no step writes)
+  and folders (a directory walk is cheap) are always listed;
+* an attempt takes the inventories of both its containers out of the cache when its check starts and puts them
+  back only when its verify passed, so any failed attempt drops them and its retry lists both sides: an outside
+  change shows up then. A verify that fails after working from a kept inventory is retried for that reason;
+* a copy whose source blob turns out missing or changed (an outside change to a kept inventory) fails the attempt
+  with a retryable error, and the retry lists;
+* two steps writing one container at the same time (any prefixes) keep neither's inventory, and a step that writes
+  a container without keeping its inventory (``reuse_listing: false``, a rollback) drops what the cache held of it;
+* ``blobs.verify`` never uses it: it always lists the destination and the source, so the end-to-end proof reads
+  the world. A kept inventory can therefore at most leave out work that ``blobs.verify`` then names.
+
+The dry-run cannot hold anything (it applies nothing): its estimates count no listing of a container that an
+earlier transfer step of the same plan lists and writes, as the run will reuse that inventory.
 """
 
 from __future__ import annotations
@@ -89,6 +114,10 @@ class TransferParams(Params):
     #: With ``planned_change``: also count the source blobs modified within this many hours before the plan
     #: (a measured proxy for what changes between presync and window); the larger share wins.
     planned_recent_hours: float | None = Field(None, gt=0)
+    #: Work from the inventory an earlier transfer step of this run process left of a container it wrote, and
+    #: leave this destination's for the steps after (see the module doc). Off: this step lists both sides itself
+    #: and leaves nothing behind.
+    reuse_listing: bool = True
 
 
 class PresyncParams(TransferParams):
@@ -145,10 +174,26 @@ class Compact:
     last_modified: float | None
     version: str | None = None
     recorded: str | None = None
+    #: Only in an inventory a later step may reuse as a copy source: what a copy takes from the listing.
+    etag: str | None = None
+    content_type: str | None = None
+    metadata: Mapping[str, str] | None = None
 
 
 def compact(info: BlobInfo) -> Compact:
     return Compact(info.size, info.md5, info.last_modified, info.version, info.metadata.get(SOURCE_VERSION_KEY))
+
+
+def kept(info: BlobInfo) -> Compact:
+    """``info`` as an inventory kept for later steps holds it: with what a copy from it needs."""
+    return Compact(info.size, info.md5, info.last_modified, info.version, info.metadata.get(SOURCE_VERSION_KEY),
+                   info.etag, info.content_type, info.metadata)
+
+
+def as_info(name: str, blob: Compact) -> BlobInfo:
+    """A blob of a kept inventory, as its listing gave it."""
+    return BlobInfo(name=name, size=blob.size, md5=blob.md5, etag=blob.etag, last_modified=blob.last_modified,
+                    content_type=blob.content_type, metadata=blob.metadata or {}, version=blob.version)
 
 
 def _recorded(blob: BlobInfo | Compact) -> str | None:
@@ -173,9 +218,12 @@ def same_content(src: BlobInfo | Compact, dst: BlobInfo | Compact) -> bool:
     return dst.md5 is not None and dst.last_modified > src.last_modified
 
 
-def destination_inventory(store: BlobStore, *, metadata: bool = False) -> dict[str, Compact]:
+def destination_inventory(store: BlobStore, *, metadata: bool = False, keep: bool = False) -> dict[str, Compact]:
     """Name -> size, MD5, last change of every blob in ``store``: one listing. With ``metadata`` (a source with
-    version tokens) the listing includes metadata, for the copies' recorded source versions."""
+    version tokens) the listing includes metadata, for the copies' recorded source versions. With ``keep`` each
+    blob holds all a later step needs to copy from it (:func:`kept`)."""
+    if keep:
+        return {b.name: kept(b) for b in store.list(metadata=metadata)}
     if not metadata:
         return {b.name: Compact(b.size, b.md5, b.last_modified) for b in store.list(metadata=False)}
     return {b.name: Compact(b.size, b.md5, b.last_modified, None, b.metadata.get(SOURCE_VERSION_KEY))
@@ -254,9 +302,200 @@ def list_both(src: BlobStore, list_destination: Callable[[], dict[str, D]], *,
     return listings
 
 
-def diff_listings(src: BlobStore, dst: BlobStore) -> Listings[Compact]:
-    """Both listings of a transfer's diff: the destination with metadata when the source has versions."""
-    return list_both(src, lambda: destination_inventory(dst, metadata=src.reports_versions))
+def diff_listings(src: BlobStore, dst: BlobStore, reuse: Reuse | None = None) -> Listings[Compact]:
+    """Both listings of a transfer's diff: the destination with metadata when the source has versions.
+
+    A side ``reuse`` holds an inventory of is not listed: its blobs come from that inventory (never changed here).
+    """
+    reuse = reuse or Reuse()
+    cached_dst = reuse.destination_for(src)
+    if cached_dst is not None:
+        def list_destination() -> dict[str, Compact]:
+            return cached_dst
+    else:
+        def list_destination() -> dict[str, Compact]:
+            return destination_inventory(dst, metadata=src.reports_versions, keep=reuse.keep)
+    cached_src = reuse.source_inventory()
+    if cached_src is None:
+        return list_both(src, list_destination)
+    listings: Listings[Compact] = Listings((as_info(name, blob) for name, blob in cached_src.items()), lambda: {})
+
+    def destination() -> dict[str, Compact]:
+        started = time.perf_counter()
+        inventory = list_destination()
+        listings.dst_seconds = time.perf_counter() - started
+        return inventory
+
+    listings.destination = destination
+    return listings
+
+
+# -- the run's inventory cache --------------------------------------------------------------------------------
+
+#: ``ctx.resources`` key of the run process's :class:`InventoryCache`.
+INVENTORY_CACHE_KEY = "blobs.inventory_cache"
+
+Identity = tuple[str, str]  # a container's address (never a credential), and the prefix inside it
+
+
+@dataclass
+class CachedInventory:
+    """A container's inventory as a transfer step of this run process left it. ``metadata``: listed with metadata,
+    each blob with its content type and metadata (:func:`kept`), so it can serve as a copy source too."""
+
+    blobs: dict[str, Compact]
+    metadata: bool
+
+
+@dataclass
+class Claim:
+    """One attempt's hold on a container of the cache: what it took out, and whether it may put it back."""
+
+    identity: Identity
+    entry: CachedInventory | None
+    epoch: int
+    writer: bool
+    #: Another step wrote the container while this claim began: nothing this attempt saw may be kept.
+    shared: bool = False
+    open: bool = True
+
+
+def _overlap(a: str, b: str) -> bool:
+    """Whether two prefixes of one container see some of the same blobs."""
+    a, b = a.strip("/"), b.strip("/")
+    return not a or not b or a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
+class InventoryCache:
+    """The inventories of the Azure containers this run process listed and then changed itself, by identity.
+
+    Thread-safe: steps on parallel branches share it. An attempt ``claim``s its destination (taking out what is
+    kept of that container, under any prefix that overlaps) and ``borrow``s its source; when its verify passed it
+    ``settle``s both, which keeps the destination's new inventory and returns the source's unless another step
+    wrote that container meanwhile (each container has an epoch, moved by every writer's claim and every drop).
+    A failed attempt never settles: what it took is gone, and its next check ``abandon``s the claims.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[Identity, CachedInventory] = {}
+        self._epochs: dict[str, int] = {}
+        self._writers: dict[str, int] = {}
+
+    def peek(self, identity: Identity | None) -> CachedInventory | None:
+        """What is kept of ``identity``, left in place (for a plan, which changes nothing)."""
+        if identity is None:
+            return None
+        with self._lock:
+            return self._entries.get(identity)
+
+    def _take_overlapping(self, identity: Identity) -> CachedInventory | None:
+        container, prefix = identity
+        own = self._entries.pop(identity, None)
+        for other in [k for k in self._entries if k[0] == container and _overlap(k[1], prefix)]:
+            del self._entries[other]
+        return own
+
+    def claim(self, identity: Identity) -> Claim:
+        """A transfer attempt about to write ``identity``: takes out what is kept of that container (its own
+        inventory is returned with the claim), and notes that it is being written."""
+        container = identity[0]
+        with self._lock:
+            shared = self._writers.get(container, 0) > 0
+            self._writers[container] = self._writers.get(container, 0) + 1
+            self._epochs[container] = epoch = self._epochs.get(container, 0) + 1
+            return Claim(identity, self._take_overlapping(identity), epoch, writer=True, shared=shared)
+
+    def borrow(self, identity: Identity) -> Claim:
+        """A transfer attempt about to read ``identity`` as its source: takes its inventory out until it settles."""
+        container = identity[0]
+        with self._lock:
+            return Claim(identity, self._entries.pop(identity, None), self._epochs.get(container, 0),
+                         writer=False, shared=self._writers.get(container, 0) > 0)
+
+    def settle(self, claim: Claim, inventory: CachedInventory | None) -> bool:
+        """The attempt passed its verify: keeps ``inventory`` for the claimed container (a writer's), or returns
+        the borrowed one; not when another step wrote the container meanwhile. Whether anything was kept."""
+        if not claim.open:
+            return False
+        claim.open = False
+        container = claim.identity[0]
+        with self._lock:
+            untouched = not claim.shared and self._epochs.get(container, 0) == claim.epoch
+            if claim.writer:
+                self._writers[container] -= 1
+                if untouched and inventory is not None:
+                    self._take_overlapping(claim.identity)
+                    self._entries[claim.identity] = inventory
+                    return True
+                return False
+            if untouched and claim.entry is not None and not self._writers.get(container) \
+                    and claim.identity not in self._entries:
+                self._entries[claim.identity] = claim.entry
+                return True
+            return False
+
+    def abandon(self, claim: Claim) -> None:
+        """The attempt failed: what it took stays out, and whatever it saw of the container is stale."""
+        if not claim.open:
+            return
+        claim.open = False
+        container = claim.identity[0]
+        with self._lock:
+            if claim.writer:
+                self._writers[container] -= 1
+            self._epochs[container] = self._epochs.get(container, 0) + 1
+            self._take_overlapping(claim.identity)
+
+    def drop(self, identity: Identity) -> None:
+        """Something wrote ``identity`` without keeping its inventory (a rollback): forgets that container."""
+        with self._lock:
+            self._epochs[identity[0]] = self._epochs.get(identity[0], 0) + 1
+            self._take_overlapping(identity)
+
+
+def inventory_cache(ctx: StepContext) -> InventoryCache:
+    """The run process's :class:`InventoryCache` (made on first use)."""
+    with _CACHE_LOCK:
+        cache = ctx.resources.get(INVENTORY_CACHE_KEY)
+        if not isinstance(cache, InventoryCache):
+            cache = ctx.resources[INVENTORY_CACHE_KEY] = InventoryCache()
+    return cache
+
+
+_CACHE_LOCK = threading.Lock()
+
+
+@dataclass
+class Reuse:
+    """The kept inventories one listing may work from: ``source``/``destination`` (taken by the attempt, or
+    peeked at by a plan). ``keep``: a destination listed afresh keeps what a later copy from it needs."""
+
+    source: CachedInventory | None = None
+    destination: CachedInventory | None = None
+    keep: bool = False
+
+    def source_inventory(self) -> dict[str, Compact] | None:
+        """The source's blobs, when kept with what a copy needs (listed with metadata)."""
+        return self.source.blobs if self.source is not None and self.source.metadata else None
+
+    def destination_for(self, src: BlobStore) -> dict[str, Compact] | None:
+        """The destination's blobs, when kept with what the diff against ``src`` compares (a source with
+        versions needs the recorded ones: a listing with metadata)."""
+        entry = self.destination
+        if entry is None or (src.reports_versions and not entry.metadata):
+            return None
+        return entry.blobs
+
+    def destination_metadata(self, src: BlobStore) -> bool:
+        """Whether the destination inventory a diff against ``src`` works from holds metadata (a kept one as it
+        was listed, a fresh listing when the source has versions)."""
+        if self.destination is not None and self.destination_for(src) is not None:
+            return self.destination.metadata
+        return src.reports_versions
+
+    def used(self, src: BlobStore) -> bool:
+        return self.source_inventory() is not None or self.destination_for(src) is not None
 
 
 def b64(data: bytes | None) -> str | None:
@@ -572,6 +811,8 @@ class Survey:
     to_copy_bytes: int = 0
     src_seconds: float = 0.0  # each listing timed on its own
     dst_seconds: float = 0.0
+    #: The destination inventory as listed (or reused), unchanged: what a later step may reuse.
+    destination: dict[str, Compact] = field(default_factory=dict)
 
 
 @dataclass
@@ -584,12 +825,42 @@ class Attempt:
     written: dict[str, CopyResult] | None = None
     deleted: list[str] = field(default_factory=list)
     dst_listed: int = 0  # blobs in the destination listing this attempt worked from
+    #: This attempt's holds on the run's inventory cache (taken in check, settled when verify passed).
+    src_claim: Claim | None = None
+    dst_claim: Claim | None = None
+    keep: bool = False  # the destination's inventory is to be kept for later steps
+    #: The destination inventory this attempt worked from, and whether it was listed with metadata.
+    destination: dict[str, Compact] | None = None
+    dst_metadata: bool = False
+    reused: bool = False  # a side came from the cache instead of a listing
+    #: What the destination holds once verify passed, to keep for later steps.
+    remember: CachedInventory | None = None
+
+    def reuse(self) -> Reuse:
+        return Reuse(self.src_claim.entry if self.src_claim else None,
+                     self.dst_claim.entry if self.dst_claim else None, keep=self.keep)
+
+    def abandon(self, ctx: StepContext) -> None:
+        """Lets go of what a failed (or superseded) attempt took from the cache."""
+        for claim in (self.src_claim, self.dst_claim):
+            if claim is not None:
+                inventory_cache(ctx).abandon(claim)
+
+    def settle(self, ctx: StepContext) -> None:
+        """The attempt passed: leaves the destination's inventory (and the borrowed source's) for later steps."""
+        cache = inventory_cache(ctx)
+        if self.src_claim is not None:
+            cache.settle(self.src_claim, None)
+        if self.dst_claim is not None:
+            cache.settle(self.dst_claim, self.remember if self.keep else None)
 
 
-def survey(ctx: StepContext, src: BlobStore, dst: BlobStore, *, limit: int | None = SURVEY_LIMIT) -> Survey | None:
-    """Both inventories compared (listed side by side); None as soon as more than ``limit`` blobs need copying
-    (not kept then). With ``limit=None`` the blobs to copy are counted, not kept (the dry-run's plan)."""
-    listings = diff_listings(src, dst)
+def survey(ctx: StepContext, src: BlobStore, dst: BlobStore, *, limit: int | None = SURVEY_LIMIT,
+           reuse: Reuse | None = None) -> Survey | None:
+    """Both inventories compared (listed side by side, or reused: ``reuse``); None as soon as more than ``limit``
+    blobs need copying (not kept then). With ``limit=None`` the blobs to copy are counted, not kept (the dry-run's
+    plan). Neither inventory is changed (a reused one stays as the cache holds it)."""
+    listings = diff_listings(src, dst, reuse)
     inventory = listings.destination()
     dst_listed = len(inventory)
     source: dict[str, Compact] = {}
@@ -597,7 +868,7 @@ def survey(ctx: StepContext, src: BlobStore, dst: BlobStore, *, limit: int | Non
     unchanged = to_copy = to_copy_bytes = 0
     for info in listings.source:
         ctx.raise_if_cancelled()
-        have = inventory.pop(info.name, None)
+        have = inventory.get(info.name)
         source[info.name] = compact(info)
         if have is not None and same_content(info, have):
             unchanged += 1
@@ -609,9 +880,9 @@ def survey(ctx: StepContext, src: BlobStore, dst: BlobStore, *, limit: int | Non
         pending.append((info, have))
         if len(pending) > limit:
             return None
-    return Survey(pending=pending, unchanged=unchanged, extra=sorted(inventory), source=source,
-                  dst_listed=dst_listed, to_copy=to_copy, to_copy_bytes=to_copy_bytes,
-                  src_seconds=listings.src_seconds, dst_seconds=listings.dst_seconds)
+    return Survey(pending=pending, unchanged=unchanged, extra=sorted(inventory.keys() - source.keys()),
+                  source=source, dst_listed=dst_listed, to_copy=to_copy, to_copy_bytes=to_copy_bytes,
+                  src_seconds=listings.src_seconds, dst_seconds=listings.dst_seconds, destination=inventory)
 
 
 def _open_pair(ctx: StepContext, params: TransferParams | VerifyParams, *,
@@ -620,11 +891,44 @@ def _open_pair(ctx: StepContext, params: TransferParams | VerifyParams, *,
     src = open_blob_store(params.source, ctx, concurrency=params.concurrency)
     dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency,
                           create=params.destination.kind == "folder" and not ctx.dry_run)
-    if confirm and isinstance(dst, AzureBlobStore):
-        dst.ensure_container()  # a missing container or a wrong key fails here, before anything is written
-    if confirm and isinstance(src, AzureBlobStore):
-        src.ensure_container()
+    if confirm:
+        _confirm(src, dst)
     return src, dst
+
+
+def _confirm(src: BlobStore, dst: BlobStore) -> None:
+    """Proves both containers answer: a missing container or a wrong key fails here, before anything is written."""
+    if isinstance(dst, AzureBlobStore):
+        dst.ensure_container()
+    if isinstance(src, AzureBlobStore):
+        src.ensure_container()
+
+
+def _claim(ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobStore, attempt: Attempt) -> None:
+    """At the start of an attempt (not in a dry-run): takes both containers' kept inventories out of the run's
+    cache (the destination's as its writer), so that any failure of the attempt drops them."""
+    cache = inventory_cache(ctx)
+    dst_id, src_id = dst.inventory_identity(), src.inventory_identity()
+    if dst_id is not None:
+        attempt.dst_claim = cache.claim(dst_id)
+        attempt.keep = params.reuse_listing
+        if not params.reuse_listing:
+            attempt.dst_claim.entry = None  # taken out (this step writes the container) but not used
+    if src_id is not None and src_id != dst_id and params.reuse_listing:
+        attempt.src_claim = cache.borrow(src_id)
+    attempt.reused = attempt.reuse().used(src)
+
+
+def _peek(ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobStore) -> Reuse:
+    """What a plan may work from: the kept inventories as they are (a plan inside a run process; none in a
+    dry-run of its own), left in the cache."""
+    if not params.reuse_listing:
+        return Reuse()
+    cache = ctx.resources.get(INVENTORY_CACHE_KEY)
+    if not isinstance(cache, InventoryCache):
+        return Reuse()
+    src_id, dst_id = src.inventory_identity(), dst.inventory_identity()
+    return Reuse(cache.peek(src_id) if src_id != dst_id else None, cache.peek(dst_id))
 
 
 def _check_names_fit(ctx: StepContext, src: BlobStore, dst: BlobStore, names: Iterator[str] | None = None) -> None:
@@ -664,8 +968,9 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     """Copies what differs from source to destination; returns the step outputs.
 
     With a :class:`Survey` from this attempt's check (in ``attempt``) it works from that; otherwise it lists
-    both sides itself, streaming the source. Either way ``attempt`` ends up holding the source inventory and
-    what was written and deleted, for verify.
+    both sides itself (or takes what the attempt holds of the run's kept inventories), streaming the source.
+    Either way ``attempt`` ends up holding the source inventory, the destination's, and what was written and
+    deleted, for verify.
     """
     attempt = attempt if attempt is not None else Attempt()
     seen = attempt.survey
@@ -681,24 +986,27 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     errors: list[BaseException] = []
     skipped_by_checkpoint = 0
     pool = ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-copy")
-    inventory: dict[str, Compact] = {}
     source: dict[str, Compact] = {}
     written: dict[str, CopyResult] = {}
     attempt.written, attempt.deleted = written, []
+    from_cache = attempt.reuse().source_inventory() is not None
 
     def listed() -> Iterator[tuple[BlobInfo, Compact | None]]:
         """Source blobs not already in place, each with what the destination has of it."""
         if seen is not None:
             diff.unchanged = seen.unchanged
             attempt.dst_listed = seen.dst_listed
+            attempt.destination = seen.destination
             source.update(seen.source)
             yield from seen.pending
             return
-        listings = diff_listings(src, dst)
-        inventory.update(listings.destination())  # the listing's dict is dropped here: one copy in memory
+        reuse = attempt.reuse()
+        listings = diff_listings(src, dst, reuse)
+        inventory = attempt.destination = listings.destination()
         attempt.dst_listed = len(inventory)
+        attempt.dst_metadata = reuse.destination_metadata(src)
         for info in listings.source:
-            have = inventory.pop(info.name, None)
+            have = inventory.get(info.name)
             source[info.name] = compact(info)
             if have is not None and same_content(info, have):
                 diff.unchanged += 1
@@ -716,7 +1024,7 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
                                      "resumed_blocks": result.resumed_blocks})
             progress.add(blobs=1, bytes=info.size, sent=result.sent, server_side=int(result.server_side))
         except BaseException as exc:
-            errors.append(exc)
+            errors.append(_stale_source(ctx, src, info, exc) if from_cache else exc)
         finally:
             slots.release()
 
@@ -748,7 +1056,7 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
         progress.total_blobs = diff.to_copy
         progress.total_bytes = diff.to_copy_bytes
         ctx.items.set_total(items=diff.to_copy, bytes=diff.to_copy_bytes)
-        diff.extra = seen.extra if seen is not None else sorted(inventory)
+        diff.extra = seen.extra if seen is not None else sorted((attempt.destination or {}).keys() - source.keys())
         deleting = bool(diff.extra) and extra == "delete" and not errors
         if deleting:
             for name in diff.extra:
@@ -781,6 +1089,30 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     }
 
 
+class StaleInventory(TransientError):
+    """A copy source is not as the inventory kept from an earlier step had it: something outside this run changed
+    the container. Retried by the step, whose next attempt lists again."""
+
+
+def _stale_source(ctx: StepContext, src: BlobStore, info: BlobInfo, exc: BaseException) -> BaseException:
+    """``exc`` of a copy whose source blob came from a kept inventory: a :class:`StaleInventory` when the blob is
+    gone or differs now (the attempt fails and its retry lists the source), else ``exc`` itself."""
+    if not isinstance(exc, Exception) or isinstance(exc, Cancelled):
+        return exc
+    try:
+        now = src.info(info.name)
+    except Exception:
+        return exc
+    if now is not None and now.size == info.size and now.md5 == info.md5:
+        return exc
+    stale = StaleInventory(f"blob {ctx.redactor.redact(repr(info.name))} is "
+                           f"{'gone from' if now is None else 'not the same in'} {src.describe()} since an earlier "
+                           f"step of this run listed it (changed outside the run)",
+                           hint="the step is tried again and lists the container afresh")
+    stale.__cause__ = exc
+    return stale
+
+
 def _first_error(errors: list[BaseException]) -> BaseException:
     # A permanent error explains more than the transient ones it may have caused in sibling workers.
     for exc in errors:
@@ -790,11 +1122,12 @@ def _first_error(errors: list[BaseException]) -> BaseException:
 
 
 def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, seen: Survey | None = None) -> PlanResult:
-    """What a transfer would do: from ``seen`` (what check just read) when given, else from fresh listings."""
+    """What a transfer would do: from ``seen`` (what check just read) when given, else from fresh listings (or the
+    inventories the run process keeps, for a plan inside a run)."""
     src, dst = _open_pair(ctx, params, confirm=seen is None)
     _check_names_fit(ctx, src, dst, iter(seen.source) if seen is not None else None)
     if seen is None:
-        seen = survey(ctx, src, dst, limit=None)
+        seen = survey(ctx, src, dst, limit=None, reuse=_peek(ctx, params, src, dst))
         assert seen is not None
     diff = Diff(to_copy=seen.to_copy, to_copy_bytes=seen.to_copy_bytes, unchanged=seen.unchanged, extra=seen.extra)
     source = seen.source
@@ -802,10 +1135,12 @@ def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, se
                          dst_kind=params.destination.kind, dst_count=seen.dst_listed, dst_seconds=seen.dst_seconds)
     will_hold = _planned_holdings(ctx).get(params.source.cache_key())
     done_now = not diff.to_copy and not (diff.extra and extra == "delete")  # what check finds now
-    estimate, diff, projected = transfer_estimate(params, diff, sides, source, will_hold)
+    estimate, diff, projected = transfer_estimate(params, diff, sides, source, will_hold,
+                                                  reused=_reused_in_run(ctx, params, src, dst))
     # What the destination holds once this step ran, for the steps after it that read it (a put live from the
-    # backup this presync fills).
+    # backup this presync fills), and that the run keeps its inventory for them.
     _planned_holdings(ctx)[params.destination.cache_key()] = projected
+    _note_kept(ctx, params, src, dst)
     changes = []
     if diff.to_copy:
         changes.append(f"copy {diff.to_copy} blob(s), {diff.to_copy_bytes} bytes, from {src.describe()} to "
@@ -839,6 +1174,47 @@ _MIN_LISTED_TO_MEASURE = 100
 #: Source blobs ``blobs.verify``'s plan reads and hashes, as the run does, to time hashing.
 HASH_SAMPLE = 48
 _PLANNED_KEY = "blobs.plan.will_hold"
+
+
+_PLANNED_KEPT_KEY = "blobs.plan.kept"
+
+
+def _planned_kept(ctx: StepContext) -> dict[Identity, bool]:
+    """Container -> whether with metadata: the inventories the transfer steps planned so far leave in the run's
+    cache for the steps after them (the dry-run's own notes, in ``ctx.resources``; nothing is kept in a plan)."""
+    kept = ctx.resources.get(_PLANNED_KEPT_KEY)
+    if not isinstance(kept, dict):
+        kept = ctx.resources[_PLANNED_KEPT_KEY] = {}
+    return kept
+
+
+def _reused_in_run(ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobStore) -> tuple[bool, bool]:
+    """Whether the run will work from a kept inventory of the source, and of the destination, instead of listing
+    it: one is kept now (a plan inside the run process), or a transfer step planned before this one leaves it."""
+    if not params.reuse_listing:
+        return False, False
+    now = _peek(ctx, params, src, dst)
+    notes = _planned_kept(ctx)
+    src_id, dst_id = src.inventory_identity(), dst.inventory_identity()
+    src_kept = now.source_inventory() is not None or (
+        src_id is not None and src_id != dst_id and notes.get(src_id) is True)
+    dst_kept = now.destination_for(src) is not None or (
+        dst_id is not None and dst_id in notes and (notes[dst_id] or not src.reports_versions))
+    return src_kept, dst_kept
+
+
+def _note_kept(ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobStore) -> None:
+    """After planning a transfer: the run keeps its destination's inventory (with ``reuse_listing``), and no
+    longer any other of that container (it writes there)."""
+    dst_id = dst.inventory_identity()
+    if dst_id is None:
+        return
+    notes = _planned_kept(ctx)
+    before = notes.get(dst_id, False)
+    for other in [k for k in notes if k[0] == dst_id[0] and _overlap(k[1], dst_id[1])]:
+        del notes[other]
+    if params.reuse_listing:
+        notes[dst_id] = src.reports_versions or before
 
 
 def _planned_holdings(ctx: StepContext) -> dict[str, tuple[int, int]]:
@@ -899,7 +1275,8 @@ def listings_overlap(source: BlobEndpoint, destination: BlobEndpoint) -> bool:
 
 
 def transfer_estimate(params: TransferParams, diff: Diff, sides: ListingSides, source: Mapping[str, Compact],
-                      will_hold: tuple[int, int] | None = None) -> tuple[Estimate, Diff, tuple[int, int]]:
+                      will_hold: tuple[int, int] | None = None, *,
+                      reused: tuple[bool, bool] = (False, False)) -> tuple[Estimate, Diff, tuple[int, int]]:
     """Seconds of a transfer in the run, the diff it would work from, and the blobs and bytes the destination
     then holds.
 
@@ -912,7 +1289,8 @@ def transfer_estimate(params: TransferParams, diff: Diff, sides: ListingSides, s
     blobs that side will hold: a source an earlier step of this plan fills (``will_hold``) holds what that step
     leaves there; a destination a presync before this step fills (``planned_change``, the destination lacking
     more than that share) holds the whole source. Then only the expected delta is copied: that share of the
-    source, or, with ``planned_recent_hours``, the share modified that recently when larger.
+    source, or, with ``planned_recent_hours``, the share modified that recently when larger. A side the run takes
+    from the inventory an earlier step of it keeps (``reused``: source, destination) is not listed at all.
     """
     src_count, src_bytes = len(source), sum(c.size for c in source.values())
     parts = []
@@ -941,8 +1319,8 @@ def transfer_estimate(params: TransferParams, diff: Diff, sides: ListingSides, s
     dst_rate, dst_how = sides.per_blob("dst")
     # check lists both sides (apply again beyond SURVEY_LIMIT), verify reads back the copies or lists once more.
     again = 2 if blobs > SURVEY_LIMIT else 1
-    src_listing = listing_seconds(src_count, sides.src_count, sides.src_seconds, src_rate)
-    dst_listing = listing_seconds(dst_before, sides.dst_count, sides.dst_seconds, dst_rate)
+    src_listing = 0.0 if reused[0] else listing_seconds(src_count, sides.src_count, sides.src_seconds, src_rate)
+    dst_listing = 0.0 if reused[1] else listing_seconds(dst_before, sides.dst_count, sides.dst_seconds, dst_rate)
     overlap = listings_overlap(params.source, params.destination)
     check = max(src_listing, dst_listing) if overlap else src_listing + dst_listing
     if reads_back(blobs, dst_after):
@@ -952,8 +1330,10 @@ def transfer_estimate(params: TransferParams, diff: Diff, sides: ListingSides, s
         verify_how = f"{dst_after} destination blob(s) listed again"
     listings = again * check + verify
     seconds = listings + blobs / _ASSUMED_BLOBS_PER_S + nbytes / _ASSUMED_BYTES_PER_S
-    basis = (f"listings {listings:.2f} s: {again} x {src_count} source blob(s) at {src_how} "
-             f"{'beside' if overlap else 'and'} {dst_before} destination blob(s) at {dst_how} (timed now: "
+    src_what = "kept by an earlier step: not listed" if reused[0] else f"at {src_how}"
+    dst_what = "kept by an earlier step: not listed" if reused[1] else f"at {dst_how}"
+    basis = (f"listings {listings:.2f} s: {again} x {src_count} source blob(s) {src_what} "
+             f"{'beside' if overlap else 'and'} {dst_before} destination blob(s) {dst_what} (timed now: "
              f"{sides.src_count} and {sides.dst_count} blob(s) in {sides.src_seconds * 1000:.0f} and "
              f"{sides.dst_seconds * 1000:.0f} ms); verify {verify:.2f} s: {verify_how}")
     basis = "; ".join([*parts, basis])
@@ -962,15 +1342,27 @@ def transfer_estimate(params: TransferParams, diff: Diff, sides: ListingSides, s
 
 
 def _check(ctx: StepContext, params: TransferParams, *, extra: str, attempt: Attempt) -> CheckResult:
-    """Done when nothing is left to copy (or delete). Keeps what it read in ``attempt`` for apply and verify."""
+    """Done when nothing is left to copy (or delete). Keeps what it read in ``attempt`` for apply and verify.
+
+    In a run it first takes both containers' kept inventories out of the run's cache (:func:`_claim`) and works
+    from them; a dry-run only looks at them.
+    """
     attempt.survey = attempt.source = None
-    src, dst = _open_pair(ctx, params)
-    seen = survey(ctx, src, dst)
+    src, dst = _open_pair(ctx, params, confirm=False)
+    if ctx.dry_run:
+        reuse = _peek(ctx, params, src, dst)
+    else:
+        _claim(ctx, params, src, dst, attempt)
+        reuse = attempt.reuse()
+    _confirm(src, dst)
+    seen = survey(ctx, src, dst, reuse=reuse)
+    attempt.dst_metadata = reuse.destination_metadata(src)
     if seen is None:
         return CheckResult(False, f"more than {SURVEY_LIMIT} blob(s) still to copy to {dst.describe()}")
     attempt.survey = seen
     attempt.source = seen.source
     attempt.dst_listed = seen.dst_listed
+    attempt.destination = seen.destination
     if seen.pending:
         return CheckResult(False, f"{len(seen.pending)} blob(s), for example "
                                   f"{ctx.redactor.redact(repr(seen.pending[0][0].name))}, still to copy to "
@@ -978,7 +1370,10 @@ def _check(ctx: StepContext, params: TransferParams, *, extra: str, attempt: Att
     if seen.extra and extra == "delete":
         return CheckResult(False, f"{len(seen.extra)} blob(s) to delete at {dst.describe()}")
     # Nothing for apply to do: the survey stays for the dry-run's plan (apply, which then does not run, would
-    # drop it).
+    # drop it). In a run this listing is the proof, so the destination's inventory is kept as it is now.
+    if not ctx.dry_run:
+        attempt.remember = CachedInventory(seen.destination, attempt.dst_metadata)
+        attempt.settle(ctx)
     return CheckResult(True, f"all {seen.unchanged} blob(s) already in place at {dst.describe()}",
                        outputs={"count": seen.unchanged, "copied": 0, "bytes_copied": 0, "bytes_sent": 0,
                                 "server_side": 0, "unchanged": seen.unchanged, "deleted": 0,
@@ -997,9 +1392,10 @@ def reads_back(changed: int, destination_blobs: int) -> bool:
 
 
 def verify_written(ctx: StepContext, params: TransferParams, written: Mapping[str, CopyResult],
-                   deleted: list[str]) -> list[str]:
+                   deleted: list[str]) -> tuple[list[str], dict[str, BlobInfo | None]]:
     """Each blob this attempt wrote, read back: there, with the size, Content-MD5 and recorded source version
-    of the copy; and each blob it deleted, gone. The blobs ``check`` found in place were proven by its listing."""
+    of the copy; and each blob it deleted, gone. The blobs ``check`` found in place were proven by its listing.
+    Returns the differences and what was read back (None: not there)."""
     dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency)
     names = [*written, *deleted]
     with ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-verify") as pool:
@@ -1019,12 +1415,15 @@ def verify_written(ctx: StepContext, params: TransferParams, written: Mapping[st
             size.append(name)
         elif have.md5 != want.md5 or (want.token is not None and have.metadata.get(SOURCE_VERSION_KEY) != want.token):
             content.append(name)
-    return _problems(ctx, missing, extra, size, content, [])
+    return _problems(ctx, missing, extra, size, content, []), dict(zip(names, found, strict=True))
 
 
 def verify_transfer(ctx: StepContext, params: TransferParams, source: dict[str, Compact],
-                    written: Mapping[str, CopyResult] | None = None) -> list[str]:
-    """Differences between the destination, listed afresh once, and the source inventory this attempt used.
+                    written: Mapping[str, CopyResult] | None = None, *, metadata: bool = False,
+                    keep: bool = False) -> tuple[list[str], dict[str, Compact]]:
+    """Differences between the destination, listed afresh once, and the source inventory this attempt used;
+    and that listing (with metadata when the source has versions, or ``metadata``; ``keep``: as a later step
+    reuses it).
 
     Sizes always. A blob this attempt wrote must carry the Content-MD5 of its copy; any other must hold the
     source's content by the diff's own rule (:func:`same_content`: the same MD5, or the current source version
@@ -1033,14 +1432,14 @@ def verify_transfer(ctx: StepContext, params: TransferParams, source: dict[str, 
     """
     dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency)
     src = open_blob_store(params.source, ctx, concurrency=params.concurrency)
-    inventory = destination_inventory(dst, metadata=src.reports_versions)
+    inventory = destination_inventory(dst, metadata=src.reports_versions or metadata, keep=keep)
     written = written or {}
     missing: list[str] = []
     size: list[str] = []
     content: list[str] = []
     done: dict[str, ItemRecord] | None = None  # read once, and only when needed
     for name, want in source.items():
-        have = inventory.pop(name, None)
+        have = inventory.get(name)
         copy = written.get(name)
         if have is None:
             missing.append(name)
@@ -1060,7 +1459,7 @@ def verify_transfer(ctx: StepContext, params: TransferParams, source: dict[str, 
             if record is None or record.checksum is None or record.bytes != want.size \
                     or b64(have.md5) != record.checksum:
                 content.append(name)
-    return _problems(ctx, missing, sorted(inventory), size, content, [])
+    return _problems(ctx, missing, sorted(inventory.keys() - source.keys()), size, content, []), inventory
 
 
 def _problems(ctx: StepContext, missing: list[str], extra: list[str], size: list[str], content: list[str],
@@ -1077,6 +1476,9 @@ def _problems(ctx: StepContext, missing: list[str], extra: list[str], size: list
 def _compensate(ctx: StepContext, params: TransferParams) -> None:
     """Deletes the blobs this run created at the destination; overwritten or deleted ones cannot come back."""
     dst = open_blob_store(params.destination, ctx, concurrency=params.concurrency)
+    identity = dst.inventory_identity()
+    if identity is not None:
+        inventory_cache(ctx).drop(identity)  # what the run kept of it is about to be wrong
     removed = 0
     not_undone = 0
     for record in ctx.items.iter(None):
@@ -1239,6 +1641,9 @@ class _TransferStep(Step[TP]):
         return "keep"
 
     def check(self, ctx: StepContext) -> CheckResult:
+        # A new attempt: whatever the one before took from the run's cache and did not settle (it failed) is
+        # let go, so this one lists what it cannot trust.
+        self._attempt.abandon(ctx)
         self._attempt = Attempt()
         return _check(ctx, self.params, extra=self._extra(), attempt=self._attempt)
 
@@ -1250,16 +1655,41 @@ class _TransferStep(Step[TP]):
         return transfer(ctx, self.params, label=self.label, extra=self._extra(), attempt=self._attempt)
 
     def _differences(self, ctx: StepContext) -> list[str]:
-        """What is wrong at the destination after this attempt, reading it once (see the module doc)."""
-        attempt, self._attempt = self._attempt, Attempt()
+        """What is wrong at the destination after this attempt, reading it once (see the module doc); notes what
+        the destination then holds, for :meth:`_passed` to keep."""
+        attempt = self._attempt
         if attempt.source is None:  # no check in this attempt (a direct call): compare everything
             return compare_inventories(ctx, self.params, md5=True)
         if attempt.written is None:
             return []  # check found everything in place a moment ago: its listing is the proof
         changed = len(attempt.written) + len(attempt.deleted)
         if reads_back(changed, max(attempt.dst_listed, len(attempt.source))):
-            return verify_written(ctx, self.params, attempt.written, attempt.deleted)
-        return verify_transfer(ctx, self.params, attempt.source, attempt.written)
+            problems, found = verify_written(ctx, self.params, attempt.written, attempt.deleted)
+            if attempt.keep and attempt.destination is not None:
+                inventory = attempt.destination  # this attempt's own (taken out of the cache, or listed)
+                for name, info in found.items():
+                    if info is None:
+                        inventory.pop(name, None)
+                    else:
+                        inventory[name] = kept(info)
+                attempt.remember = CachedInventory(inventory, attempt.dst_metadata)
+            return problems
+        problems, listed = verify_transfer(ctx, self.params, attempt.source, attempt.written,
+                                           metadata=attempt.dst_metadata, keep=attempt.keep)
+        attempt.remember = CachedInventory(listed, attempt.dst_metadata)
+        return problems
+
+    def _failed(self, message: str) -> VerificationFailed:
+        """The verify failure; worth a retry (which lists both sides) when the attempt worked from a kept
+        inventory, since an outside change to it would look just like this."""
+        reused = self._attempt.reused  # its claims stay unsettled: the next check lets go of them
+        return VerificationFailed(message + ("; the step lists both sides again on retry" if reused else ""),
+                                  step_id=self.step_id, retryable=reused)
+
+    def _passed(self, ctx: StepContext) -> None:
+        """Verify passed: the attempt leaves what it knows of its containers for the steps after it."""
+        attempt, self._attempt = self._attempt, Attempt()
+        attempt.settle(ctx)
 
     def compensate(self, ctx: StepContext) -> None:
         _compensate(ctx, self.params)
@@ -1286,9 +1716,9 @@ class Presync(_TransferStep[PresyncParams]):
         # this attempt copied (and what check found in place), against that listing, not more.
         problems = [p for p in self._differences(ctx) if "only at the destination" not in p]
         if problems:
-            raise VerificationFailed(f"{self.step_id}: copied blob(s) are missing or differ at "
-                                     f"{self.params.destination.describe()}: " + "; ".join(problems),
-                                     step_id=self.step_id)
+            raise self._failed(f"{self.step_id}: copied blob(s) are missing or differ at "
+                               f"{self.params.destination.describe()}: " + "; ".join(problems))
+        self._passed(ctx)
 
 
 class Sync(_TransferStep[SyncParams]):
@@ -1314,8 +1744,8 @@ class Sync(_TransferStep[SyncParams]):
         if self.params.on_source_deleted == "keep":
             problems = [p for p in problems if "only at the destination" not in p]
         if problems:
-            raise VerificationFailed(f"{self.step_id}: source and destination differ: " + "; ".join(problems),
-                                     step_id=self.step_id)
+            raise self._failed(f"{self.step_id}: source and destination differ: " + "; ".join(problems))
+        self._passed(ctx)
 
 
 class PutLive(_TransferStep[PutLiveParams]):
@@ -1340,15 +1770,16 @@ class PutLive(_TransferStep[PutLiveParams]):
         if not self.params.delete_extra:
             problems = [p for p in problems if "only at the destination" not in p]
         if problems:
-            raise VerificationFailed(f"{self.step_id}: backup and live container differ: " + "; ".join(problems),
-                                     step_id=self.step_id)
+            raise self._failed(f"{self.step_id}: backup and live container differ: " + "; ".join(problems))
+        self._passed(ctx)
 
 
 class Verify(Step[VerifyParams]):
     """Compares source and destination inventories (names, sizes, MD5, and content type and metadata).
 
-    Changes: nothing; it only reads: both listings, side by side, and the content of a source blob without a
-    stored MD5 unless its copy recorded the version it was read from and the source still has it (``rehash``).
+    Changes: nothing; it only reads: both listings, side by side (never an inventory an earlier step kept: this is
+    the end-to-end proof), and the content of a source blob without a stored MD5 unless its copy recorded the
+    version it was read from and the source still has it (``rehash``).
     Done when: the inventories match; otherwise it fails naming the differences.
     Undone by: nothing to undo.
     """

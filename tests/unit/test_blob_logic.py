@@ -22,7 +22,19 @@ from migrator.providers.blob import (
 from migrator.providers.blob import folder as folder_store
 from migrator.providers.blob.azure import _parse_listing, _response_error
 from migrator.secrets import Secret
-from migrator.steps.blobs import SOURCE_VERSION_KEY, block_ids, same_content, source_token
+from migrator.steps.blobs import (
+    SOURCE_VERSION_KEY,
+    CachedInventory,
+    Compact,
+    Diff,
+    InventoryCache,
+    ListingSides,
+    PutLive,
+    block_ids,
+    same_content,
+    source_token,
+    transfer_estimate,
+)
 
 AZ = {"kind": "azure", "account_url": "https://acct.blob.core.windows.net", "container": "files"}
 
@@ -294,3 +306,82 @@ def test_proxy_environment_is_read_once_per_store_and_honours_no_proxy(
 
     assert session.trust_env is False  # no environment lookups per request any more
     assert (session.proxies.get("https") == "http://proxy.example:3128") is proxied
+
+
+BACKUP = ("https://acct.blob.core.windows.net/backup", "files")
+ELSEWHERE = ("https://acct.blob.core.windows.net/live", "")
+
+
+def inventory(*names: str) -> CachedInventory:
+    return CachedInventory({n: Compact(1, b"1" * 16, None) for n in names}, metadata=True)
+
+
+def settle_alone(cache: InventoryCache) -> bool:
+    claim = cache.claim(BACKUP)
+    return cache.settle(claim, inventory("a"))
+
+
+def settle_beside_another_writer(cache: InventoryCache) -> bool:
+    first, second = cache.claim(BACKUP), cache.claim(BACKUP)
+    return cache.settle(first, inventory("a")) or cache.settle(second, inventory("b"))
+
+
+def settle_after_the_container_was_rolled_back(cache: InventoryCache) -> bool:
+    claim = cache.claim(BACKUP)
+    cache.drop(("https://acct.blob.core.windows.net/backup", ""))  # another prefix that overlaps
+    return cache.settle(claim, inventory("a"))
+
+
+def settle_after_abandoning(cache: InventoryCache) -> bool:
+    claim = cache.claim(BACKUP)
+    cache.abandon(claim)
+    return cache.settle(claim, inventory("a"))
+
+
+def settle_after_a_failed_writer_of_another_container(cache: InventoryCache) -> bool:
+    cache.abandon(cache.claim(ELSEWHERE))
+    return cache.settle(cache.claim(BACKUP), inventory("a"))
+
+
+@pytest.mark.parametrize(("scenario", "kept"), [
+    (settle_alone, True),
+    (settle_beside_another_writer, False),  # each saw the container while the other wrote it
+    (settle_after_the_container_was_rolled_back, False),
+    (settle_after_abandoning, False),
+    (settle_after_a_failed_writer_of_another_container, True),
+])
+def test_the_inventory_cache_keeps_a_destination_only_for_an_attempt_that_wrote_it_alone_and_passed(
+        scenario: Any, kept: bool) -> None:
+    cache = InventoryCache()
+    assert scenario(cache) is kept
+    assert (cache.peek(BACKUP) is not None) is kept
+
+
+def test_a_borrowed_source_inventory_goes_back_unless_the_container_was_written_meanwhile() -> None:
+    cache = InventoryCache()
+    cache.settle(cache.claim(BACKUP), inventory("a"))
+    borrowed = cache.borrow(BACKUP)
+    assert borrowed.entry is not None and cache.peek(BACKUP) is None, "taken out while the attempt runs"
+    assert cache.settle(borrowed, None) and cache.peek(BACKUP) is borrowed.entry
+    borrowed = cache.borrow(BACKUP)
+    writer = cache.claim(BACKUP)
+    assert not cache.settle(borrowed, None), "a writer claimed the container while it was borrowed"
+    assert cache.settle(writer, inventory("b"))
+    failed = cache.borrow(BACKUP)
+    cache.abandon(failed)
+    assert cache.peek(BACKUP) is None, "a failed attempt drops what it took"
+
+
+def test_a_transfer_estimate_counts_no_listing_of_a_side_an_earlier_step_keeps() -> None:
+    source = {f"b{i}": Compact(1000, b"1" * 16, None) for i in range(5000)}
+    params = PutLive.Params(source={**AZ, "account_key": "k"}, destination={**AZ, "container": "live",
+                                                                            "account_key": "k"})
+    sides = ListingSides("azure", 5000, 0.45, "azure", 5000, 0.45)
+    diff = Diff(to_copy=50, to_copy_bytes=50_000, unchanged=4950)
+    listed, _, _ = transfer_estimate(params, diff, sides, source)
+    kept_src, _, _ = transfer_estimate(params, diff, sides, source, reused=(True, False))
+    kept_both, _, _ = transfer_estimate(params, diff, sides, source, reused=(True, True))
+    assert listed.seconds is not None and kept_src.seconds is not None and kept_both.seconds is not None
+    assert listed.seconds - kept_src.seconds == pytest.approx(0.45)
+    assert listed.seconds - kept_both.seconds == pytest.approx(0.90), "the two containers share one account"
+    assert "kept by an earlier step: not listed" in (kept_both.basis or "")

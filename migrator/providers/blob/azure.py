@@ -289,6 +289,10 @@ class AzureBlobStore(BlobStore):
         where = f"account {self.account}, container {self.container_name}"
         return where + (f", prefix {self.prefix}" if self.prefix else "")
 
+    def inventory_identity(self) -> tuple[str, str]:
+        """The container's URL (without the SAS query, when the credential is one) and the prefix."""
+        return self._split_url[0], self.prefix
+
     def _full(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 

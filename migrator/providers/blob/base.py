@@ -103,6 +103,12 @@ class BlobStore(ABC):
         leave the blob with the same version (a folder: its last change is older than a timestamp tick)."""
         return True
 
+    def inventory_identity(self) -> tuple[str, str] | None:
+        """Which blobs this store sees, for an inventory kept in memory between steps: the container's address
+        (never a credential) and the prefix inside it. None for stores whose listing is cheap enough to make
+        every time (a folder: a directory walk)."""
+        return None
+
     def copy_source_url(self, name: str, *, into: BlobStore | None = None) -> str | None:
         """A URL the store ``into`` can copy ``name`` from server-side, or None. It carries a SAS minted just in
         time, except where ``into`` is in the same account and authorizes the read with its own credential."""
