@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                      "--run-id", "full-copy")
             copied = step_seconds(state_db, "full-copy")
             blobs_full = copied["presync"] + copied["presync_live"]
+            put_live = copied["presync_live"]
             # 3. the tenant in use after the presync
             with connect(str(stack.source_db)) as db:
                 rows_changed = change_rows(db, args.changed)
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
           f"and restore {database_full:.1f}s)")
     print(f"read-only window: {window:8.1f}s  (while live: blob delta presync {seconds['presync']:.1f}s, "
           f"database presync {database_full:.1f}s)")
-    print(f"ratio window / full copy: {window / full_copy:.1%}  (target <= 10%)")
+    print(f"ratio window / full copy: {window / full_copy:.1%}  (target <= 10%; against the copies to the backup "
+          f"and the database alone, without putting the blobs live: {window / (full_copy - put_live):.1%})")
     inside = sorted((s for s in WINDOW_STEPS if s in times), key=lambda s: times[s][0])
     print("inside the window (step: start .. end, seconds from read-only):")
     for step in inside:
