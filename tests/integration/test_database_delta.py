@@ -314,7 +314,7 @@ def test_presync_backup_interrupted_and_resumed_while_the_source_takes_writes_th
 
 def test_a_presync_backup_without_chunk_text_digests_is_compared_by_fingerprint(postgres: PostgresServer,
                                                                                tmp_path: Path) -> None:
-    """Manifests written before chunks carried ``text_md5``: every range is compared by content fingerprint."""
+    """Chunks without ``text_md5`` (the field is optional in a manifest): ranges are compared by fingerprint."""
     import json
 
     source = populated_source("sqlite", postgres, tmp_path)

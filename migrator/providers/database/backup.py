@@ -28,7 +28,9 @@ from migrator.errors import PermanentError
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database.base import Fingerprint, Table
 
-FORMAT = "migrator-database-backup/1"
+#: /2: row hashes are MD5 halves (``row_hash``), chunks carry ``text_md5``. A /1 backup's fingerprints hash rows
+#: differently, so nothing could be verified against them: it is refused, to be made again.
+FORMAT = "migrator-database-backup/2"
 MANIFEST = "manifest.json"
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -102,7 +104,8 @@ class Manifest:
         try:
             doc = json.loads(data)
             if doc.get("format") != FORMAT:
-                raise PermanentError(f"{where}: backup format {doc.get('format')!r} is not {FORMAT!r}")
+                raise PermanentError(f"{where}: backup format {doc.get('format')!r} is not {FORMAT!r}",
+                                     hint="make the backup again with this version of migrator")
             return cls(doc["source_dialect"], doc["created_at"], [TableBackup.from_json(t) for t in doc["tables"]])
         except (ValueError, KeyError, TypeError) as exc:
             raise PermanentError(f"{where}: the backup manifest cannot be read: {exc}") from exc
