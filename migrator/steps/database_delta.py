@@ -231,10 +231,8 @@ class RangeDiff:
     deletes: list[list[Any]]
     #: The presync's lines that are no longer in the source: old versions of changed rows, and deleted rows.
     gone: list[bytes] = field(default_factory=list)
-
-    def upsert_keys(self, table: Table) -> list[list[Any]]:
-        positions = [table.column_names.index(k) for k in table.primary_key]
-        return [[row[i] for i in positions] for row in map(json.loads, self.upserts)]
+    #: The primary key of each upsert row, in the same order.
+    upsert_keys: list[list[Any]] = field(default_factory=list)
 
 
 def diff_lines(table: Table, source: Sequence[bytes], presync: Sequence[bytes]) -> RangeDiff:
@@ -247,10 +245,11 @@ def diff_lines(table: Table, source: Sequence[bytes], presync: Sequence[bytes]) 
         row = json.loads(line)
         return tuple(row[i] for i in positions)
 
-    upserted = {key(line) for line in upserts}
+    upsert_keys = [key(line) for line in upserts]
+    upserted = set(upsert_keys)
     gone = [line for line in presync if line not in source_set]
     deletes = [list(k) for k in map(key, gone) if k not in upserted]
-    return RangeDiff(upserts, deletes, gone)
+    return RangeDiff(upserts, deletes, gone, [list(k) for k in upsert_keys])
 
 
 def delta_blob(diff: RangeDiff, *, replace: bool = False) -> bytes:
@@ -474,19 +473,19 @@ class Sync(Step[SyncParams]):
                     self._apply_deletes(ctx, store, dst, index_of[table.name], table, totals)
             # The proof, as database.verify gives it: the target's fingerprints against the source's, which this
             # sync has just read whole (the source being read-only, reading it a second time would add nothing).
-            present_target = self._there
             compared: dict[str, dict[str, Any]] = {}
             for table in tables:
                 ctx.raise_if_cancelled()
-                there = present_target.get(table.name)
+                there = self._there.get(table.name)
                 if there is None:
                     actual: dict[str, Any] = {"rows": None, "checksum": None}
                 elif self.params.verify == "full":
                     actual = fingerprint(dst, table, there).as_dict()
                 else:
                     actual = targets[table.name].as_dict()
-                    if dst.count(table.name) != targets[table.name].rows:  # a row no range accounts for
-                        actual = {"rows": dst.count(table.name), "checksum": None}
+                    rows = dst.count(table.name)
+                    if rows != targets[table.name].rows:  # a row no range accounts for
+                        actual = {"rows": rows, "checksum": None}
                 compared[table.name] = {"expected": fingerprints[table.name].as_dict(), "actual": actual}
             mismatches = sorted(n for n, c in compared.items() if c["expected"] != c["actual"])
             ctx.memo.set("mismatches", mismatches)
@@ -551,8 +550,9 @@ class Sync(Step[SyncParams]):
             presync = read_chunk_lines(store, chunk) if chunk is not None else []
             diff = diff_lines(table, lines, presync)
             # The source range's fingerprint from the presync's and the difference: only changed rows hashed.
-            found = Fingerprint(presync_print.rows, presync_print.total)
-            found.remove(fingerprint_of(diff.gone))
+            kept = Fingerprint(presync_print.rows, presync_print.total)  # the presync's rows still there
+            kept.remove(fingerprint_of(diff.gone))
+            found = Fingerprint(kept.rows, kept.total)
             found.merge(fingerprint_of(diff.upserts))
             total.merge(found)
             detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None}
@@ -562,9 +562,8 @@ class Sync(Step[SyncParams]):
             with dst.transaction():
                 updated, inserted = upsert_lines(dst, table, diff.upserts, self._there.get(table.name))
             # What the target holds for this range now, from what it was loaded with and what was just written.
-            there = Fingerprint(presync_print.rows, presync_print.total)
-            there.remove(fingerprint_of(diff.gone))
-            there.merge(fingerprint_of(target_reader.keys(diff.upsert_keys(table))))
+            there = Fingerprint(kept.rows, kept.total)
+            there.merge(fingerprint_of(target_reader.keys(diff.upsert_keys)))
             target_total.merge(there)
             totals["changed_ranges"] += 1
             totals["rows_updated"] += updated
