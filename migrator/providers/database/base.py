@@ -331,8 +331,8 @@ def row_hash(line: bytes) -> int:
     and sum natively — PostgreSQL's ``md5()`` and ``('x' || hex)::bit(64)::bigint`` — so a server can fingerprint
     a table itself (:meth:`Database.server_fingerprint`) to the very same value, sending one row instead of all.
     """
-    digest = hashlib.md5(line, usedforsecurity=False).digest()
-    return (int.from_bytes(digest[:8], "big", signed=True) << 64) + int.from_bytes(digest[8:], "big", signed=True)
+    high, low = _half_sums([line])
+    return (high << 64) + low
 
 
 def _half_sums(lines: Iterable[bytes]) -> tuple[int, int]:
