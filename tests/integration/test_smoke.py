@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from fixtures.services import stop_process
 from fixtures.tenant.generate import TenantSize
 from fixtures.tenant.harness import make_tenant_db
 from fixtures.tenant.webapp import RunningApp, TenantApp
@@ -65,8 +66,7 @@ zone "{ZONE}" {{ type primary; file "{workdir}/db.zone"; }};
         _wait_until_answering(port, process)
         yield port
     finally:
-        process.terminate()
-        process.wait(timeout=10)
+        stop_process(process)
 
 
 def _wait_until_answering(port: int, process: subprocess.Popen[bytes]) -> None:
