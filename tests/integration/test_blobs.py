@@ -74,6 +74,19 @@ def container(azurite: Azurite, account: str, name: str) -> ContainerClient:
     return azurite.service(account).get_container_client(name)
 
 
+def presynced(azurite: Azurite, containers: dict[str, str], count: int
+              ) -> tuple[ContainerClient, list[str], Sync.Params]:
+    """``count`` small blobs in the source container, presynced to the backup; the Sync params between them."""
+    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
+    names = [small_name(i) for i in range(count)]
+    upload_many(src, names)
+    params = Sync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
+                         destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
+    run_step(Presync("presync", Presync.Params(**params.model_dump(exclude={"on_source_deleted"}))),
+             MemoryContext())
+    return src, names, params
+
+
 def inventory(c: ContainerClient) -> dict[str, tuple[int, bytes | None, str | None, dict[str, str]]]:
     out = {}
     for b in c.list_blobs(include=["metadata"]):
@@ -165,13 +178,7 @@ def test_special_names_and_zero_byte_blobs_copy_with_content_type_and_metadata(
 
 def test_delta_sync_after_one_percent_changed_transfers_only_those(
         azurite: Azurite, containers: dict[str, str]) -> None:
-    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
-    names = [small_name(i) for i in range(500)]
-    upload_many(src, names)
-    params = Sync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
-                         destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
-    run_step(Presync("presync", Presync.Params(**params.model_dump(exclude={"on_source_deleted"}))),
-             MemoryContext())
+    src, names, params = presynced(azurite, containers, 500)
     changed = names[::100]  # 1%
     upload_many(src, changed, seed="v2")
 
@@ -454,13 +461,7 @@ def test_folder_presync_sends_one_request_per_small_blob_and_lists_each_side_onc
 
 def test_delta_sync_attempt_lists_each_side_once_and_verify_reads_back_only_what_it_changed(
         azurite: Azurite, containers: dict[str, str]) -> None:
-    src = container(azurite, SOURCE_ACCOUNT, containers["source"])
-    names = [small_name(i) for i in range(200)]
-    upload_many(src, names)
-    params = Sync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
-                         destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
-    run_step(Presync("presync", Presync.Params(**params.model_dump(exclude={"on_source_deleted"}))),
-             MemoryContext())
+    src, names, params = presynced(azurite, containers, 200)
     upload_many(src, names[::100], seed="v2")
     src.delete_blob(names[1])
     log = RequestLog()
