@@ -1679,6 +1679,19 @@ class _TransferStep(Step[TP]):
         attempt.remember = CachedInventory(listed, attempt.dst_metadata)
         return problems
 
+    def _differ(self) -> str:
+        """How a failed verify begins, after the step id."""
+        raise NotImplementedError
+
+    def verify(self, ctx: StepContext) -> None:
+        # Blobs only at the destination count only where the step removes them (``_extra() == "delete"``).
+        problems = self._differences(ctx)
+        if self._extra() == "keep":
+            problems = [p for p in problems if "only at the destination" not in p]
+        if problems:
+            raise self._failed(f"{self.step_id}: {self._differ()}: " + "; ".join(problems))
+        self._passed(ctx)
+
     def _failed(self, message: str) -> VerificationFailed:
         """The verify failure; worth a retry (which lists both sides) when the attempt worked from a kept
         inventory, since an outside change to it would look just like this."""
@@ -1711,14 +1724,10 @@ class Presync(_TransferStep[PresyncParams]):
     summary = "copy every blob to the cloud backup container while the tenant is live"
     label = "presync"
 
-    def verify(self, ctx: StepContext) -> None:
-        # The tenant is live, so blobs may have appeared or gone since check listed the source: this proves what
-        # this attempt copied (and what check found in place), against that listing, not more.
-        problems = [p for p in self._differences(ctx) if "only at the destination" not in p]
-        if problems:
-            raise self._failed(f"{self.step_id}: copied blob(s) are missing or differ at "
-                               f"{self.params.destination.describe()}: " + "; ".join(problems))
-        self._passed(ctx)
+    def _differ(self) -> str:
+        # The tenant is live, so blobs may have appeared or gone since check listed the source: verify proves
+        # what this attempt copied (and what check found in place), against that listing, not more.
+        return f"copied blob(s) are missing or differ at {self.params.destination.describe()}"
 
 
 class Sync(_TransferStep[SyncParams]):
@@ -1739,13 +1748,8 @@ class Sync(_TransferStep[SyncParams]):
     def _extra(self) -> Literal["delete", "keep"]:
         return self.params.on_source_deleted
 
-    def verify(self, ctx: StepContext) -> None:
-        problems = self._differences(ctx)
-        if self.params.on_source_deleted == "keep":
-            problems = [p for p in problems if "only at the destination" not in p]
-        if problems:
-            raise self._failed(f"{self.step_id}: source and destination differ: " + "; ".join(problems))
-        self._passed(ctx)
+    def _differ(self) -> str:
+        return "source and destination differ"
 
 
 class PutLive(_TransferStep[PutLiveParams]):
@@ -1765,13 +1769,8 @@ class PutLive(_TransferStep[PutLiveParams]):
     def _extra(self) -> Literal["delete", "keep"]:
         return "delete" if self.params.delete_extra else "keep"
 
-    def verify(self, ctx: StepContext) -> None:
-        problems = self._differences(ctx)
-        if not self.params.delete_extra:
-            problems = [p for p in problems if "only at the destination" not in p]
-        if problems:
-            raise self._failed(f"{self.step_id}: backup and live container differ: " + "; ".join(problems))
-        self._passed(ctx)
+    def _differ(self) -> str:
+        return "backup and live container differ"
 
 
 class Verify(Step[VerifyParams]):
