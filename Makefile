@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PACKAGES := unixodbc odbc-postgresql libsqliteodbc bind9 bind9-utils
 
-.PHONY: install system-packages node-packages test lint demo bench clean
+.PHONY: install system-packages node-packages test lint demo fleet-demo bench clean
 
 install: system-packages node-packages $(STAMP)
 
@@ -44,11 +44,16 @@ lint: install
 demo: install
 	$(BIN)/python -m fixtures.demo
 
+# A campaign of six small tenants in two time zones on a Temporal dev server with two worker hosts.
+fleet-demo: install
+	$(BIN)/python -m fixtures.fleet_demo
+
 bench: install
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/blobs.py
 	$(BIN)/python bench/database.py
 	$(BIN)/python bench/window.py
+	$(BIN)/python bench/fleet.py
 
 clean:
 	rm -rf $(VENV) node_modules .migrator .pytest_cache

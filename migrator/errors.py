@@ -137,6 +137,10 @@ class RunNotFound(StateError):
     exit_code = ExitCode.INVALID_INPUT
 
 
+class StoreNotFound(RunNotFound):
+    """A command that only reads (or acts on a run that must exist) found no state store: no run is there."""
+
+
 class RunExists(StateError):
     """``run --run-id`` names a run that exists already (resume it instead)."""
 
@@ -145,6 +149,13 @@ class RunExists(StateError):
 
 class LockHeld(StateError):
     """Another runner holds the run's lock."""
+
+    exit_code = ExitCode.LOCK_HELD
+
+
+class LockLost(StateError):
+    """This runner no longer holds the run's lock (its generation was taken over or broken): it must do nothing
+    more — no state write, no side effect, no compensation."""
 
     exit_code = ExitCode.LOCK_HELD
 

@@ -16,13 +16,18 @@ References inside string values:
     playbook is validated, but its value is read only at the moment of use and never stored.
 
 Everything is checked at load: unknown keys, types, unknown kinds, duplicate ids, unknown or cyclic ``needs``,
-unresolvable references, missing environment variables. Each failure is one line naming file, line and field.
+unresolvable, unterminated or malformed references, missing environment variables, numbers that are not finite
+(``.nan``, ``.inf``) or are ``true``/``false``, and literal secrets: a field whose name says it holds a secret
+(``password``, ``*_key``, ``token``, ``secret``, ``authorization``...), and a ``Pwd=``/``Password=``/``AccountKey=``
+part of a connection string or the password of a URL, must be a ``${env:NAME}`` reference (or a template holding
+one), never the value itself. Each failure is one line naming file, line and field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -33,10 +38,11 @@ from typing import Annotated, Any, Literal
 import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from migrator.errors import ValidationError
+from migrator.errors import InputError, ValidationError
 from migrator.registry import Registry
 from migrator.secrets import ENV_REF, Secret
 from migrator.step import Params, Step
+from migrator.window import daypart_from_clock, daypart_name_problem
 from migrator.yamlsrc import Path_, SourceDoc, load_yaml_file, parse_yaml
 
 REF = re.compile(r"\$\{([^}]*)\}")
@@ -45,21 +51,30 @@ LATE_ROOTS = ("steps", "run")
 ENV_ROOTS = ("tenant", "source", "target", "settings", "dayparts")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# Nothing in a migration waits or runs for longer; a bigger figure is a typo (and overflows date arithmetic).
+MAX_DURATION_SECONDS = 30 * 86400.0
 
 
 def parse_duration(value: Any) -> float:
-    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``."""
+    """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"2h"``: finite, not negative, at most 30 days."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 15m or 2h")
+    seconds: float | None = None
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value)
+    elif isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    raise ValueError(f"expected a duration such as 30s, 15m or 2h, not {value!r}")
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds is None:
+        raise ValueError(f"expected a duration such as 30s, 15m or 2h, not {value!r}")
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a duration such as 30s, 15m or 2h, not {value!r}")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"{value!r} is longer than 30 days")
+    return seconds
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -78,6 +93,14 @@ class RetryPolicy(_Model):
     max: Duration = Field(60.0, description="longest backoff")
     jitter: Duration = Field(1.0, description="random extra wait, up to this")
 
+    @pydantic.model_validator(mode="after")
+    def _initial_within_max(self) -> RetryPolicy:
+        if self.initial > self.max:
+            raise ValueError(f"initial backoff ({self.initial:g} s) is longer than max ({self.max:g} s)")
+        if self.budget is not None and self.budget <= 0:
+            raise ValueError("budget must be longer than 0 s")
+        return self
+
 
 class StepSpec(_Model):
     """One step of a playbook."""
@@ -90,7 +113,7 @@ class StepSpec(_Model):
     needs: list[str] | None = Field(
         None, description="steps that must be done first; omitted: the step before this one; []: none")
     retry: RetryPolicy | None = None
-    timeout: Duration | None = None
+    timeout: Duration | None = Field(None, gt=0)
     on_failure: Literal["rollback", "stop", "continue"] | None = None
 
 
@@ -107,13 +130,55 @@ class Playbook(_Model):
     steps: list[StepSpec] = Field(min_length=1)
 
 
+_CLOCK_TEXT = re.compile(r"^(([01]\d|2[0-3]):[0-5]\d|24:00)$")
+
+
+def _clock_text(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):  # YAML 1.1 reads an unquoted 06:00 as 360
+        raise ValueError('write the time in quotes, as "HH:MM" (e.g. "06:00")')
+    if not isinstance(value, str) or not _CLOCK_TEXT.match(value):
+        raise ValueError(f'{value!r:.40} is not a time of day: write "HH:MM", from "00:00" to "24:00"')
+    return value
+
+
 class Daypart(_Model):
-    start: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
-    end: str = Field(pattern=r"^([01]\d|2[0-4]):[0-5]\d$")
+    """A part of the day, ``start`` to ``end`` (``"HH:MM"``, up to ``"24:00"``) on the tenant's wall clock.
+
+    An ``end`` before ``start`` (``22:00`` to ``06:00``) crosses midnight: the daypart ends the next morning, and
+    ``--window 2026-12-05/late`` is the night from the 5th to the 6th. Windows and the gate handle such a daypart
+    already (a window's end may be on the next day); refusing it would force a night into two dayparts and the
+    read-only window into one of them. ``end`` equal to ``start`` is refused: empty, or a whole day by mistake.
+    """
+
+    start: Annotated[str, BeforeValidator(_clock_text)]
+    end: Annotated[str, BeforeValidator(_clock_text)]
+
+    @pydantic.model_validator(mode="after")
+    def _a_part_of_a_day(self) -> Daypart:
+        try:
+            daypart_from_clock("daypart", self.start, self.end, where="daypart")
+        except InputError as exc:
+            raise ValueError(exc.one_line().removeprefix("daypart: ")) from None
+        return self
+
+
+def _check_daypart_names(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if not value:
+            raise ValueError("no dayparts: name at least one, or leave dayparts out for the standard four")
+        for name in value:
+            problem = daypart_name_problem(str(name))
+            if problem:
+                raise ValueError(problem)
+    return value
+
+
+# Tenant names go into run ids and so into log and bundle file names: short, and only safe characters.
+TENANT_NAME_MAX = 63
 
 
 class Tenant(_Model):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = Field(min_length=1, max_length=TENANT_NAME_MAX, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     reference: str | None = Field(None, description="support reference number")
     timezone: str = "UTC"
     environments: list[str] = Field(default_factory=list, description="customer environment names")
@@ -138,7 +203,7 @@ class Environment(_Model):
     source: dict[str, Any] = Field(default_factory=dict)
     target: dict[str, Any] = Field(default_factory=dict)
     settings: dict[str, Any] = Field(default_factory=dict)
-    dayparts: dict[str, Daypart] | None = None
+    dayparts: Annotated[dict[str, Daypart] | None, BeforeValidator(_check_daypart_names)] = None
 
 
 # --------------------------------------------------------------------------------------------------------- errors
@@ -163,7 +228,9 @@ def _raise_error_detail(err: Any, doc: SourceDoc, prefix: Path_, cause: Exceptio
     path = (*prefix, *_loc_to_path(err["loc"]))
     # pydantic reports the alias "with" in loc already
     msg = err["msg"]
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "value_error" and err.get("ctx", {}).get("error") is not None:
+        msg = str(err["ctx"]["error"])  # our own words, without pydantic's "Value error, "
+    elif err["type"] == "extra_forbidden":
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required but missing"
@@ -278,6 +345,146 @@ def _secret_leaks(value: Any, path: Path_ = ()) -> Iterator[Path_]:
     elif isinstance(value, (list, tuple)):
         for i, v in enumerate(value):
             yield from _secret_leaks(v, (*path, i))
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _reference_problem(text: str) -> str | None:
+    """What is wrong with the ``${...}`` references written in ``text``, if anything: a ``${`` never closed, or an
+    ``${env:...}`` whose name is not a variable name (it would otherwise be taken literally, as the secret)."""
+    for m in REF.finditer(text):
+        expr = m.group(1).strip()
+        if expr.startswith("env:") and not _ENV_NAME.fullmatch(expr[4:]):
+            return (f"${{{m.group(1)}}} is not a valid environment variable reference (write ${{env:NAME}}, "
+                    "NAME of letters, digits and _)")
+    rest = REF.sub("", text)
+    if "${" in rest:
+        tail = rest[rest.index("${"):][:40]
+        return f"unterminated reference {tail!r}: a ${{ without its closing }}"
+    return None
+
+
+def _check_reference_syntax(value: Any, doc: SourceDoc, prefix: Path_) -> None:
+    for path, text in walk_strings(value, prefix):
+        problem = _reference_problem(text)
+        if problem:
+            raise ValidationError(problem, file=doc.file, line=doc.line_of(path), field=_field_name(path))
+
+
+# Words a field's name ends with when its value is a secret (``administrator_password``, ``account_key``,
+# ``tsig_secret``, ``TOKEN``, ``Authorization``, ``PGPASSWORD``, ``apiKey``), and the words before ``key`` that make a
+# key something else (a database's primary key names a column, not a secret).
+_SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "key", "apikey", "accountkey", "passphrase",
+                 "authorization", "auth_header", "sas", "signature")
+_NOT_SECRET_KEYS = ("primary", "foreign", "sort", "partition", "unique", "natural", "surrogate", "row", "first",
+                    "last", "upsert", "public", "name")
+# Secrets inside a longer string: an ODBC/ADO/Azure connection string's password or account key, a URL's password,
+# a SAS signature in a query string.
+_SECRET_PARTS = re.compile(
+    r"(?i)(?:^|;)\s*(?P<name>pwd|password|accountkey|sharedaccesssignature)\s*=\s*(?P<value>[^;]*)"
+    r"|[a-z][a-z0-9+.-]*://[^/\s:@]*:(?P<url>[^@/\s]*)@"
+    r"|[?&]sig=(?P<sig>[^&\s]*)")
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a field of this name holds a secret (by the words its name ends with)."""
+    words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if w]
+    if not words:
+        return False
+    last = words[-1]
+    if last == "key":
+        return not (len(words) > 1 and words[-2] in _NOT_SECRET_KEYS)
+    if len(words) > 1 and "_".join(words[-2:]) in _SECRET_WORDS:
+        return True
+    return last in _SECRET_WORDS or last.endswith(("password", "passwd", "secret", "token", "apikey",
+                                                   "accountkey"))
+
+
+def _holds_reference(text: str) -> bool:
+    return REF.search(text) is not None
+
+
+def _literal_secrets(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str]]:
+    """Where a secret is written as its value instead of an ``${env:NAME}`` reference, and what kind of secret."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _literal_secrets(v, (*path, k))
+        return
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _literal_secrets(v, (*path, i))
+        return
+    name = next((p for p in reversed(path) if isinstance(p, str)), "")
+    if isinstance(value, str):
+        if value.strip() and is_secret_name(name) and not _holds_reference(value):
+            yield path, f"{name!r} holds a secret"
+            return
+        for m in _SECRET_PARTS.finditer(value):
+            part = m.group("value") if m.group("name") else m.group("url") if m.group("url") is not None \
+                else m.group("sig")
+            if part and part.strip(" {}") and not _holds_reference(part):
+                what = f"{m.group('name')}= of a connection string" if m.group("name") else \
+                    "the password of a URL" if m.group("url") is not None else "the sig= of a SAS URL"
+                yield path, f"{what} holds a secret"
+                return
+    elif isinstance(value, (int, float)) and not isinstance(value, bool) and is_secret_name(name):
+        yield path, f"{name!r} holds a secret"
+
+
+def _refuse_literal_secrets(value: Any, doc: SourceDoc, prefix: Path_) -> None:
+    for path, what in _literal_secrets(value, prefix):
+        raise ValidationError(f"{what} written as its value; write ${{env:NAME}} and set NAME in the environment "
+                              "of the command (secrets are never kept in files)", file=doc.file,
+                              line=doc.line_of(path), field=_field_name(path))
+
+
+def _non_finite(value: Any, path: Path_ = ()) -> Iterator[Path_]:
+    """Paths of numbers that are not finite (``.nan``, ``.inf``): no setting means them."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield path
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from _non_finite(getattr(value, name), (*path, info.alias or name))
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _non_finite(v, (*path, k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, (*path, i))
+
+
+def _bools_as_numbers(raw: Any, parsed: Any, path: Path_ = ()) -> Iterator[Path_]:
+    """Paths where ``true``/``false`` was written and a model took it as a number (pydantic reads true as 1)."""
+    if isinstance(raw, bool):
+        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
+            yield path
+    elif isinstance(raw, Mapping):
+        if isinstance(parsed, BaseModel):
+            fields = type(parsed).model_fields
+            by_key = {(f.alias or n): n for n, f in fields.items()} | {n: n for n in fields}
+            for k, v in raw.items():
+                if k in by_key:
+                    yield from _bools_as_numbers(v, getattr(parsed, by_key[k]), (*path, k))
+        elif isinstance(parsed, Mapping):
+            for k, v in raw.items():
+                if k in parsed:
+                    yield from _bools_as_numbers(v, parsed[k], (*path, k))
+    elif isinstance(raw, list) and isinstance(parsed, (list, tuple)) and len(raw) == len(parsed):
+        for i, (r, p) in enumerate(zip(raw, parsed, strict=True)):
+            yield from _bools_as_numbers(r, p, (*path, i))
+
+
+def _refuse_odd_numbers(raw: Any, parsed: Any, doc: SourceDoc, prefix: Path_) -> None:
+    for path in _non_finite(parsed):
+        full = (*prefix, *path)
+        raise ValidationError("not a finite number (.nan and .inf mean nothing here)", file=doc.file,
+                              line=doc.line_of(full), field=_field_name(full))
+    for path in _bools_as_numbers(raw, parsed):
+        full = (*prefix, *path)
+        raise ValidationError("expected a number, not true or false", file=doc.file, line=doc.line_of(full),
+                              field=_field_name(full))
 
 
 # ------------------------------------------------------------------------------------------------ loaded playbook
@@ -441,13 +648,17 @@ def load(playbook_path: str | Path, environment_path: str | Path | None = None, 
     pdoc = (parse_yaml(playbook_text, str(playbook_path)) if playbook_text is not None
             else load_yaml_file(playbook_path))
     playbook: Playbook = _validate(Playbook, pdoc)
+    _refuse_odd_numbers(pdoc.data, playbook, pdoc, ())
     edoc: SourceDoc | None = None
     environment: Environment | None = None
     if environment_path is not None or environment_text is not None:
         name = str(environment_path or "environment")
         edoc = parse_yaml(environment_text, name) if environment_text is not None else load_yaml_file(name)
         environment = _validate(Environment, edoc)
+        _check_reference_syntax(edoc.data, edoc, ())
         _check_env_refs_in(edoc, environ)
+        _refuse_odd_numbers(edoc.data, edoc.data, edoc, ())
+        _refuse_literal_secrets(edoc.data, edoc, ())
     env_values = environment.model_dump(mode="json") if environment else {}
 
     needs = _check_needs(playbook, pdoc)
@@ -499,6 +710,7 @@ def load(playbook_path: str | Path, environment_path: str | Path | None = None, 
                     raise _Unresolved(expr, f"the environment file has no {exc.args[0]!r} there") from None
             raise _Unresolved(expr, "unknown reference (use env:, steps., run., " + ", ".join(ENV_ROOTS) + ")")
 
+        _check_reference_syntax(spec.with_, pdoc, (*where, "with"))
         raw: dict[str, Any] = {}
         for key, value in spec.with_.items():
             try:
@@ -507,6 +719,7 @@ def load(playbook_path: str | Path, environment_path: str | Path | None = None, 
                 path = (*where, "with", key, *(exc.path or ()))
                 raise ValidationError(f"cannot resolve ${{{exc.ref}}}: {exc.reason}", file=pdoc.file,
                                       line=pdoc.line_of(path), field=_field_name(path)) from None
+        _refuse_literal_secrets(raw, pdoc, (*where, "with"))
         late = {k for k, v in raw.items() if _late_step_refs(v) or _has_run_ref(v)}
         _validate_params(kind, raw, late, pdoc, where)
         loaded_steps.append(PlannedStep(spec=spec, kind=kind, raw_params=raw, needs=needs[spec.id],
@@ -554,6 +767,7 @@ def _validate_params(kind: type[Step[Any]], raw: dict[str, Any], late: set[str],
                 continue
             _raise_error_detail(err, doc, (*where, "with"), exc)
         return
+    _refuse_odd_numbers(raw, model, doc, (*where, "with"))
     for path in _secret_leaks(model):
         full = (*where, "with", *path)
         raise ValidationError("holds a ${env:...} secret, but this field is not a secret field; secrets may "

@@ -5,11 +5,15 @@ For every step: resolve its params, ``check`` (already done?), write RUNNING, ``
 starting again from ``check``; permanent ones fail at once. Independent branches (``needs``) run concurrently
 up to the playbook's ``concurrency``. On failure the playbook's ``on_failure`` decides: ``stop`` leaves the run
 resumable, ``rollback`` compensates every step this run applied, newest first. A run holds a lock (host, pid,
-heartbeat, expiry) for as long as it works, so two runners never work on one run.
+heartbeat, expiry) for as long as it works, so two runners never work on one run; the lock is *fenced*: every
+state write checks that the lock is still this runner's (see :mod:`migrator.state`), and a step checks its lease
+before each checkpoint, so a runner that was paused past its lock's expiry and taken over does nothing more — no
+side effect, no state write, no compensation — and ends with exit code 3.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -25,13 +29,16 @@ from typing import Any, Protocol
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 from tenacity.wait import wait_exponential_jitter
 
+from migrator import procs
 from migrator.clock import Clock
 from migrator.errors import (
     Cancelled,
     CompensationError,
+    CompensationRefused,
     DeadlineOverrun,
     ExitCode,
     InputError,
+    LockLost,
     MigratorError,
     ParamsChanged,
     StateError,
@@ -92,7 +99,8 @@ class StoreItems:
 
     def __init__(self, store: StateStore, run_id: str, step_id: str, *, batch_size: int = 500,
                  interval: float = 1.0, on_progress: Callable[[StoreItems], None] | None = None,
-                 cancel_check: Callable[[], None] | None = None) -> None:
+                 cancel_check: Callable[[], None] | None = None,
+                 fence_check: Callable[[], None] | None = None) -> None:
         self._store = store
         self._run_id = run_id
         self._step_id = step_id
@@ -103,12 +111,17 @@ class StoreItems:
         self._last_flush = time.monotonic()
         self._on_progress = on_progress
         self._cancel_check = cancel_check
+        self._fence_check = fence_check
         self.total_items: int | None = None
         self.total_bytes: int | None = None
         self.done_items, self.done_bytes = store.count_items(run_id, step_id, "done")
 
     def record(self, key: str, status: str = "done", *, bytes: int = 0, checksum: str | None = None,
                detail: Any = None) -> None:
+        if self._fence_check is not None:
+            # Cheap (a clock read) while the lease is fresh: a runner woken from a pause finds out here, before
+            # the step goes on to its next side effect.
+            self._fence_check()
         flush = False
         with self._lock:
             self._buffer[key] = ItemRecord(key, status, bytes, checksum, detail)
@@ -213,6 +226,11 @@ class RunContext:
     deadline: float | None = None
     on_event: Callable[[str, str, dict[str, Any]], None] | None = None
     on_message: Callable[[str], None] | None = None
+    #: Raises :class:`LockLost` when this runner no longer holds the run's lock (None: no lock, a dry-run).
+    fence_check: Callable[[], None] | None = None
+    #: The generation of the run's lock this runner holds (0: none); providers that can make a write
+    #: conditional on it do (the restore's marker table).
+    lock_generation: int = 0
 
     def reveal(self, secret: Secret | str | None) -> str | None:
         if isinstance(secret, Secret):
@@ -220,6 +238,8 @@ class RunContext:
         return secret
 
     def raise_if_cancelled(self) -> None:
+        if self.fence_check is not None:
+            self.fence_check()
         if self.cancel_event.is_set():
             raise Cancelled(f"{self.step_id}: interrupted", step_id=self.step_id)
         if self.deadline is not None and self.clock.monotonic() > self.deadline:
@@ -266,6 +286,27 @@ class StepPlanView:
     error_exit: int | None = None
 
 
+class _Fenced(Exception):
+    """Carries the outcome of a command whose runner lost its lock, past every frame that would write state."""
+
+    def __init__(self, outcome: RunOutcome) -> None:
+        super().__init__(outcome.error)
+        self.outcome = outcome
+
+
+def _fenced_outcome(method: Callable[..., RunOutcome]) -> Callable[..., RunOutcome]:
+    """A command that lost its lock returns the ``lock_lost`` outcome (exit 3) instead of going on."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> RunOutcome:
+        try:
+            return method(*args, **kwargs)
+        except _Fenced as fenced:
+            return fenced.outcome
+
+    return wrapper
+
+
 @dataclass
 class _StepResult:
     step_id: str
@@ -273,25 +314,78 @@ class _StepResult:
     error: BaseException | None = None
 
 
+def _lease_clock() -> float:
+    """Seconds on a clock that keeps counting while the process is stopped and while the machine sleeps."""
+    try:
+        return time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (AttributeError, OSError):  # not Linux
+        return time.monotonic()
+
+
 class _LockKeeper:
-    """Heartbeats the run lock in the background; sets ``lost`` (and cancels the run) if it is taken away."""
+    """Heartbeats the run lock in the background and guards it in the foreground.
+
+    The background beat renews the lease every third of its time to live; when a beat finds the lock gone (taken
+    over after this process was paused past its expiry, or broken by ``unlock --force``) the keeper is ``lost``
+    and the run is cancelled. :meth:`confirm` is the foreground guard steps reach through their context before
+    each checkpoint: while the last good beat is recent it costs a clock read; once it is older than half the
+    lease (the process was paused, or the store is slow) it renews the lease itself before letting the step go
+    on, and raises :class:`LockLost` when it cannot.
+    """
 
     def __init__(self, store: StateStore, lock: LockInfo, ttl: float, cancel: threading.Event) -> None:
         self.store, self.lock, self.ttl, self.cancel = store, lock, ttl, cancel
         self.lost = threading.Event()
         self._stop = threading.Event()
+        self._beat_lock = threading.Lock()
+        self._last_beat = _lease_clock()
         self._thread = threading.Thread(target=self._beat, name="migrator-lock", daemon=True)
         self._thread.start()
+
+    def _renew(self) -> bool:
+        """One heartbeat; False when the lock is no longer ours. Store faults propagate."""
+        with self._beat_lock:
+            if self.lost.is_set():
+                return False
+            started = _lease_clock()
+            if self.store.heartbeat(self.lock, self.ttl):
+                self._last_beat = started
+                return True
+            self._lose()
+            return False
+
+    def _lose(self) -> None:
+        self.lost.set()
+        self.cancel.set()
+        log.warning("run %s: lock generation %s was taken over or broken; this runner stops and does nothing more",
+                    self.lock.run_id, self.lock.generation)
 
     def _beat(self) -> None:
         while not self._stop.wait(max(self.ttl / 3.0, 0.2)):
             try:
-                if not self.store.heartbeat(self.lock, self.ttl):
-                    self.lost.set()
-                    self.cancel.set()
+                if not self._renew():
                     return
             except Exception:  # a passing store fault: the next beat tries again before expiry
                 log.warning("lock heartbeat failed; retrying", exc_info=True)
+
+    def confirm(self) -> None:
+        """Raises :class:`LockLost` unless this runner still holds the lock, renewing a lease that went stale."""
+        if not self.lost.is_set() and _lease_clock() - self._last_beat <= self.ttl / 2.0:
+            return
+        try:
+            held = self._renew()
+        except Exception as exc:
+            # The store cannot say; past the lease's expiry another runner may have it: do nothing more.
+            if _lease_clock() - self._last_beat > self.ttl:
+                self._lose()
+                raise LockLost(f"run {self.lock.run_id}: the lock's lease expired and the state store does not "
+                               f"answer ({type(exc).__name__}); this runner stops",
+                               hint=f"when the store answers: migrator resume {self.lock.run_id}") from exc
+            return
+        if not held:
+            raise LockLost(f"run {self.lock.run_id}: this runner's lock (generation {self.lock.generation}) was taken "
+                           "over or broken; it does nothing more",
+                           hint=f"see who holds it: migrator status {self.lock.run_id}")
 
     def release(self) -> None:
         self._stop.set()
@@ -325,29 +419,34 @@ class Runner:
 
     def __init__(self, store: StateStore, *, clock: Clock | None = None, listener: Listener | None = None,
                  log_dir: str | Path | None = None, options: Mapping[str, Any] | None = None,
-                 lock_ttl: float = LOCK_TTL_SECONDS) -> None:
+                 lock_ttl: float | None = None) -> None:
         self.store = store
         self.clock = clock or Clock()
         self.listener: Listener = listener or NullListener()
         self.log_dir = Path(log_dir) if log_dir else None
         self.options: dict[str, Any] = dict(options or {})
-        self.lock_ttl = lock_ttl
+        self.lock_ttl = lock_ttl if lock_ttl is not None else lock_ttl_from_environment()
         self.redactor = Redactor()
         self.cancel_event = threading.Event()
         self._resources: dict[str, Any] = {}
         self._abort: MigratorError | None = None
         self._abort_step: str | None = None
+        self._keeper: _LockKeeper | None = None
+        #: Set by :meth:`cancel` (a signal): whatever a step raises from then on is the interrupt's doing.
+        self._interrupted = False
 
     # ---------------------------------------------------------------------------------------------- commands
 
     def cancel(self) -> None:
         """Asks running steps to stop at their next checkpoint; the run stays resumable."""
+        self._interrupted = True
         self.cancel_event.set()
 
+    @_fenced_outcome
     def run(self, loaded: LoadedPlaybook, *, run_id: str | None = None, playbook_path: str = "",
             environment_path: str | None = None) -> RunOutcome:
         run_id = run_id or new_run_id(loaded)
-        with self._holding(run_id, loaded) as stale:
+        with self._holding(run_id, loaded) as stale, self._fenced(run_id):
             now = time.time()
             self.store.create_run(RunRecord(
                 run_id=run_id, playbook_name=loaded.playbook.name, playbook_path=playbook_path,
@@ -361,35 +460,53 @@ class Runner:
                 self._event(run_id, None, "lock.stale", stale)
             if not self.options.get("no_forecast"):
                 self._record_forecast(run_id, loaded, [s.id for s in loaded.steps])
-            return self._execute(run_id, loaded, force=False)
+            return self._execute(run_id, loaded)
 
-    def resume(self, run_id: str, loaded: LoadedPlaybook, *, force: bool = False) -> RunOutcome:
+    @_fenced_outcome
+    def resume(self, run_id: str, loaded: LoadedPlaybook, *, force: bool = False,
+               rerun: tuple[str, ...] = ()) -> RunOutcome:
+        """Goes on with a run; ``rerun``: done steps taken up again from their check, with every step needing them."""
         run = self.store.require_run(run_id)
         if run.status in (RunStatus.ROLLED_BACK, RunStatus.ROLLING_BACK, RunStatus.ROLLBACK_FAILED):
             raise InputError(f"run {run_id} was rolled back ({run.status}); it cannot be resumed",
                              hint="start a new run with: migrator run")
-        with self._holding(run_id, loaded) as stale:
+        again = _taken_up_again(loaded, rerun)  # an unknown step is bad input: refused before the lock is taken
+        with self._holding(run_id, loaded) as stale, self._fenced(run_id):
+            run = self.store.require_run(run_id)  # as the lock's holder sees it, not as it was before
             if stale:
                 self._event(run_id, None, "lock.stale", stale)
                 self.listener.message(f"note: {stale}")
-            if run.status == RunStatus.SUCCEEDED:
+            if run.status == RunStatus.SUCCEEDED and not again:
                 return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run had already succeeded"])
+            # Refused (params changed, no --force) before anything about the run is changed. Steps taken up
+            # again are checked anew with their params as they are now.
+            self._check_hashes(run_id, loaded, {sid: rec for sid, rec in self.store.get_steps(run_id).items()
+                                                if sid not in again}, force)
             self.store.update_run(run_id, status=RunStatus.RUNNING, error=None, finished_at=None)
             self._event(run_id, None, "run.resumed", f"run {run_id} resumed")
+            if again:
+                self._event(run_id, None, "run.rerun", "taken up again from their check (--rerun): "
+                            + ", ".join(s.id for s in loaded.steps if s.id in again), steps=sorted(again))
             self._command_event(run_id)
-            return self._execute(run_id, loaded, force=force)
+            return self._execute(run_id, loaded, rerun=tuple(again))
 
+    @_fenced_outcome
     def rollback(self, run_id: str, loaded: LoadedPlaybook) -> RunOutcome:
         """Compensates, newest first, every step this run applied."""
-        run = self.store.require_run(run_id)
-        with self._holding(run_id, loaded) as stale:
+        self.store.require_run(run_id)
+        with self._holding(run_id, loaded) as stale, self._fenced(run_id):
+            run = self.store.require_run(run_id)
             if stale:
                 self._event(run_id, None, "lock.stale", stale)
             if run.status == RunStatus.ROLLED_BACK:
                 return RunOutcome(run_id, run.status, ExitCode.OK, notes=["the run was already rolled back"])
             self._event(run_id, None, "rollback.requested", "rollback requested")
             self._command_event(run_id)
-            clean, error = self._compensate(run_id, loaded)
+            try:
+                clean, error = self._compensate(run_id, loaded)
+            except CompensationRefused as exc:
+                return RunOutcome(run_id, run.status, ExitCode.FAILED, error=self._describe_error(exc),
+                                  notes=["nothing was undone; the run is as it was"])
             status = RunStatus.ROLLED_BACK if clean else RunStatus.ROLLBACK_FAILED
             self.store.update_run(run_id, status=status, finished_at=time.time(), error=None if clean else error)
             self._event(run_id, None, f"run.{status}", f"run {run_id} {status.replace('_', ' ')}")
@@ -401,13 +518,35 @@ class Runner:
         yields why a stale lock was taken over, if one was."""
         self._seed_redactor(loaded)
         lock, stale = self.store.acquire_lock(run_id, ttl=self.lock_ttl)
-        keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
+        self.store.hold(lock)
+        keeper = self._keeper = _LockKeeper(self.store, lock, self.lock_ttl, self.cancel_event)
+        forget = procs.at_hard_exit(keeper.release)  # a second Ctrl-C still leaves the lock released
         try:
             with self._run_logging(run_id):
                 yield stale
         finally:
+            forget()
             keeper.release()
+            self.store.hold(None)
+            self._keeper = None
             self._close_resources()
+
+    @contextmanager
+    def _fenced(self, run_id: str) -> Iterator[None]:
+        """Turns :class:`LockLost` (this runner's lock generation taken over or broken) into an outcome, after
+        the steps still running stopped; nothing more is written or undone: the run belongs to the new holder."""
+        try:
+            yield
+        except LockLost as exc:
+            self.cancel_event.set()
+            self.listener.message(exc.one_line())
+            log.warning("%s", exc.one_line())
+            raise _Fenced(RunOutcome(run_id, "lock_lost", ExitCode.LOCK_HELD, error=exc.one_line())) from exc
+
+    def _fence_check(self) -> None:
+        keeper = self._keeper
+        if keeper is not None:
+            keeper.confirm()
 
     def plan(self, loaded: LoadedPlaybook) -> list[StepPlanView]:
         """The dry-run: ``check`` and ``plan`` of every step, in dependency order. Writes nothing."""
@@ -464,14 +603,13 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------------ engine
 
-    def _execute(self, run_id: str, loaded: LoadedPlaybook, *, force: bool) -> RunOutcome:
+    def _execute(self, run_id: str, loaded: LoadedPlaybook, *, rerun: tuple[str, ...] = ()) -> RunOutcome:
         records = self.store.get_steps(run_id)
-        self._check_hashes(run_id, loaded, records, force)
         by_id = loaded.by_id
-        # A step left in any unfinished state is taken up again, from its check.
+        # A step left in any unfinished state, or named in ``rerun``, is taken up again, from its check.
         status: dict[str, str] = {
             s.id: StepStatus.DONE if s.id in records and records[s.id].status == StepStatus.DONE
-            else StepStatus.PENDING for s in loaded.steps}
+            and s.id not in rerun else StepStatus.PENDING for s in loaded.steps}
         concurrency = int(self.options.get("concurrency") or loaded.playbook.concurrency)
         failed: _StepResult | None = None
         interrupted = False
@@ -553,7 +691,15 @@ class Runner:
             self.store.update_run(run_id, status=RunStatus.ROLLING_BACK, error=error)
             self._event(run_id, None, "rollback.started", f"step {failed.step_id} failed; rolling back")
             self.listener.message(f"step {failed.step_id} failed; rolling back what this run did")
-            clean, comp_error = self._compensate(run_id, loaded)
+            try:
+                clean, comp_error = self._compensate(run_id, loaded)
+            except CompensationRefused as exc:
+                refused = f"{error}; rollback refused: {self._describe_error(exc)}"
+                self.store.update_run(run_id, status=RunStatus.FAILED, error=refused)
+                self._event(run_id, None, "run.failed", f"run {run_id} failed at step {failed.step_id}; "
+                                                        "its rollback was refused, nothing was undone")
+                return RunOutcome(run_id, RunStatus.FAILED, ExitCode.FAILED, error=refused,
+                                  failed_step=failed.step_id)
             if clean:
                 self.store.update_run(run_id, status=RunStatus.ROLLED_BACK, finished_at=time.time(), error=error)
                 self._event(run_id, None, "run.rolled_back", f"run {run_id} failed and was rolled back")
@@ -656,12 +802,17 @@ class Runner:
 
         try:
             result, note = self._retrying(policy, run_id, step.id)(attempt)
+        except LockLost:
+            # Another runner holds the run now: stop everything here, write nothing, undo nothing.
+            self.cancel_event.set()
+            raise
         except BaseException as exc:
             try:
                 ctx.items.flush()
             except Exception:
                 log.warning("could not flush item checkpoints of %s", step.id, exc_info=True)
-            if isinstance(exc, Cancelled):
+            # An interrupt is never a step failure, whatever the step raised while it was being stopped.
+            if isinstance(exc, Cancelled) or (self._interrupted and self._abort is None and isinstance(exc, Exception)):
                 rec.status = StepStatus.RUNNING if rec.applied else StepStatus.PENDING
                 rec.error = "interrupted"
                 self.store.save_step(rec)
@@ -823,12 +974,35 @@ class Runner:
 
     # ------------------------------------------------------------------------------------------ compensation
 
+    def _guard_rollback(self, run_id: str, loaded: LoadedPlaybook, todo: list[StepRecord],
+                        outputs: Mapping[str, Mapping[str, Any]]) -> None:
+        """Asks every step about to be undone whether the rollback may go ahead, before anything is undone:
+        raises :class:`CompensationRefused` (the run stays as it is) when one says no."""
+        for rec in todo:
+            step = loaded.by_id.get(rec.step_id)
+            if step is None:
+                continue
+            try:
+                params = loaded.resolve_params(step, {k: v for k, v in outputs.items() if k != step.id}, run_id)
+            except MigratorError:
+                continue  # the undo itself says why it cannot go on
+            instance: Step[Any] = step.kind(step.id, params)
+            ctx = self._step_context(run_id, loaded, step, rec, outputs)
+            try:
+                instance.guard_rollback(ctx)
+            except CompensationRefused as exc:
+                message = f"rollback refused by step {step.id}: {self._describe_error(exc)}; nothing was undone"
+                self._event(run_id, step.id, "rollback.refused", message)
+                self.listener.message(message)
+                raise
+
     def _compensate(self, run_id: str, loaded: LoadedPlaybook) -> tuple[bool, str | None]:
         records = self.store.get_steps(run_id)
         todo = sorted((r for r in records.values() if r.applied and r.status != StepStatus.COMPENSATED),
                       key=lambda r: r.seq or 0, reverse=True)
         by_id = loaded.by_id
         outputs = {sid: r.outputs for sid, r in records.items()}
+        self._guard_rollback(run_id, loaded, todo, outputs)
         clean = True
         for rec in todo:
             step = by_id.get(rec.step_id)
@@ -849,8 +1023,11 @@ class Runner:
             self.store.save_step(rec)
             try:
                 ctx = self._step_context(run_id, loaded, step, rec, outputs)
+                self._fence_check()
                 self._retrying(step.retry_policy(loaded.playbook), run_id, step.id)(instance.compensate, ctx)
                 ctx.items.flush()
+            except LockLost:
+                raise
             except Exception as exc:
                 rec.status = StepStatus.COMPENSATION_FAILED
                 rec.error = self._describe_error(exc)
@@ -877,7 +1054,8 @@ class Runner:
             run_id=run_id, step_id=step_id, environment=environment, outputs=outputs, items=items, memo=memo,
             clock=self.clock, log=logging.getLogger(f"migrator.step.{step_id}"), redactor=self.redactor,
             dry_run=dry_run, options=self.options, resources=self._resources, cancel_event=self.cancel_event,
-            on_message=self.listener.message)
+            on_message=self.listener.message, fence_check=None if dry_run else self._fence_check,
+            lock_generation=self._keeper.lock.generation if self._keeper is not None else 0)
 
     def _step_context(self, run_id: str, loaded: LoadedPlaybook, step: PlannedStep, rec: StepRecord,
                       outputs: Mapping[str, Mapping[str, Any]]) -> RunContext:
@@ -887,7 +1065,8 @@ class Runner:
 
         ctx = self._context(run_id, step.id, loaded.environment_values(), outputs, None, StoreMemo(self.store, rec))
         ctx.items = StoreItems(self.store, run_id, step.id, batch_size=loaded.playbook.checkpoint_batch,
-                               on_progress=on_progress, cancel_check=ctx.raise_if_cancelled)
+                               on_progress=on_progress, cancel_check=ctx.raise_if_cancelled,
+                               fence_check=self._fence_check)
         if step.spec.timeout is not None:
             ctx.deadline = self.clock.monotonic() + step.spec.timeout
         ctx.on_event = lambda type, message, data: self._event(run_id, step.id, type, message, **data)
@@ -976,6 +1155,17 @@ def _fill_view(view: StepPlanView, done: bool, reason: str, result: PlanResult) 
     view.details = dict(result.details)
 
 
+def _taken_up_again(loaded: LoadedPlaybook, rerun: tuple[str, ...]) -> set[str]:
+    """The steps ``resume --rerun`` takes up again: those named, and every step that needs one of them, directly or
+    not (their inputs may change). Refuses a name the playbook does not have."""
+    unknown = sorted(set(rerun) - loaded.by_id.keys())
+    if unknown:
+        raise InputError(f"--rerun {unknown[0]}: the playbook has no step {unknown[0]!r}",
+                         hint=f"its steps: {', '.join(s.id for s in loaded.steps)}")
+    named = set(rerun)
+    return {s.id for s in loaded.steps if s.id in named or named & loaded.ancestors(s.id)}
+
+
 def _critical_path(loaded: LoadedPlaybook, seconds: Mapping[str, float]) -> float:
     """The longest chain of ``seconds`` through the steps named in it, following ``needs``."""
     ends: dict[str, float] = {}
@@ -1000,7 +1190,30 @@ def _topological(loaded: LoadedPlaybook) -> list[PlannedStep]:
     return order
 
 
+def lock_ttl_from_environment() -> float:
+    """The run lock's time to live: ``MIGRATOR_LOCK_TTL`` seconds, or :data:`LOCK_TTL_SECONDS`.
+
+    A shorter one lets a successor take over a frozen runner sooner, at the cost of a heartbeat every third of it.
+    """
+    import math
+    import os
+
+    text = os.environ.get("MIGRATOR_LOCK_TTL")
+    if not text:
+        return LOCK_TTL_SECONDS
+    try:
+        ttl = float(text)
+    except ValueError:
+        ttl = math.nan
+    if not math.isfinite(ttl) or not 1.0 <= ttl <= 86400.0:
+        raise InputError(f"MIGRATOR_LOCK_TTL={text!r}: not a number of seconds from 1 to 86400")
+    return ttl
+
+
 def new_run_id(loaded: LoadedPlaybook) -> str:
     tenant = loaded.environment.tenant.name if loaded.environment else loaded.playbook.name
+    # a run id names the log file: a playbook's free-text name keeps only what a file name can hold, and is short
+    tenant = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in tenant)[:63].strip(".-")
+    tenant = tenant or "run"
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{tenant}-{stamp}-{uuid.uuid4().hex[:6]}"

@@ -8,6 +8,7 @@ revealed values with the :class:`Redactor` so that anything later logged is scru
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import threading
@@ -73,6 +74,100 @@ class Redactor:
         if isinstance(obj, (list, tuple)):
             return [self.redact_obj(v, personal_data=personal_data) for v in obj]
         return obj
+
+
+def blob_label(name: str) -> str:
+    """A blob name as messages, logs, reports and bundles show it: its folder and a stable short hash of the whole
+    name (``hr/…#3f2a9c1b``), never the file name itself, which in practice is often a person's name and job.
+
+    The hash is the first 8 hex digits of the SHA-256 of the name in UTF-8 (``printf %s NAME | sha256sum``), so
+    a label is found again among the full names, which only the state store keeps (the items' keys).
+    """
+    folder, _, _ = name.rpartition("/")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{folder}/…#{digest}" if folder else f"…#{digest}"
+
+
+_URL = re.compile(r"\b(https?://[^/\s'\"<>()]+)[^\s'\"<>()]*")
+_URL_PATH = re.compile(r"(\burl:\s*)/[^\s'\"<>()]*")  # urllib3: "Max retries exceeded with url: /account/..."
+
+
+def without_url_paths(text: str) -> str:
+    """``text`` (a network library's error) with every URL cut to its scheme and host: paths name blobs."""
+    text = _URL.sub(lambda m: m.group(1) + ("/…" if m.end() > m.end(1) else ""), text)
+    return _URL_PATH.sub(r"\1/…", text)
+
+
+def os_error_text(exc: OSError) -> str:
+    """What an operating system error says without the file names it quotes (blob names are personal data)."""
+    return exc.strerror or type(exc).__name__
+
+
+REDACTED = "<redacted>"
+#: Keys of an environment file whose values carry secrets, whatever the value looks like.
+_SECRET_KEY = re.compile(r"pass|pwd|secret|token|key|credential|connection|sas|signature|auth|cert", re.I)
+#: Values that carry secrets, whatever their key: references, connection strings, signed query strings.
+_SECRET_VALUE = re.compile(r"\$\{env:|(?:^|;)\s*(?:pwd|password|accountkey|sharedaccesssignature)\s*=|[?&]sig=", re.I)
+#: Keys of an environment file whose (short, one-word) values a support engineer needs and that hold no personal
+#: data: kinds, dialects, containers, regions, the infrastructure's names. Every other string is free text and is
+#: redacted, but for URLs (kept to scheme and host), IP addresses and UUIDs.
+_STRUCTURAL_KEYS = frozenset({"kind", "dialect", "provider", "type", "container", "prefix", "schema_name", "zone",
+                              "location", "sku", "timezone", "window", "method", "verify", "rehash", "version",
+                              "server", "nameserver", "fqdn", "resource_group", "subscription_id", "start_ip",
+                              "end_ip"})
+_IDENTIFIER_SHAPES = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                                re.I)
+#: The tenant fields the provider's support process asks for (reference number, environment and user names).
+_TENANT_KEPT = frozenset({"name", "reference", "timezone", "environments", "contacts"})
+
+
+def redacted_environment(data: Mapping[str, Any]) -> dict[str, Any]:
+    """An environment file's content as a support bundle may show it: every key, and only the values that are
+    structure (dialects, kinds, containers, numbers, switches, URL hosts, the tenant's identifiers and dayparts);
+    secret-bearing fields (passwords, keys, tokens, connection strings) and free text become ``<redacted>``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "tenant" and isinstance(value, Mapping):
+            out[key] = {k: v if k in _TENANT_KEPT and not _secret(str(k), v) else _redact_value(str(k), v)
+                        for k, v in value.items()}
+        elif key == "dayparts":
+            out[key] = value
+        else:
+            out[key] = _redact_value(str(key), value)
+    return out
+
+
+def _secret(key: str, value: Any) -> bool:
+    return bool(_SECRET_KEY.search(key)) or any(_SECRET_VALUE.search(s) for s in _strings(value))
+
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _strings(v)
+
+
+def _redact_value(key: str, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _redact_value(str(k), v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redact_value(key, v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = str(value)
+    if _secret(key, text):
+        return REDACTED
+    if key in _STRUCTURAL_KEYS and len(text) <= 100 and not any(c.isspace() for c in text):
+        return text
+    url = _URL.fullmatch(text.strip())
+    if url is not None:
+        return url.group(1) + ("/…" if url.end() > url.end(1) else "")
+    return text if _IDENTIFIER_SHAPES.fullmatch(text) else REDACTED
 
 
 def env_names(text: str) -> list[str]:

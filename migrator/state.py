@@ -8,16 +8,23 @@ Nothing here ever holds a secret: params are stored as hashes, outputs and memos
 are forbidden to put secrets in them, and every event message passes the redactor first.
 
 A store can be shared across machines (PostgreSQL): the run lock records host, pid, a heartbeat and an expiry,
-so a runner on another machine can tell a live holder from a lost one.
+so a runner on another machine can tell a live holder from a lost one. Every acquisition of a run's lock gets the
+next *generation* of that run (a fencing token, kept in ``fences`` for as long as the run exists). A store that
+:meth:`StateStore.hold` a lock checks, inside every write transaction, that the lock is still the one it holds:
+a runner that was paused past its lock's expiry and taken over finds :class:`LockLost` at its first write and
+writes nothing more.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import socket
 import sqlite3
+import stat
 import threading
 import time
 import uuid
@@ -27,10 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migrator.errors import LockHeld, RunExists, RunNotFound, StateError, StateVersionError
+from migrator.errors import (
+    InputError,
+    LockHeld,
+    LockLost,
+    RunExists,
+    RunNotFound,
+    StateError,
+    StateVersionError,
+    StoreNotFound,
+)
 from migrator.step import ItemRecord
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_STATE_DIR = ".migrator"
 LOCK_TTL_SECONDS = 60.0
 
@@ -115,9 +131,12 @@ class LockInfo:
     acquired_at: float
     heartbeat_at: float
     expires_at: float
+    #: The run's lock generation this holder was given: the next acquisition gets a higher one.
+    generation: int = 0
 
     def describe(self) -> str:
-        return f"host {self.host} pid {self.pid} (heartbeat {time.time() - self.heartbeat_at:.0f}s ago)"
+        return (f"host {self.host} pid {self.pid} (generation {self.generation}, heartbeat "
+                f"{time.time() - self.heartbeat_at:.0f}s ago)")
 
     def stale_reason(self, now: float | None = None) -> str | None:
         """Why this lock no longer protects a live runner, or None when it does."""
@@ -179,8 +198,15 @@ def _migrate_v1_to_v2(exec_: Callable[[str], None]) -> None:
     exec_("ALTER TABLE steps ADD COLUMN estimate TEXT")
 
 
+def _migrate_v2_to_v3(exec_: Callable[[str], None]) -> None:
+    """v3 fences run locks: each lock carries its generation, and ``fences`` keeps a run's last generation after
+    the lock is released, so generations only ever grow."""
+    exec_("ALTER TABLE locks ADD COLUMN generation INTEGER NOT NULL DEFAULT 0")
+    exec_("CREATE TABLE IF NOT EXISTS fences (run_id TEXT PRIMARY KEY, generation INTEGER NOT NULL)")
+
+
 #: from-version → migration. Each runs in one transaction and bumps the version by one.
-MIGRATIONS: dict[int, Callable[[Callable[[str], None]], None]] = {1: _migrate_v1_to_v2}
+MIGRATIONS: dict[int, Callable[[Callable[[str], None]], None]] = {1: _migrate_v1_to_v2, 2: _migrate_v2_to_v3}
 
 
 # ---------------------------------------------------------------------------------------------------- backends
@@ -190,9 +216,12 @@ class _Backend(ABC):
     serial: str
     real: str
     placeholder: str
+    begin_write: str
+    share_clause: str
 
     @abstractmethod
-    def connect(self) -> Any: ...
+    def connect(self, create: bool = True) -> Any:
+        """A connection; with ``create=False`` nothing is made: no file, no directory."""
 
     @abstractmethod
     def begin_exclusive(self, conn: Any) -> None:
@@ -212,16 +241,34 @@ class _SqliteBackend(_Backend):
     serial = "INTEGER PRIMARY KEY AUTOINCREMENT"
     real = "REAL"
     placeholder = "?"
+    # A write transaction takes SQLite's write lock at once, so what it reads (the fence) is what it writes on.
+    begin_write = "BEGIN IMMEDIATE"
+    share_clause = ""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        conn.execute("PRAGMA busy_timeout=30000")
+    def connect(self, create: bool = True) -> sqlite3.Connection:
+        if create:
+            made = _make_dirs(self.path.parent)
+            try:
+                conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            except BaseException:
+                _remove_dirs(made)
+                raise
+        else:
+            if not self.path.is_file():
+                raise StoreNotFound(f"there is no state store at {self.path}")
+            # mode=rw never creates the file, not even when it vanished a moment ago
+            conn = sqlite3.connect(self.path.absolute().as_uri() + "?mode=rw", uri=True, timeout=30.0,
+                                   isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def begin_exclusive(self, conn: Any) -> None:
@@ -239,17 +286,21 @@ class _PostgresBackend(_Backend):
     serial = "BIGSERIAL PRIMARY KEY"
     real = "DOUBLE PRECISION"
     placeholder = "%s"
+    begin_write = "BEGIN"
+    # The fence row stays share-locked until the write commits: a take-over waits for it, never slips between.
+    share_clause = " FOR SHARE"
 
     def __init__(self, url: str) -> None:
         self.url = url
 
-    def connect(self) -> Any:
+    def connect(self, create: bool = True) -> Any:
         import psycopg
 
         try:
             conn = psycopg.connect(self.url, autocommit=True, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            raise StateError(f"cannot open the state store {self.describe()}: {str(exc).strip().splitlines()[0]}",
+        except psycopg.Error as exc:
+            why = _mask_password(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            raise StateError(f"cannot open the state store {self.describe()}: {why}",
                              hint="check the --state URL and that PostgreSQL answers") from exc
         return conn
 
@@ -283,11 +334,19 @@ def _dumps(value: Any) -> str:
 class StateStore:
     """Runs, steps, items, events and locks. Thread-safe: one connection, one lock, short transactions."""
 
-    def __init__(self, backend: _Backend) -> None:
+    def __init__(self, backend: _Backend, *, create: bool = True) -> None:
+        """Opens the store; ``create=False`` (commands that only read) makes nothing and raises
+        :class:`StoreNotFound` where there is no store yet."""
         self.backend = backend
         self._lock = threading.RLock()
-        self._conn = backend.connect()
-        self._migrate()
+        self._fence: LockInfo | None = None
+        self._conn = backend.connect(create=create)
+        try:
+            self._migrate(create=create)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            raise
 
     # -------------------------------------------------------------------------------------------- plumbing
 
@@ -301,8 +360,29 @@ class StateStore:
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._conn.execute(self.backend.sql(sql), tuple(params))
 
-    def _tx(self) -> _Tx:
-        return _Tx(self)
+    def _tx(self, *, fenced: bool = True) -> _Tx:
+        return _Tx(self, fenced=fenced)
+
+    def hold(self, lock: LockInfo | None) -> None:
+        """Fences every later write of this store on ``lock`` (None: no fence): a write made after the lock was
+        taken over or broken raises :class:`LockLost` and changes nothing."""
+        with self._lock:
+            self._fence = lock
+
+    @property
+    def fence(self) -> LockInfo | None:
+        return self._fence
+
+    def _check_fence(self) -> None:
+        """Inside a write transaction: is the held lock still this store's? (Raises :class:`LockLost`.)"""
+        fence = self._fence
+        if fence is None:
+            return
+        row = self._exec(f"SELECT generation FROM locks WHERE run_id = ? AND token = ?{self.backend.share_clause}",
+                         (fence.run_id, fence.token)).fetchone()
+        if row is None:
+            raise LockLost(f"run {fence.run_id}: this runner's lock (generation {fence.generation}) was taken over "
+                           "or broken; it does nothing more", hint=f"see who holds it: migrator status {fence.run_id}")
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -314,12 +394,15 @@ class StateStore:
         rows = self._exec("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
         return int(rows[0][0]) if rows else None
 
-    def _migrate(self) -> None:
-        """Creates or upgrades the schema, one exclusive transaction, so concurrent openers agree."""
+    def _migrate(self, *, create: bool = True) -> None:
+        """Creates (unless ``create=False``) or upgrades the schema, one exclusive transaction, so concurrent
+        openers agree."""
         with self._lock:
             self.backend.begin_exclusive(self._conn)
             try:
                 version = self._schema_version()
+                if version is None and not create:
+                    raise StoreNotFound(f"there is no state store at {self.describe()}")
                 if version is None:
                     for stmt in _ddl_v1(self.backend.serial, self.backend.real):
                         self._exec(stmt)
@@ -543,6 +626,8 @@ class StateStore:
         with self._lock:
             self.backend.begin_exclusive(self._conn)
             try:
+                row = self._exec("SELECT generation FROM fences WHERE run_id = ?", (run_id,)).fetchone()
+                mine.generation = (int(row[0]) if row else 0) + 1
                 current = self._get_lock_unlocked(run_id)
                 stale = None
                 if current is not None:
@@ -552,10 +637,12 @@ class StateStore:
                                        hint=f"wait for it, or if that runner is gone: migrator unlock {run_id}")
                     stale = f"took over a stale lock of {current.host} pid {current.pid}: {stale}"
                     self._exec("DELETE FROM locks WHERE run_id = ?", (run_id,))
-                self._exec("INSERT INTO locks (run_id, host, pid, token, acquired_at, heartbeat_at, expires_at) "
-                           "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                self._exec("INSERT INTO locks (run_id, host, pid, token, acquired_at, heartbeat_at, expires_at, "
+                           "generation) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            (mine.run_id, mine.host, mine.pid, mine.token, mine.acquired_at, mine.heartbeat_at,
-                            mine.expires_at))
+                            mine.expires_at, mine.generation))
+                self._exec("INSERT INTO fences (run_id, generation) VALUES (?, ?) ON CONFLICT (run_id) "
+                           "DO UPDATE SET generation = excluded.generation", (run_id, mine.generation))
                 self._exec("COMMIT")
             except BaseException:
                 self._exec("ROLLBACK")
@@ -563,8 +650,8 @@ class StateStore:
         return mine, stale
 
     def _get_lock_unlocked(self, run_id: str) -> LockInfo | None:
-        row = self._exec("SELECT run_id, host, pid, token, acquired_at, heartbeat_at, expires_at FROM locks "
-                         "WHERE run_id = ?", (run_id,)).fetchone()
+        row = self._exec("SELECT run_id, host, pid, token, acquired_at, heartbeat_at, expires_at, generation "
+                         "FROM locks WHERE run_id = ?", (run_id,)).fetchone()
         return LockInfo(*row) if row else None
 
     def get_lock(self, run_id: str) -> LockInfo | None:
@@ -574,17 +661,17 @@ class StateStore:
     def heartbeat(self, lock: LockInfo, ttl: float = LOCK_TTL_SECONDS) -> bool:
         """Extends the lock; False when it is no longer ours (broken or taken over)."""
         now = time.time()
-        with self._tx():
+        with self._tx(fenced=False):
             cur = self._exec("UPDATE locks SET heartbeat_at = ?, expires_at = ? WHERE run_id = ? AND token = ?",
                              (now, now + ttl, lock.run_id, lock.token))
             return bool(cur.rowcount)
 
     def release_lock(self, lock: LockInfo) -> None:
-        with self._tx():
+        with self._tx(fenced=False):
             self._exec("DELETE FROM locks WHERE run_id = ? AND token = ?", (lock.run_id, lock.token))
 
     def break_lock(self, run_id: str) -> LockInfo | None:
-        with self._tx():
+        with self._tx(fenced=False):
             current = self._get_lock_unlocked(run_id)
             self._exec("DELETE FROM locks WHERE run_id = ?", (run_id,))
         return current
@@ -593,16 +680,26 @@ class StateStore:
 class _Tx:
     """A write transaction on the store's connection, serialized by the store's lock."""
 
-    def __init__(self, store: StateStore) -> None:
+    def __init__(self, store: StateStore, *, fenced: bool = True) -> None:
         self.store = store
+        self.fenced = fenced
 
     def __enter__(self) -> _Tx:
         self.store._lock.acquire()
         try:
-            self.store._conn.execute("BEGIN")
+            self.store._conn.execute(self.store.backend.begin_write)
         except BaseException:
             self.store._lock.release()
             raise
+        if self.fenced:
+            try:
+                self.store._check_fence()
+            except BaseException:
+                try:
+                    self.store._conn.execute("ROLLBACK")
+                finally:
+                    self.store._lock.release()
+                raise
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -612,15 +709,128 @@ class _Tx:
             self.store._lock.release()
 
 
-def open_store(spec: str | os.PathLike[str] | None = None) -> StateStore:
-    """Opens the state store named by ``--state`` / ``MIGRATOR_STATE``: a directory, or a postgresql:// URL."""
+def open_store(spec: str | os.PathLike[str] | None = None, *, create: bool = True) -> StateStore:
+    """Opens the state store named by ``--state`` / ``MIGRATOR_STATE``: a directory, a ``.db`` file, or a
+    postgresql:// URL.
+
+    Only ``run`` creates a store: with ``create=False`` nothing is made (no directory, no file, no table) and a
+    missing store raises :class:`StoreNotFound`. A spec that can never name a store raises :class:`InputError`
+    before anything happens; a store that cannot be reached or read raises :class:`StateError` saying what to do.
+    """
     spec = os.fspath(spec) if spec is not None else os.environ.get("MIGRATOR_STATE") or DEFAULT_STATE_DIR
-    if spec.startswith(("postgresql://", "postgres://")):
-        return StateStore(_PostgresBackend(spec))
+    if not spec.strip():
+        raise InputError("--state is empty", hint="give a directory or a postgresql:// URL")
+    url = re.match(r"([A-Za-z][A-Za-z0-9+.-]*):(//)?", spec)  # a scheme, and whether "//" follows it
+    postgres = url is not None and url[1].lower() in ("postgres", "postgresql")
+    if url is not None and (url[2] or postgres):
+        if not (postgres and url[2]):
+            raise InputError(f"--state {_mask_password(spec)}: not a directory and not a postgresql:// URL",
+                             hint="give a directory, a .db file or postgresql://USER@HOST:PORT/DATABASE")
+        return _open_postgres(_checked_postgres_url(spec), create)
     path = Path(spec)
-    if path.suffix in (".db", ".sqlite", ".sqlite3"):
-        return StateStore(_SqliteBackend(path))
+    db = path if path.suffix.lower() in (".db", ".sqlite", ".sqlite3") else path / "state.db"
+    _check_sqlite_path(spec, db)
     try:
-        return StateStore(_SqliteBackend(path / "state.db"))
+        return StateStore(_SqliteBackend(db), create=create)
     except sqlite3.DatabaseError as exc:
-        raise StateError(f"cannot open the state store {path / 'state.db'}: {exc}") from exc
+        damaged = any(w in str(exc) for w in ("not a database", "malformed", "corrupt"))
+        raise StateError(f"cannot open the state store {db}: {exc}",
+                         hint="it is damaged: move it aside (keep it for support) and restore it from a backup"
+                         if damaged else "check that the state directory and its files can be read and written"
+                         ) from exc
+
+
+def _open_postgres(url: str, create: bool) -> StateStore:
+    import psycopg
+
+    backend = _PostgresBackend(url)
+    try:
+        return StateStore(backend, create=create)
+    except psycopg.Error as exc:
+        why = _mask_password(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise StateError(f"cannot use the state store {backend.describe()}: {why}",
+                         hint="check the --state URL's user can create and write tables in that database") from exc
+
+
+def _mask_password(text: str) -> str:
+    """``text`` (a URL, or a message quoting one) with the password of any URL in it masked."""
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _checked_postgres_url(url: str) -> str:
+    """The URL, once libpq can parse it, every port is a port and it names a database (libpq would otherwise
+    quietly use a default one)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    shown = _mask_password(url)
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error as exc:
+        why = _mask_password(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise InputError(f"--state {shown}: not a valid PostgreSQL URL: {why}",
+                         hint="the form is postgresql://USER@HOST:PORT/DATABASE") from exc
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise InputError(f"--state {shown}: port {port!r} is not a number from 1 to 65535")
+    if not params.get("dbname"):
+        raise InputError(f"--state {shown}: the URL names no database",
+                         hint="add it: postgresql://USER@HOST:PORT/DATABASE")
+    return url
+
+
+def _check_sqlite_path(spec: str, db: Path) -> None:
+    """Refuses (exit 2) a ``--state`` path that can never hold the store ``db``, before anything is made: a file
+    where a directory must be, a directory where the file must be, a name too long, a symlink loop."""
+    for part in db.parts:
+        if len(os.fsencode(part)) > 255:
+            raise InputError(f"--state: the name {part[:24]}… is longer than 255 bytes")
+    current = db
+    while True:
+        try:
+            mode = os.stat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            if current.parent == current:
+                return
+            current = current.parent
+            continue
+        except PermissionError as exc:
+            raise StateError(f"cannot reach the state store {db}: {current}: {exc.strerror}",
+                             hint="choose a --state you can read and write, or fix its permissions") from exc
+        except OSError as exc:  # a symlink loop, a path too long
+            raise InputError(f"--state {spec}: {current}: {exc.strerror}") from exc
+        if current == db and stat.S_ISDIR(mode):
+            raise InputError(f"--state {spec}: {db} is a directory, not a database file",
+                             hint="give a directory (its state.db is the store) or the path of a .db file")
+        if current != db and not stat.S_ISDIR(mode):
+            raise InputError(f"--state {spec}: {current} is a file, not a directory",
+                             hint="give a directory (its state.db is the store) or the path of a .db file")
+        return
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Makes ``directory`` and its missing parents; returns what it made, so a failure can take it back."""
+    missing: list[Path] = []
+    current = directory
+    while not current.is_dir() and current.parent != current:
+        missing.append(current)
+        current = current.parent
+    made: list[Path] = []
+    try:
+        for path in reversed(missing):
+            path.mkdir()
+            made.append(path)
+    except OSError as exc:
+        _remove_dirs(made)
+        if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP):
+            raise InputError(f"--state: cannot make the directory {directory}: {exc.strerror}") from exc
+        raise StateError(f"cannot make the state directory {directory}: {exc.strerror}",
+                         hint="choose a --state directory you can write, or fix its permissions") from exc
+    return made
+
+
+def _remove_dirs(made: list[Path]) -> None:
+    for path in reversed(made):
+        with contextlib.suppress(OSError):
+            path.rmdir()

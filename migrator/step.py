@@ -174,8 +174,14 @@ class StepContext(Protocol):
     @property
     def cancel_event(self) -> threading.Event: ...
 
+    #: The generation of the run's lock this runner holds (0 in a dry-run): a provider that can make a write
+    #: conditional on it does, so that a runner that lost the lock cannot write even mid-transaction.
+    @property
+    def lock_generation(self) -> int: ...
+
     def reveal(self, secret: Secret | str | None) -> str | None: ...
 
+    #: Raises ``Cancelled`` when the run must stop, ``LockLost`` when this runner no longer holds the run's lock.
     def raise_if_cancelled(self) -> None: ...
 
     def event(self, type: str, message: str, **data: Any) -> None: ...
@@ -191,7 +197,9 @@ class Step(ABC, Generic[P]):
 
     kind: ClassVar[str]
     Params: ClassVar[type[Params]]
-    #: True for kinds whose effect cannot be undone; ``compensate`` is then never called.
+    #: True for kinds whose effect cannot be undone; ``compensate`` is then never called. The runner reads it on
+    #: the step, so a kind whose undo depends on its params makes it a property (``shell`` without ``undo``,
+    #: ``http`` with a method other than GET or HEAD).
     irreversible: ClassVar[bool] = False
     #: One-line summary for ``migrator steps``; the class docstring is the long form.
     summary: ClassVar[str] = ""
@@ -233,4 +241,10 @@ class Step(ABC, Generic[P]):
 
     def compensate(self, ctx: StepContext) -> None:
         """Undoes what this run did. The default does nothing, which suits read-only kinds."""
+        return None
+
+    def guard_rollback(self, ctx: StepContext) -> None:
+        """Raises :class:`~migrator.errors.CompensationRefused` when rolling the run back now would lose what
+        this step protects. The runner asks every applied step before a rollback undoes anything, so a refusal
+        leaves everything as it was. The default never refuses."""
         return None

@@ -96,6 +96,7 @@ class MemoryContext:
     resources: dict[str, Any] = field(default_factory=dict)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    lock_generation: int = 1
 
     def reveal(self, secret: Secret | str | None) -> str | None:
         if isinstance(secret, Secret):

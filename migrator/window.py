@@ -1,10 +1,12 @@
 """Dayparts and read-only windows: pure logic, no clock of its own (the caller passes ``now``).
 
 A day is cut into dayparts in the tenant's time zone (by default night 00-06, morning 06-12, afternoon 12-18,
-evening 18-24). A *window* is one daypart on one date, written ``DATE/DAYPART`` (``2026-03-14/night``); a bare
-``DAYPART`` means its current or next occurrence. The gate lets the read-only part of a migration start only
-inside the window and only when the forecast of the remaining work, with a safety margin, ends before the
-window does; the watchdog later asks :func:`overruns` whether the work still fits.
+evening 18-24). A daypart whose end is before its start (22:00-06:00) crosses midnight and ends the next day.
+A *window* is one daypart on one date, written ``DATE/DAYPART`` (``2026-03-14/night``; for a daypart crossing
+midnight, the date it starts on); a bare ``DAYPART`` means its current or next occurrence. The gate lets the
+read-only part of a migration start only inside the window and only when the forecast of the remaining work,
+with a safety margin, ends before the window does; the watchdog later asks :func:`overruns` whether the work
+still fits.
 
 Times are aware datetimes. Window bounds are computed in the tenant's zone (``zoneinfo``), so a daypart across
 a daylight-saving change is an hour shorter or longer, as it is on the tenant's wall clock.
@@ -29,27 +31,56 @@ DEFAULT_DAYPARTS_SPEC: dict[str, str] = {
     "evening": "18:00-24:00",
 }
 _CLOCK = re.compile(r"^\s*(\d{1,2})(?::(\d{2}))?\s*$")
+_DAYPART_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
 class Daypart:
-    """A named part of the day, ``start``..``end`` in minutes after midnight (``end`` may be 1440)."""
+    """A named part of the day, ``start``..``end`` in minutes after the midnight it starts after.
+
+    ``end`` may pass 1440 for a daypart that crosses midnight (22:00-06:00 is 1320..1800); a daypart is never
+    empty and never longer than a day.
+    """
 
     name: str
     start: int
     end: int
 
     def __post_init__(self) -> None:
-        if not 0 <= self.start < self.end <= MINUTES_PER_DAY:
+        if not 0 <= self.start < MINUTES_PER_DAY or not self.start < self.end <= self.start + MINUTES_PER_DAY:
             raise InputError(f"daypart {self.name}: {self.start}..{self.end} minutes is not a part of one day",
-                             hint="write dayparts as HH:MM-HH:MM with start before end, up to 24:00")
+                             hint="write dayparts as HH:MM-HH:MM, start before 24:00, end up to 24:00")
 
     def label(self) -> str:
         return f"{self.name} {_hhmm(self.start)}-{_hhmm(self.end)}"
 
 
 def _hhmm(minutes: int) -> str:
+    if minutes > MINUTES_PER_DAY:  # the next morning, for a daypart across midnight
+        minutes -= MINUTES_PER_DAY
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def daypart_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a daypart (it is written in ``--window DATE/NAME``), or None."""
+    if not _DAYPART_NAME.match(name):
+        return (f"daypart name {name[:40]!r}: use a letter, then letters, digits, '_' or '-' (at most 32), "
+                "e.g. night")
+    return None
+
+
+def daypart_from_clock(name: str, start: Any, end: Any, where: str | None = None) -> Daypart:
+    """A daypart from two times of day; an ``end`` before ``start`` means the end is on the next day."""
+    where = where or f"daypart {name}"
+    start_min, end_min = _parse_clock(start, where), _parse_clock(end, where)
+    if start_min >= MINUTES_PER_DAY:
+        raise InputError(f"{where}: a daypart cannot start at 24:00", hint="write 00:00")
+    if end_min == start_min:
+        raise InputError(f"{where}: start and end are both {_hhmm(start_min)}, an empty daypart",
+                         hint="a daypart ends after it starts (or, crossing midnight, the next day)")
+    if end_min < start_min:
+        end_min += MINUTES_PER_DAY
+    return Daypart(name, start_min, end_min)
 
 
 def _parse_clock(text: Any, where: str) -> int:
@@ -67,19 +98,27 @@ def _parse_clock(text: Any, where: str) -> int:
 def parse_dayparts(spec: Mapping[str, Any] | None) -> dict[str, Daypart]:
     """Dayparts from an environment file: ``{night: "00:00-06:00"}`` or ``{night: {start: "00:00", end: ...}}``.
 
-    An empty or missing spec gives the defaults.
+    A missing spec (None) gives the defaults; an empty one is refused (it would leave no window to choose).
     """
-    spec = spec or DEFAULT_DAYPARTS_SPEC
+    if spec is None:
+        spec = DEFAULT_DAYPARTS_SPEC
+    if not isinstance(spec, Mapping):
+        raise InputError(f"dayparts: expected a mapping of names to HH:MM-HH:MM, got {spec!r:.60}")
+    if not spec:
+        raise InputError("dayparts: none given", hint="name at least one, or leave dayparts out for the standard four")
     dayparts: dict[str, Daypart] = {}
     for name, value in spec.items():
         where = f"dayparts.{name}"
+        problem = daypart_name_problem(str(name))
+        if problem:
+            raise InputError(f"dayparts: {problem}")
         if isinstance(value, Mapping):
             start, end = value.get("start"), value.get("end")
         elif isinstance(value, str) and "-" in value:
             start, end = value.split("-", 1)
         else:
-            raise InputError(f"{where}: expected HH:MM-HH:MM or {{start, end}}, got {value!r}")
-        dayparts[str(name)] = Daypart(str(name), _parse_clock(start, where), _parse_clock(end, where))
+            raise InputError(f"{where}: expected HH:MM-HH:MM or {{start, end}}, got {value!r:.60}")
+        dayparts[str(name)] = daypart_from_clock(str(name), start, end, where)
     return dayparts
 
 
@@ -143,9 +182,9 @@ def resolve_window(text: str, dayparts: Mapping[str, Daypart], tz: ZoneInfo, now
     if day_text:
         try:
             day = date.fromisoformat(day_text)
-        except ValueError:
+            return window_on(day, daypart, tz)
+        except (ValueError, OverflowError):  # 2026-02-30; 9999-12-31 for a night that ends the next day
             raise InputError(f"window {text!r}: {day_text!r} is not a date", hint="write YYYY-MM-DD") from None
-        return window_on(day, daypart, tz)
     today = now.astimezone(tz).date()
     for offset in (-1, 0, 1, 2):  # yesterday's covers a daypart running past midnight
         window = window_on(today + timedelta(days=offset), daypart, tz)

@@ -3,7 +3,10 @@
 The provider asks for: a reference number, the customer environment names, the usernames involved, the date
 and time of the issue, a detailed description, error messages and log files, steps to reproduce, and any
 additional information. Everything passes the redactor (secrets, and personal data such as e-mail addresses
-and phone numbers) before it is written; the bundle itself is re-read to prove no known secret is in it.
+and phone numbers) before it is written; the bundle itself is re-read to prove no known secret is in it. The
+environment file is not copied: ``environment.yaml`` is rebuilt from the parsed file with every secret-bearing and
+free-text value redacted (:func:`~migrator.secrets.redacted_environment`). Blob names appear only as labels
+(:func:`~migrator.secrets.blob_label`), and database errors carry no row values, from where they are raised.
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import pydantic
+import yaml
+
 from migrator.errors import StateError
+from migrator.playbook import Environment
 from migrator.reports.run import report_data
 from migrator.reports.status import run_summary
-from migrator.secrets import Redactor
+from migrator.secrets import Redactor, redacted_environment
 from migrator.state import StateStore
 from migrator.yamlsrc import parse_yaml
 
@@ -49,13 +56,8 @@ def build_bundle(store: StateStore, run_id: str, out: Path, *, log_dir: Path | N
     run = store.require_run(run_id)
     summary = run_summary(store, run_id)
     events = store.events(run_id)
-    tenant: dict[str, Any] = {}
-    if run.environment_text:
-        try:
-            data = parse_yaml(run.environment_text, "environment").data
-            tenant = data.get("tenant", {}) if isinstance(data, dict) else {}
-        except Exception:  # a bundle is made even from a broken environment file
-            tenant = {}
+    environment = _environment(run.environment_text)
+    tenant: dict[str, Any] = environment.get("tenant") or {} if environment is not None else {}
     failure = next((e for e in reversed(events) if e.type in ("step.failed", "watchdog.abort",
                                                               "step.compensation_failed")), None)
     failed_step = failure.step_id if failure else None
@@ -105,8 +107,11 @@ def build_bundle(store: StateStore, run_id: str, out: Path, *, log_dir: Path | N
         "versions.json": json.dumps(_versions(), indent=2),
         "playbook.yaml": run.playbook_text,
     }
-    if run.environment_text:
-        files["environment.yaml"] = run.environment_text
+    if environment is not None:
+        files["environment.yaml"] = ("# The environment file of the run, rebuilt with every secret-bearing and "
+                                     "free-text value redacted.\n"
+                                     + yaml.safe_dump(redacted_environment(environment), sort_keys=False,
+                                                      allow_unicode=True))
     if log_dir is not None:
         log = log_dir / f"{run_id}.log"
         if log.exists():
@@ -117,6 +122,22 @@ def build_bundle(store: StateStore, run_id: str, out: Path, *, log_dir: Path | N
             zf.writestr(f"support-{run_id}/{name}", redactor.redact(text))
     _prove_clean(out, redactor)
     return out
+
+
+def _environment(text: str | None) -> dict[str, Any] | None:
+    """The run's environment file as parsed (and validated, where it still is), or None without one."""
+    if not text:
+        return None
+    try:
+        data = parse_yaml(text, "environment").data
+    except Exception:  # a bundle is made even from a broken environment file
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    try:
+        return Environment.model_validate(data).model_dump(exclude_none=True)
+    except pydantic.ValidationError:  # no longer valid (an older migrator wrote it): redacted all the same
+        return data
 
 
 def _prove_clean(path: Path, redactor: Redactor) -> None:

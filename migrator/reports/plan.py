@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from migrator.playbook import LoadedPlaybook
@@ -167,8 +168,9 @@ def _table(views: list[StepPlanView]) -> str:
         table.add_column(col)
     colours = {"done": "green", "change": "yellow", "deferred": "cyan", "error": "red"}
     for v in views:
-        table.add_row(v.step_id, v.kind, f"[{colours.get(v.status, 'white')}]{v.status}[/]",
-                      "\n".join(v.changes), _fmt_s(v.estimate_seconds), v.reason)
+        # only the status is markup: commands and reasons hold brackets ("s/[abc]/x/") that must show as written
+        table.add_row(escape(v.step_id), escape(v.kind), f"[{colours.get(v.status, 'white')}]{escape(v.status)}[/]",
+                      escape("\n".join(v.changes)), _fmt_s(v.estimate_seconds), escape(v.reason))
     buf = io.StringIO()
     Console(file=buf, width=160, force_terminal=False).print(table)
     return buf.getvalue()

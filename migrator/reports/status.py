@@ -24,6 +24,7 @@ def run_summary(store: StateStore, run_id: str) -> dict[str, Any]:
         "run_id": run.run_id, "playbook": run.playbook_name, "tenant": run.tenant, "status": run.status,
         "error": run.error, "created_at": run.created_at, "updated_at": run.updated_at,
         "finished_at": run.finished_at, "options": run.options, "steps": steps,
-        "lock": {"holder": lock.describe(), "host": lock.host, "pid": lock.pid, "stale": lock.stale_reason()}
+        "lock": {"holder": lock.describe(), "host": lock.host, "pid": lock.pid, "generation": lock.generation,
+                 "stale": lock.stale_reason()}
         if lock else None,
     }

@@ -27,6 +27,12 @@ tokens too. Each finished blob is recorded in ``ctx.items``; a resumed step skip
 unchanged, and the inventory diff skips everything else that is already in place, so no completed blob is sent
 twice.
 
+Deletions: a source blob gone by the time it is read (deleted or renamed after the listing) is a deletion, not an
+error: it is recorded ("vanished") and the step goes on. ``blobs.sync`` removes what the source lost from its
+destination and, with ``also_delete_from``, from the container filled from that destination (the live
+container): it knows exactly which blobs the source lost (its destination, the backup, holds only what the
+migration copied there from the source), so nothing the migration never had is deleted there.
+
 Across the steps of one run, each Azure container a transfer step writes is listed once (:class:`InventoryCache`,
 in ``ctx.resources``): a transfer step that finished its apply and verify leaves its destination's inventory there
 (what its listing gave, updated with what it wrote or deleted and read back, or the listing its verify made), and
@@ -65,7 +71,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from migrator.errors import (
@@ -79,6 +85,7 @@ from migrator.errors import (
 from migrator.providers.blob import BlobEndpoint, BlobInfo, BlobStore, check_relative_name, open_blob_store
 from migrator.providers.blob.azure import AzureBlobStore
 from migrator.providers.blob.folder import FolderBlobStore
+from migrator.secrets import blob_label
 from migrator.step import CheckResult, Estimate, ItemRecord, Params, PlanResult, Step, StepContext
 
 MiB = 1024 * 1024
@@ -127,6 +134,16 @@ class PresyncParams(TransferParams):
 class SyncParams(TransferParams):
     #: What to do with destination blobs whose source is gone: delete them, or keep them and report them.
     on_source_deleted: Literal["delete", "keep"] = "delete"
+    #: A container filled from the destination (the live container a put live fills from the backup): a blob the
+    #: source lost is deleted there too, before its copy at the destination. Only such a blob, one the destination
+    #: held and the source no longer has: nothing the destination never had is ever deleted there.
+    also_delete_from: BlobEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _deletions_only_where_deleted(self) -> SyncParams:
+        if self.also_delete_from is not None and self.on_source_deleted != "delete":
+            raise ValueError("also_delete_from needs on_source_deleted: delete")
+        return self
 
 
 class PutLiveParams(TransferParams):
@@ -503,8 +520,8 @@ def b64(data: bytes | None) -> str | None:
 
 
 def redacted_names(ctx: StepContext, names: list[str]) -> str:
-    """Blob names for a message: personal data masked, at most a screenful."""
-    shown = ", ".join(ctx.redactor.redact(repr(n)) for n in names[:_MAX_LISTED])
+    """Blob names for a message, each by its label (:func:`~migrator.secrets.blob_label`), at most a screenful."""
+    shown = ", ".join(blob_label(n) for n in names[:_MAX_LISTED])
     more = len(names) - _MAX_LISTED
     return shown + (f" and {more} more" if more > 0 else "")
 
@@ -547,7 +564,11 @@ class Progress:
         text += f"/{self.total_blobs} blobs" if self.total_blobs is not None else " blobs"
         text += f", {self.bytes / MiB:.1f}"
         text += f"/{self.total_bytes / MiB:.1f} MiB" if self.total_bytes is not None else " MiB"
-        text += f", {rate_n:.0f} blobs/s, {rate_b / MiB:.1f} MiB/s"
+        text += f", {rate_n:.0f} blobs/s"
+        if self.bytes_sent:
+            # a transfer rate of the bytes this process sent: a server-side copy sends none (the storage service
+            # copies it), and its size over the time of a request is no rate at all
+            text += f", {self.bytes_sent / elapsed / MiB:.1f} MiB/s"
         if self.total_blobs is not None and self.total_bytes is not None and (rate_b > 0 or rate_n > 0):
             left_n = (self.total_blobs - self.blobs) / rate_n if rate_n else 0.0
             left_b = (self.total_bytes - self.bytes) / rate_b if rate_b else 0.0
@@ -628,16 +649,16 @@ class BlobCopier:
             except _ChangedWhileRead:
                 fresh = self.src.info(info.name)
                 if fresh is None:
-                    raise PermanentError(f"blob {self.ctx.redactor.redact(repr(info.name))} disappeared from "
+                    raise PermanentError(f"blob {blob_label(info.name)} disappeared from "
                                          f"{self.src.describe()} while it was copied") from None
                 info = fresh
-        raise TransientError(f"blob {self.ctx.redactor.redact(repr(info.name))} in {self.src.describe()} kept "
+        raise TransientError(f"blob {blob_label(info.name)} in {self.src.describe()} kept "
                              "changing while it was read", hint="it is being written to; the copy is retried")
 
     def _check_md5(self, info: BlobInfo, md5: bytes) -> None:
         if info.md5 is not None and md5 != info.md5:
             raise TransientError(
-                f"blob {self.ctx.redactor.redact(repr(info.name))} in {self.src.describe()}: the content read does "
+                f"blob {blob_label(info.name)} in {self.src.describe()}: the content read does "
                 "not match its Content-MD5", hint="the source changed while it was copied; the copy is retried")
 
     def _token(self, info: BlobInfo, stream: BinaryIO, md5: bytes) -> str | None:
@@ -678,11 +699,11 @@ class BlobCopier:
             status, description = self.dst.copy_status(info.name)
         if status != "success":
             _, description = self.dst.copy_status(info.name)
-            raise PermanentError(f"server-side copy of blob {self.ctx.redactor.redact(repr(info.name))} into "
+            raise PermanentError(f"server-side copy of blob {blob_label(info.name)} into "
                                  f"{self.dst.describe()} ended {status}: {description or 'no reason given'}")
         copied = self.dst.info(info.name)
         if copied is None or copied.size != info.size or copied.md5 != info.md5:
-            raise TransientError(f"server-side copy of blob {self.ctx.redactor.redact(repr(info.name))} into "
+            raise TransientError(f"server-side copy of blob {blob_label(info.name)} into "
                                  f"{self.dst.describe()} does not match the source (size or MD5)",
                                  hint="the source changed during the copy; retried")
         return CopyResult(md5=info.md5 or b"", sent=0, server_side=True, size=info.size,
@@ -835,6 +856,11 @@ class Attempt:
     reused: bool = False  # a side came from the cache instead of a listing
     #: What the destination holds once verify passed, to keep for later steps.
     remember: CachedInventory | None = None
+    #: A sync with ``also_delete_from``: this attempt's hold on that container's kept inventory, the blobs it
+    #: deleted there, and those an earlier run of the step deleted at the destination but left there (check).
+    also_claim: Claim | None = None
+    also_deleted: list[str] = field(default_factory=list)
+    also_left: list[str] | None = None
 
     def reuse(self) -> Reuse:
         return Reuse(self.src_claim.entry if self.src_claim else None,
@@ -842,7 +868,7 @@ class Attempt:
 
     def abandon(self, ctx: StepContext) -> None:
         """Lets go of what a failed (or superseded) attempt took from the cache."""
-        for claim in (self.src_claim, self.dst_claim):
+        for claim in (self.src_claim, self.dst_claim, self.also_claim):
             if claim is not None:
                 inventory_cache(ctx).abandon(claim)
 
@@ -853,6 +879,13 @@ class Attempt:
             cache.settle(self.src_claim, None)
         if self.dst_claim is not None:
             cache.settle(self.dst_claim, self.remember if self.keep else None)
+        if self.also_claim is not None:
+            # What was kept of the other container, less what this attempt deleted there (and proved gone).
+            kept_there = self.also_claim.entry
+            if kept_there is not None:
+                for name in self.also_deleted:
+                    kept_there.blobs.pop(name, None)
+            cache.settle(self.also_claim, kept_there)
 
 
 def survey(ctx: StepContext, src: BlobStore, dst: BlobStore, *, limit: int | None = SURVEY_LIMIT,
@@ -916,7 +949,36 @@ def _claim(ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobSt
             attempt.dst_claim.entry = None  # taken out (this step writes the container) but not used
     if src_id is not None and src_id != dst_id and params.reuse_listing:
         attempt.src_claim = cache.borrow(src_id)
+    also = _also_store(ctx, params)
+    also_id = also.inventory_identity() if also is not None else None
+    if also_id is not None:
+        # Written too (deletions): held like the destination, and what is kept of it is updated, not dropped.
+        attempt.also_claim = cache.claim(also_id)
+        if not params.reuse_listing:
+            attempt.also_claim.entry = None
     attempt.reused = attempt.reuse().used(src)
+
+
+def _also_store(ctx: StepContext, params: TransferParams) -> BlobStore | None:
+    """The store a sync deletes what the source lost from as well (``also_delete_from``), or None."""
+    endpoint = params.also_delete_from if isinstance(params, SyncParams) else None
+    return open_blob_store(endpoint, ctx, concurrency=params.concurrency) if endpoint is not None else None
+
+
+def _left_in_also(ctx: StepContext, params: TransferParams, also: BlobStore, attempt: Attempt,
+                  skip: set[str]) -> list[str]:
+    """Blobs this step deleted at the destination earlier (the source had lost them) that ``also`` still holds:
+    a step run before with no ``also_delete_from``, taken up again (``resume --rerun``). Looked up one by one
+    (they are few), or in the kept inventory of ``also``; ``skip``: those this attempt deletes anyway."""
+    names = sorted(ctx.items.keys("deleted") - skip)
+    if not names:
+        return []
+    kept_there = attempt.also_claim.entry if attempt.also_claim is not None else None
+    if kept_there is not None:
+        return [name for name in names if name in kept_there.blobs]
+    with ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-verify") as pool:
+        found = list(pool.map(also.info, names))
+    return [name for name, info in zip(names, found, strict=True) if info is not None]
 
 
 def _peek(ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobStore) -> Reuse:
@@ -988,8 +1050,10 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     pool = ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-copy")
     source: dict[str, Compact] = {}
     written: dict[str, CopyResult] = {}
-    attempt.written, attempt.deleted = written, []
+    vanished: list[str] = []
+    attempt.written, attempt.deleted, attempt.also_deleted = written, [], []
     from_cache = attempt.reuse().source_inventory() is not None
+    also = _also_store(ctx, params)
 
     def listed() -> Iterator[tuple[BlobInfo, Compact | None]]:
         """Source blobs not already in place, each with what the destination has of it."""
@@ -1013,14 +1077,20 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
                 continue
             yield info, have
 
-    def work(info: BlobInfo, created: bool) -> None:
+    def work(info: BlobInfo, have: Compact | None) -> None:
         try:
             if errors:
                 return
-            result = retrying(copier.copy, info)
+            try:
+                result = retrying(copier.copy, info)
+            except Exception as exc:
+                if from_cache or not _gone_from(src, info.name, exc):
+                    raise
+                gone(info.name, have)
+                return
             written[info.name] = result
             ctx.items.record(info.name, "done", bytes=info.size, checksum=b64(result.md5),
-                             detail={"created": created, "server_side": result.server_side,
+                             detail={"created": have is None, "server_side": result.server_side,
                                      "resumed_blocks": result.resumed_blocks})
             progress.add(blobs=1, bytes=info.size, sent=result.sent, server_side=int(result.server_side))
         except BaseException as exc:
@@ -1028,13 +1098,37 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
         finally:
             slots.release()
 
-    def remove(name: str) -> None:
+    def gone(name: str, have: Compact | None) -> None:
+        """A source blob listed a moment ago and gone when read (deleted or renamed meanwhile): a deletion, not an
+        error. A step that removes what the source lost removes its copy; any other records it and goes on (the
+        next delta sync removes the copy, if there is one)."""
+        vanished.append(name)
+        if extra == "delete" and have is not None:
+            delete_everywhere(name)
+            return
+        earlier = done_before.get(name)
+        created = earlier is not None and isinstance(earlier.detail, Mapping) and bool(earlier.detail.get("created"))
+        ctx.items.record(name, "vanished", detail={"created": True} if created else None)
+
+    def delete_everywhere(name: str) -> None:
+        """Deletes a blob the source lost: first where it was copied on from the destination (``also``), so that
+        a stop between the two leaves the destination's copy for the next attempt's diff to find again."""
+        if also is not None:
+            also.delete(name)
+            attempt.also_deleted.append(name)
+        dst.delete(name)
+        attempt.deleted.append(name)
+        ctx.items.record(name, "deleted")
+
+    def remove(name: str, everywhere: bool = True) -> None:
         try:
             if errors:
                 return
-            dst.delete(name)
-            attempt.deleted.append(name)
-            ctx.items.record(name, "deleted")
+            if everywhere:
+                delete_everywhere(name)
+            elif also is not None:
+                also.delete(name)
+                attempt.also_deleted.append(name)
         except BaseException as exc:
             errors.append(exc)
         finally:
@@ -1052,7 +1146,7 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
             diff.to_copy += 1
             diff.to_copy_bytes += info.size
             slots.acquire()
-            pool.submit(work, info, have is None)
+            pool.submit(work, info, have)
         progress.total_blobs = diff.to_copy
         progress.total_bytes = diff.to_copy_bytes
         ctx.items.set_total(items=diff.to_copy, bytes=diff.to_copy_bytes)
@@ -1065,6 +1159,16 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
                     break
                 slots.acquire()
                 pool.submit(remove, name)
+        if also is not None and not errors:
+            if attempt.also_left is None:
+                attempt.also_left = _left_in_also(ctx, params, also, attempt,
+                                                  {*diff.extra, *attempt.also_deleted})
+            for name in attempt.also_left:
+                ctx.raise_if_cancelled()
+                if errors:
+                    break
+                slots.acquire()
+                pool.submit(remove, name, False)
     finally:
         pool.shutdown(wait=True)
         copier.close()
@@ -1072,21 +1176,39 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     if errors:
         raise _first_error(errors)
     ctx.raise_if_cancelled()
+    for name in vanished:
+        source.pop(name, None)
     attempt.source = source
+    if vanished:
+        ctx.event("blobs.vanished", f"{len(vanished)} source blob(s) were gone when read (deleted or renamed since "
+                                    "they were listed): taken as deleted", count=len(vanished))
     if diff.extra and not deleting:
         ctx.event("blobs.extra", f"{len(diff.extra)} blob(s) in {dst.describe()} have no source; kept",
                   count=len(diff.extra))
     progress.report()
     return {
-        "count": diff.unchanged + diff.to_copy + skipped_by_checkpoint,
+        "count": diff.unchanged + diff.to_copy + skipped_by_checkpoint - len(vanished),
         "copied": progress.blobs,
         "bytes_copied": progress.bytes,
         "bytes_sent": progress.bytes_sent,
         "server_side": progress.server_side,
         "unchanged": diff.unchanged + skipped_by_checkpoint,
         "deleted": len(attempt.deleted),
+        "also_deleted": len(attempt.also_deleted),
+        "vanished": len(vanished),
         "kept_without_source": len(diff.extra) if extra == "keep" else 0,
     }
+
+
+def _gone_from(src: BlobStore, name: str, exc: Exception) -> bool:
+    """Whether a copy failed because its source blob is gone since it was listed: the error is not worth a retry
+    and the source no longer has the blob."""
+    if is_retryable(exc) or isinstance(exc, Cancelled):
+        return False
+    try:
+        return src.info(name) is None
+    except Exception:
+        return False
 
 
 class StaleInventory(TransientError):
@@ -1105,7 +1227,7 @@ def _stale_source(ctx: StepContext, src: BlobStore, info: BlobInfo, exc: BaseExc
         return exc
     if now is not None and now.size == info.size and now.md5 == info.md5:
         return exc
-    stale = StaleInventory(f"blob {ctx.redactor.redact(repr(info.name))} is "
+    stale = StaleInventory(f"blob {blob_label(info.name)} is "
                            f"{'gone from' if now is None else 'not the same in'} {src.describe()} since an earlier "
                            f"step of this run listed it (changed outside the run)",
                            hint="the step is tried again and lists the container afresh")
@@ -1146,7 +1268,9 @@ def _plan(ctx: StepContext, params: TransferParams, *, extra: str, what: str, se
         changes.append(f"copy {diff.to_copy} blob(s), {diff.to_copy_bytes} bytes, from {src.describe()} to "
                        f"{dst.describe()}")
     if diff.extra and extra == "delete":
-        changes.append(f"delete {len(diff.extra)} blob(s) from {dst.describe()} that are gone at the source")
+        also = _also_store(ctx, params)
+        changes.append(f"delete {len(diff.extra)} blob(s) from {dst.describe()} that are gone at the source"
+                       + (f", and from {also.describe()} where it has them" if also is not None else ""))
     details: dict[str, Any] = {"unchanged": diff.unchanged, "to_copy": diff.to_copy, "extra": len(diff.extra)}
     if done_now:
         # The dry-run counts a step its check finds done as free, yet the run checks it again, and an earlier step
@@ -1365,10 +1489,16 @@ def _check(ctx: StepContext, params: TransferParams, *, extra: str, attempt: Att
     attempt.destination = seen.destination
     if seen.pending:
         return CheckResult(False, f"{len(seen.pending)} blob(s), for example "
-                                  f"{ctx.redactor.redact(repr(seen.pending[0][0].name))}, still to copy to "
+                                  f"{blob_label(seen.pending[0][0].name)}, still to copy to "
                                   f"{dst.describe()}")
     if seen.extra and extra == "delete":
         return CheckResult(False, f"{len(seen.extra)} blob(s) to delete at {dst.describe()}")
+    also = _also_store(ctx, params)
+    if also is not None:
+        attempt.also_left = _left_in_also(ctx, params, also, attempt, set(seen.extra))
+        if attempt.also_left:
+            return CheckResult(False, f"{len(attempt.also_left)} blob(s) the source lost still to delete at "
+                                      f"{also.describe()}")
     # Nothing for apply to do: the survey stays for the dry-run's plan (apply, which then does not run, would
     # drop it). In a run this listing is the proof, so the destination's inventory is kept as it is now.
     if not ctx.dry_run:
@@ -1376,7 +1506,8 @@ def _check(ctx: StepContext, params: TransferParams, *, extra: str, attempt: Att
         attempt.settle(ctx)
     return CheckResult(True, f"all {seen.unchanged} blob(s) already in place at {dst.describe()}",
                        outputs={"count": seen.unchanged, "copied": 0, "bytes_copied": 0, "bytes_sent": 0,
-                                "server_side": 0, "unchanged": seen.unchanged, "deleted": 0,
+                                "server_side": 0, "unchanged": seen.unchanged, "deleted": 0, "also_deleted": 0,
+                                "vanished": 0,
                                 "kept_without_source": 0 if extra == "delete" else len(seen.extra)})
 
 
@@ -1482,7 +1613,9 @@ def _compensate(ctx: StepContext, params: TransferParams) -> None:
     removed = 0
     not_undone = 0
     for record in ctx.items.iter(None):
-        if record.status == "done" and isinstance(record.detail, Mapping) and record.detail.get("created"):
+        # A copy this run created and whose source vanished later is still this run's (kept as "vanished").
+        if record.status in ("done", "vanished") and isinstance(record.detail, Mapping) \
+                and record.detail.get("created"):
             dst.delete(record.key)
             ctx.items.record(record.key, "compensated")
             removed += 1
@@ -1683,11 +1816,23 @@ class _TransferStep(Step[TP]):
         """How a failed verify begins, after the step id."""
         raise NotImplementedError
 
+    def _left_behind(self, ctx: StepContext) -> list[str]:
+        """A sync with ``also_delete_from``: each blob this attempt deleted there, read back: gone."""
+        also = _also_store(ctx, self.params)
+        names = self._attempt.also_deleted
+        if also is None or not names:
+            return []
+        with ThreadPoolExecutor(self.params.concurrency, thread_name_prefix="blob-verify") as pool:
+            found = list(pool.map(also.info, names))
+        still = sorted({name for name, info in zip(names, found, strict=True) if info is not None})
+        return [f"{len(still)} deleted but still in {also.describe()}: {redacted_names(ctx, still)}"] if still else []
+
     def verify(self, ctx: StepContext) -> None:
         # Blobs only at the destination count only where the step removes them (``_extra() == "delete"``).
         problems = self._differences(ctx)
         if self._extra() == "keep":
             problems = [p for p in problems if "only at the destination" not in p]
+        problems += self._left_behind(ctx)
         if problems:
             raise self._failed(f"{self.step_id}: {self._differ()}: " + "; ".join(problems))
         self._passed(ctx)
@@ -1716,6 +1861,8 @@ class Presync(_TransferStep[PresyncParams]):
     MD5, a copy that recorded the source's current version, or else written after the source last changed);
     per-blob checkpoints make a resume skip finished blobs and uncommitted blocks make a large blob resume where
     it stopped. Verify reads back what this attempt copied, or lists the destination once when that is many.
+    A source blob gone between the listing and the read (the tenant is live: deleted or renamed meanwhile) is
+    recorded as vanished and left to the delta sync, which removes what the source lost.
     Undone by: deleting the blobs this run created at the destination.
     """
 
@@ -1734,10 +1881,14 @@ class Sync(_TransferStep[SyncParams]):
     """Copies blobs that are new or changed since the last sync, and handles blobs deleted at the source.
 
     Changes: writes new and changed blobs into the destination; deletes destination blobs whose source is
-    gone (or keeps and reports them, ``on_source_deleted: keep``).
-    Done when: the destination inventory equals the source's (names, sizes, MD5).
+    gone (or keeps and reports them, ``on_source_deleted: keep``), and with ``also_delete_from`` deletes each of
+    those from that container too (first there, then at the destination, then the checkpoint: a stop anywhere
+    leaves the destination's copy for the next diff, or the checkpoint for the next check). A source blob gone
+    between the listing and the read (deleted or renamed meanwhile) counts as deleted.
+    Done when: the destination inventory equals the source's (names, sizes, MD5), and no blob this step deleted
+    at the destination is left in ``also_delete_from``.
     Undone by: deleting the blobs this run created; overwritten and deleted blobs stay as they are (the
-    source still has them).
+    source still has them, or lost them).
     """
 
     kind = "blobs.sync"

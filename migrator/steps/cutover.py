@@ -1,8 +1,11 @@
 """The cutover guard: once the new instance is live, a rollback must not silently throw away its writes.
 
-``database.write_guard`` stands right after the DNS transfer. It fingerprints the new instance's database at
-that moment; when a rollback reaches it (rollback goes newest first, so before DNS is switched back), it
-fingerprints again and refuses while anything changed, unless the engineer says ``--accept-data-loss``.
+``database.write_guard`` stands right before the DNS transfer: it fingerprints the new instance's database while
+no user can reach it yet, so no write can slip in before the baseline (a runner killed between the switch and
+the baseline would otherwise take it after users wrote). Before a rollback undoes anything, the runner asks
+every applied step whether it may (:meth:`~migrator.step.Step.guard_rollback`): the guard fingerprints again
+and refuses while anything changed, unless the engineer says ``--accept-data-loss`` — so DNS is never switched
+back over writes that would be lost.
 """
 
 from __future__ import annotations
@@ -43,13 +46,14 @@ def _digest(prints: Mapping[str, Any]) -> str:
 
 
 class WriteGuard(Step[WriteGuardParams]):
-    """Fingerprints the new instance's database at cutover, so a later rollback can tell if it took writes.
+    """Fingerprints the new instance's database before cutover, so a later rollback can tell if it took writes.
 
     Changes: nothing (reads only); keeps, per table, a change token (PostgreSQL: row count and the sum and
     maximum of the row versions' transaction ids — no row content read) or else a content fingerprint, in the
     step's memo. Done when: the fingerprints of this run are kept. Undone by: a check, not a change — rollback
-    refuses while the database differs from the kept fingerprints (the new instance took writes that a
-    rollback would lose), unless the command has ``--accept-data-loss``.
+    refuses, before it undoes any step, while the database differs from the kept fingerprints (the new
+    instance took writes that a rollback would lose), unless the command has ``--accept-data-loss``. Stand it
+    before the DNS transfer: its baseline must be taken while users cannot reach the new instance.
     """
 
     kind = "database.write_guard"
@@ -77,6 +81,9 @@ class WriteGuard(Step[WriteGuardParams]):
         prints = _fingerprints(self.params, ctx)
         ctx.memo.set("fingerprints", prints)
         return {"fingerprint": _digest(prints), "tables": len(prints)}
+
+    def guard_rollback(self, ctx: StepContext) -> None:
+        self.compensate(ctx)
 
     def compensate(self, ctx: StepContext) -> None:
         kept = ctx.memo.get("fingerprints")

@@ -14,7 +14,7 @@ import json
 import queue
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from migrator.errors import InputError, PreconditionFailed, VerificationFailed
+from migrator.errors import InputError, LockLost, PreconditionFailed, VerificationFailed
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database import (
@@ -619,11 +619,15 @@ class Restore(Step[RestoreParams]):
                            f"{INSERT_TO_READ:g} x the read rate"),
             {"tables": len(tables), "rows": rows})
 
-    def _schema_changes(self, db: Database, tables: Sequence[TableBackup]) -> tuple[list[TableBackup], list[str]]:
+    def _schema_changes(self, db: Database, tables: Sequence[TableBackup],
+                        created: Collection[str] = ()) -> tuple[list[TableBackup], list[str]]:
+        """Tables to create, and what stops the restore; tables in ``created`` (made by this run) are neither."""
         existing = {t.name: t for t in db.tables()}
         creates: list[TableBackup] = []
         problems: list[str] = []
         for backed in tables:
+            if backed.table.name in created:
+                continue
             target = existing.get(backed.table.name)
             if target is None:
                 if self.params.schema_mode == "existing":
@@ -643,9 +647,13 @@ class Restore(Step[RestoreParams]):
         store = open_blob_store(self.params.backup, ctx)
         tables = self._tables(manifest)
         with connected(self.params.database, ctx, must_exist=False) as db:
-            created = set(ctx.memo.get("created", []))
-            creates, problems = self._schema_changes(db, tables)
-            creates = [t for t in creates if t.table.name not in created]
+            # What this run created, as the catalog has it: a table is memoed only once its CREATE committed,
+            # and the one being created when a run was killed counts if its CREATE committed.
+            created = {name for name in ctx.memo.get("created", []) if db.table_exists(name)}
+            creating = ctx.memo.get("creating")
+            if creating and db.table_exists(creating):
+                created.add(creating)
+            creates, problems = self._schema_changes(db, tables, created)
             if problems:
                 # Before anything is changed: bad input, not a half-done restore.
                 raise InputError(f"{db.describe()}: " + "; ".join(problems),
@@ -667,12 +675,19 @@ class Restore(Step[RestoreParams]):
                                              hint="empty it, or restore into an empty database")
                 emptied.add(name)
             ctx.memo.set("filled", sorted(emptied))
+            # The first write: from here on only this lock generation's chunks can commit.
+            fence_label = f"migrator-restore:{hashlib.sha256(ctx.run_id.encode()).hexdigest()[:12]}"
+            db.fence_sessions(fence_label, ctx.lock_generation)
+            db.ensure_marker_table()
+            db.claim_marker_fence(ctx.lock_generation)
             for backed in creates:
-                ctx.memo.set("created", sorted({*created, backed.table.name}))
+                ctx.raise_if_cancelled()
+                ctx.memo.set("creating", backed.table.name)
                 with db.transaction():
                     db.execute(db.create_table_sql(_load_shape(backed.table, db)))
                 created.add(backed.table.name)
-            db.ensure_marker_table()
+                ctx.memo.set("created", sorted(created))
+            ctx.memo.delete("creating")
             committed = db.marker_chunks()
             ctx.items.set_total(items=sum(len(t.chunks) for t in tables),
                                 bytes=sum(c.bytes for t in tables for c in t.chunks))
@@ -684,12 +699,14 @@ class Restore(Step[RestoreParams]):
                     todo = [c for c in table_backup.chunks if c.name not in committed
                             and ((r := ctx.items.get(c.name)) is None or r.status != "done")]
                     while len(todo) > len(loaders) < db.load_workers:
-                        loaders.append(sessions.enter_context(
-                            connected(self.params.database, ctx, must_exist=False)))
+                        loader = sessions.enter_context(connected(self.params.database, ctx, must_exist=False))
+                        loader.fence_sessions(fence_label, ctx.lock_generation)
+                        loaders.append(loader)
                     for chunk in self._load_chunks(ctx, loaders, store, table, todo):
                         ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256)
                         loaded += chunk.rows
                         ctx.progress(f"{table.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
+            ctx.raise_if_cancelled()
             if db.dialect != "sqlite":
                 order = [t for t in fk_order([t.table for t in tables]) if t.name in created]
                 for table in order:
@@ -710,7 +727,7 @@ class Restore(Step[RestoreParams]):
         if len(loaders) == 1 or len(chunks) < 2:
             for chunk in chunks:
                 ctx.raise_if_cancelled()
-                self._load_chunk(loaders[0], store, table, chunk)
+                self._load_chunk(loaders[0], store, table, chunk, ctx.lock_generation)
                 yield chunk
             return
         idle: queue.SimpleQueue[Database] = queue.SimpleQueue()
@@ -721,7 +738,7 @@ class Restore(Step[RestoreParams]):
             ctx.raise_if_cancelled()
             session = idle.get()
             try:
-                self._load_chunk(session, store, table, chunk)
+                self._load_chunk(session, store, table, chunk, ctx.lock_generation)
             finally:
                 idle.put(session)
             return chunk
@@ -736,7 +753,7 @@ class Restore(Step[RestoreParams]):
                     future.cancel()
 
     @staticmethod
-    def _load_chunk(db: Database, store: BlobStore, table: Table, chunk: ChunkInfo) -> None:
+    def _load_chunk(db: Database, store: BlobStore, table: Table, chunk: ChunkInfo, generation: int) -> None:
         names = table.column_names
         lines = read_chunk_lines(store, chunk)
         with db.transaction():
@@ -750,6 +767,11 @@ class Restore(Step[RestoreParams]):
                 db.insert_lines(table, names, lines[start:end])
                 start = end
             db.mark_chunk(chunk.name, chunk.sha256)
+            # Last, so the fence row is locked only from here to the commit: a successor's claim waits for at
+            # most that (and then finds the chunk marked), or this chunk finds the fence moved on and rolls back.
+            if not db.check_marker_fence(generation):
+                raise LockLost(f"restore into {db.describe()}: a runner with a later lock generation took over; "
+                               f"chunk {chunk.name} was rolled back")
 
     @staticmethod
     def _add_primary_key(db: Database, table: Table) -> None:
@@ -963,11 +985,16 @@ class Verify(Step[VerifyParams]):
     summary = "row counts and content checksums of every table against a source database or backup"
 
     def plan(self, ctx: StepContext) -> PlanResult:
-        # It changes nothing, yet takes time: both sides are read whole.
+        # It changes nothing, yet it is work the run will do (both sides are read whole): never a no-op, which
+        # the plan would show as "done" before anything ran.
         reason = f"reads {self.params.database.describe()} only; compares fingerprints"
+        reference = self.params.source or self.params.backup
+        assert reference is not None
+        work = [f"compare every table of {self.params.database.describe()} with {reference.describe()} "
+                "(reads only)"]
         target = measure_target(self.params.database, ctx)
         if self.params.source is None:
-            return PlanResult.nothing(reason)
+            return PlanResult(work, reason, Estimate(seconds=0.0))
         profile = source_profile(self.params.source, ctx, self.params.tables)
         c = profile.costs
         # Source: a connection, the catalog, every table read whole. Target: the same, rows at the source's rate
@@ -975,10 +1002,8 @@ class Verify(Step[VerifyParams]):
         source_side = c.connect + c.catalog + len(c.tables) * c.count + profile.read_seconds(c.total_rows)
         target_side = target.connect + 3 * target.catalog + len(c.tables) * target.lookup \
             + profile.read_seconds(c.total_rows)
-        result = PlanResult.nothing(reason)
-        result.estimate = Estimate(seconds=source_side + target_side, items=len(c.tables),
-                                   basis=f"reads both sides whole: {profile.basis()}; {target.basis()}")
-        return result
+        return PlanResult(work, reason, Estimate(seconds=source_side + target_side, items=len(c.tables),
+                                                 basis=f"reads both sides whole: {profile.basis()}; {target.basis()}"))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         expected: dict[str, dict[str, Any]] = {}

@@ -11,10 +11,11 @@ import urllib.request
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from migrator.errors import CompensationError, InputError, PreconditionFailed, StepError, TransientError
 from migrator.playbook import Duration
+from migrator.procs import run_command
 from migrator.secrets import Secret
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
 
@@ -29,9 +30,17 @@ class ShellParams(Params):
     foreach: list[str] | None = Field(None, description="run once per item, with a checkpoint per item")
     foreach_count: int | None = Field(None, ge=0, description="like foreach over 0..N-1")
     env: dict[str, Secret] = Field(default_factory=dict, description="extra environment; values may be ${env:X}")
-    cwd: str | None = None
+    cwd: str | None = Field(None, description="an existing directory to run in (checked when the playbook loads)")
     timeout: Duration | None = Field(None, description="per command")
     estimate: Duration | None = Field(None, description="expected duration, for the plan")
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd_exists(cls, value: str | None) -> str | None:
+        # checked at load, so a typo stops the run before its first step rather than at this one
+        if value is not None and not os.path.isdir(value):
+            raise ValueError(f"{value[:200]!r} is not an existing directory")
+        return value
 
     @model_validator(mode="after")
     def _one_loop(self) -> ShellParams:
@@ -46,6 +55,9 @@ class Shell(Step[ShellParams]):
     Changes: whatever the command changes. Done when: the ``check`` command exits 0 (without one, never: the
     command must be safe to run again); with ``foreach``, items already recorded done are not run again.
     Undone by: the ``undo`` command; without one the step cannot be undone and rollback reports it.
+    Commands run in a session of their own (a terminal's Ctrl-C does not reach them); an interrupt of the run
+    stops the running command (SIGTERM to its process group, SIGKILL after a grace) and leaves the step
+    interrupted, with the items done so far kept, for ``resume``.
     """
 
     kind = "shell"
@@ -63,7 +75,15 @@ class Shell(Step[ShellParams]):
             return [str(i) for i in range(self.params.foreach_count)]
         return None
 
-    def _sh(self, ctx: StepContext, command: str, item: str | None = None) -> subprocess.CompletedProcess[str]:
+    def _sh(self, ctx: StepContext, command: str, item: str | None = None, *,
+            interruptible: bool = True) -> subprocess.CompletedProcess[str]:
+        """Runs one command in a session of its own: a terminal's Ctrl-C reaches the runner, not the command.
+
+        When the run is interrupted (or the step passes its deadline) while the command runs, the command is
+        asked to stop and :class:`~migrator.errors.Cancelled` (or the timeout) goes on to the runner: the step
+        ends interrupted, resumable, never failed. An undo command (``interruptible=False``) runs to its end:
+        half an undo is worse than a late one.
+        """
         env = dict(os.environ)
         for key, value in self.params.env.items():
             env[key] = ctx.reveal(value) or ""
@@ -73,8 +93,8 @@ class Shell(Step[ShellParams]):
             command = command.replace("{item}", item)
             env["MIGRATOR_ITEM"] = item
         try:
-            return subprocess.run(["/bin/sh", "-c", command], cwd=self.params.cwd, env=env, capture_output=True,
-                                  text=True, timeout=self.params.timeout, check=False)
+            return run_command(["/bin/sh", "-c", command], cwd=self.params.cwd, env=env, timeout=self.params.timeout,
+                               should_stop=ctx.raise_if_cancelled if interruptible else None)
         except subprocess.TimeoutExpired as exc:
             raise TransientError(f"command timed out after {self.params.timeout}s", hint="raise timeout") from exc
         except FileNotFoundError as exc:
@@ -139,10 +159,19 @@ class Shell(Step[ShellParams]):
     def compensate(self, ctx: StepContext) -> None:
         if self.params.undo is None:
             return
-        result = self._sh(ctx, self.params.undo)
+        result = self._sh(ctx, self.params.undo, interruptible=False)
         if result.returncode != 0:
             raise CompensationError(f"undo command exited {result.returncode}: "
                                     f"{ctx.redactor.redact(result.stderr.strip()[-300:])}")
+
+
+class HttpUndo(Params):
+    """The request that takes an ``http`` step back: sent to the step's URL (or ``url``) with its headers."""
+
+    method: Literal["POST", "PUT", "PATCH", "DELETE"]
+    url: str | None = None
+    body: str | None = None
+    expect_status: list[int] = Field(default_factory=lambda: [200])
 
 
 class HttpParams(Params):
@@ -154,24 +183,43 @@ class HttpParams(Params):
     expect_body: str | None = Field(None, description="a substring or /regex/ the body must contain")
     timeout: Duration = 10.0
     ca_file: str | None = None
+    undo: HttpUndo | None = Field(None, description="the request that takes this one back, if there is one")
 
 
 class Http(Step[HttpParams]):
     """Sends one HTTP request and checks the answer.
 
     Changes: whatever the request changes on the server (GET and HEAD change nothing). Done when: never
-    assumed; the request is the check. Undone by: nothing (a request cannot be taken back); use a later step.
+    assumed; the request is the check. Undone by: the ``undo`` request where the playbook gives one (say, a
+    ``PUT`` of the previous setting); else nothing — a request cannot be taken back — so a POST, PUT, PATCH or
+    DELETE step without ``undo`` is irreversible, and rollback reports it; GET and HEAD have nothing to undo.
     """
 
     kind = "http"
     Params = HttpParams
     summary = "send an HTTP request and check the status and body"
 
-    def _request(self, ctx: StepContext) -> tuple[int, str]:
+    @property
+    def irreversible(self) -> bool:  # type: ignore[override]
+        return self.params.method not in ("GET", "HEAD") and self.params.undo is None
+
+    def compensate(self, ctx: StepContext) -> None:
+        undo = self.params.undo
+        if undo is None:
+            return
+        url = undo.url or self.params.url
+        status, _ = self._request(ctx, method=undo.method, url=url, body=undo.body,
+                                  expect_status=undo.expect_status)
+        if status not in undo.expect_status:
+            raise CompensationError(f"undo {undo.method} {url}: HTTP {status}, expected {undo.expect_status}")
+
+    def _request(self, ctx: StepContext, *, method: str, url: str, body: str | None,
+                 expect_status: list[int]) -> tuple[int, str]:
         import ssl
 
-        data = self.params.body.encode() if self.params.body is not None else None
-        req = urllib.request.Request(self.params.url, data=data, method=self.params.method)
+        expected = expect_status
+        data = body.encode() if body is not None else None
+        req = urllib.request.Request(url, data=data, method=method)
         for key, value in self.params.headers.items():
             req.add_header(key, ctx.reveal(value) or "")
         context = ssl.create_default_context(cafile=self.params.ca_file) if self.params.ca_file else None
@@ -180,11 +228,11 @@ class Http(Step[HttpParams]):
                 return resp.status, resp.read(1_000_000).decode("utf-8", "replace")
         except urllib.error.HTTPError as exc:
             body = exc.read(1_000_000).decode("utf-8", "replace") if exc.fp else ""
-            if exc.code in (429, 502, 503, 504) and exc.code not in self.params.expect_status:
-                raise TransientError(f"{self.params.method} {self.params.url}: HTTP {exc.code}") from exc
+            if exc.code in (429, 502, 503, 504) and exc.code not in expected:
+                raise TransientError(f"{method} {url}: HTTP {exc.code}") from exc
             return exc.code, body
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise TransientError(f"{self.params.method} {self.params.url}: {getattr(exc, 'reason', exc)}") from exc
+            raise TransientError(f"{method} {url}: {getattr(exc, 'reason', exc)}") from exc
 
     def plan(self, ctx: StepContext) -> PlanResult:
         from migrator.steps.smoke import REQUEST_SECONDS
@@ -194,7 +242,8 @@ class Http(Step[HttpParams]):
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
         started = time.monotonic()
-        status, body = self._request(ctx)
+        status, body = self._request(ctx, method=self.params.method, url=self.params.url, body=self.params.body,
+                                     expect_status=self.params.expect_status)
         elapsed_ms = round((time.monotonic() - started) * 1000, 1)
         if status not in self.params.expect_status:
             raise PreconditionFailed(f"{self.params.method} {self.params.url}: HTTP {status}, expected "

@@ -5,22 +5,26 @@ rest of the work fits in it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any
+from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from migrator.errors import PreconditionFailed
+from migrator.errors import InputError, PreconditionFailed, ValidationError
 from migrator.step import Estimate, Params, PlanResult, Step, StepContext
 from migrator.window import (
     GateDecision,
     Window,
+    daypart_name_problem,
     decide,
     needed_seconds,
     parse_dayparts,
     resolve_window,
     time_zone,
 )
+
+if TYPE_CHECKING:
+    from migrator.playbook import LoadedPlaybook
 
 MEMO_WINDOW = "window"
 
@@ -42,6 +46,49 @@ class WindowGateParams(Params):
     max_wait_seconds: float = Field(0.0, ge=0)
     #: While waiting, how often to wake up and look for a cancellation.
     poll_seconds: float = Field(30.0, gt=0)
+
+    # What can be told without the environment is checked here, when the playbook loads; whether the window's
+    # daypart exists is checked against the environment by check_window_choice.
+    @field_validator("window")
+    @classmethod
+    def _window_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = window_syntax_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            _input_to_value_error(time_zone, value)
+        return value
+
+    @field_validator("dayparts")
+    @classmethod
+    def _dayparts(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            _input_to_value_error(parse_dayparts, value)
+        return value
+
+
+def _input_to_value_error(check: Any, value: Any) -> None:
+    try:
+        check(value)
+    except InputError as exc:  # pydantic reports a ValueError as the field's error, with its line
+        raise ValueError(exc.one_line()) from None
+
+
+def window_syntax_problem(text: str) -> str | None:
+    """What is wrong with a window written as ``DATE/DAYPART`` or ``DAYPART``, before any daypart is known."""
+    day_text, slash, name = text.strip().rpartition("/")
+    if slash:
+        try:
+            date.fromisoformat(day_text)
+        except ValueError:
+            return f"window {text[:60]!r}: {day_text[:40]!r} is not a date (write YYYY-MM-DD/DAYPART)"
+    return daypart_name_problem(name)
 
 
 class WindowGate(Step[WindowGateParams]):
@@ -68,7 +115,8 @@ class WindowGate(Step[WindowGateParams]):
         p = self.params
         tenant = self._environment(ctx, "tenant")
         tz = time_zone(p.time_zone or tenant.get("timezone") or tenant.get("time_zone"))
-        dayparts = parse_dayparts(p.dayparts if p.dayparts is not None else self._environment(ctx, "dayparts"))
+        dayparts = parse_dayparts(p.dayparts if p.dayparts is not None else
+                                  self._environment(ctx, "dayparts") or None)
         chosen = ctx.memo.get(MEMO_WINDOW) or ctx.options.get("window") or p.window
         if not chosen:
             raise PreconditionFailed(f"{self.step_id}: no read-only window chosen", step_id=self.step_id,
@@ -158,3 +206,41 @@ def _window_outputs(window: Window, margin_seconds: float) -> dict[str, Any]:
         # The watchdog must have rolled back by the window's end: it aborts once work would pass this point.
         "deadline": (window.end_utc - timedelta(seconds=margin_seconds)).astimezone(window.end.tzinfo).isoformat(),
     }
+
+
+def check_window_choice(loaded: LoadedPlaybook, window_option: str | None) -> None:
+    """Refuses, before anything runs, a window that no ``window.gate`` of the playbook can open.
+
+    ``--window`` (``window_option``) must name a daypart of every gate, on a real date, and a playbook without a
+    gate takes no ``--window`` (it would be ignored, and the engineer think the run waits for it). A gate's own
+    ``window`` param is checked the same way against its dayparts (the environment's unless it has its own).
+    Gates whose dayparts or zone come from a step's outputs are checked when they run.
+    """
+    gates = [step for step in loaded.steps if step.kind is WindowGate]
+    if window_option is not None and not gates:
+        raise InputError(f"--window {window_option[:60]!r}: the playbook has no window.gate step, so it has no "
+                         "read-only window to choose", hint="leave --window out")
+    env = loaded.environment_values()
+    tenant = env.get("tenant") or {}
+    now = datetime.now(UTC)
+    for step in gates:
+        raw = step.raw_params
+        if step.late_fields & {"window", "dayparts", "time_zone"}:
+            continue
+        chosen, param = (window_option, False) if window_option is not None else (raw.get("window"), True)
+        if chosen is None:
+            continue
+        where = ("steps", step.index, "with", "window")
+        try:
+            dayparts = parse_dayparts(raw.get("dayparts") if raw.get("dayparts") is not None else
+                                      env.get("dayparts") or None)
+            tz = time_zone(raw.get("time_zone") or tenant.get("timezone"))
+            resolve_window(str(chosen), dayparts, tz, now)
+        except InputError as exc:
+            source = "its dayparts" if raw.get("dayparts") is not None else (
+                f"the dayparts of {loaded.environment_doc.file}" if loaded.environment_doc else "the standard dayparts")
+            if param:
+                doc = loaded.playbook_doc
+                raise ValidationError(f"{exc.one_line()} ({source})", file=doc.file, line=doc.line_of(where),
+                                      field=f"steps[{step.index}].with.window") from None
+            raise InputError(f"--window: {exc.message} (step {step.id}: {source})", hint=exc.hint) from None

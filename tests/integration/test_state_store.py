@@ -70,11 +70,16 @@ def test_version_1_store_is_migrated_in_place_keeping_its_runs(tmp_path: Path) -
         conn.execute("INSERT INTO runs VALUES ('old', 'pb', '/p', 'name: pb', NULL, NULL, 'failed', 1, 1, NULL, "
                      "'{}', 'boom', 'contoso')")
         conn.execute("INSERT INTO steps (run_id, step_id, kind, status) VALUES ('old', 'a', 'shell', 'done')")
+        conn.execute("INSERT INTO locks VALUES ('old', 'gone-host', 1, 'tok', 1, 1, 2)")
     store = open_store(tmp_path)
-    assert store.schema_version == SCHEMA_VERSION == 2
+    assert store.schema_version == SCHEMA_VERSION == 3
     assert store.get_run("old").error == "boom"
     step = store.get_step("old", "a")
     assert step.status == "done" and step.estimate is None
+    # v3: a lock written before fencing has generation 0; the next holder gets generation 1
+    assert store.get_lock("old").generation == 0
+    mine, stale = store.acquire_lock("old")
+    assert stale is not None and mine.generation == 1
 
 
 def test_store_from_a_newer_migrator_is_refused(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ They are installed for the CLI under test through the ``migrator.steps`` entry-p
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +35,8 @@ class AppendParams(Params):
     journal: str
     delay: float = 0.0
     estimate: float | None = None
+    #: Before appending, wait (checking for cancellation) until this file exists: a test's gate.
+    until: str | None = None
 
 
 class JournalAppend(Step[AppendParams]):
@@ -54,7 +57,7 @@ class JournalAppend(Step[AppendParams]):
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
         end = time.monotonic() + self.params.delay
-        while time.monotonic() < end:
+        while time.monotonic() < end or (self.params.until and not Path(self.params.until).exists()):
             ctx.raise_if_cancelled()
             time.sleep(0.02)
         append(self.params.journal, f"apply {self.step_id}")
@@ -68,6 +71,12 @@ class ItemsParams(Params):
     journal: str
     count: int = Field(ge=0)
     delay: float = 0.0
+    #: The first runner to reach this item (the flag file ``pause_flag`` does not exist yet) stops its own
+    #: process (SIGSTOP) right after that item's checkpoint, as a frozen VM or a closed laptop lid would.
+    pause_at: int | None = None
+    pause_flag: str | None = None
+    #: After such a pause, fail for good at once, as an external update held across the pause would.
+    fail_after_pause: bool = False
 
 
 class JournalItems(Step[ItemsParams]):
@@ -95,6 +104,11 @@ class JournalItems(Step[ItemsParams]):
                 if self.params.delay:
                     time.sleep(self.params.delay)
                 ctx.items.record(key, "done", bytes=1)
+                if n == self.params.pause_at and self.params.pause_flag and not Path(self.params.pause_flag).exists():
+                    Path(self.params.pause_flag).write_text(str(os.getpid()))
+                    os.kill(os.getpid(), signal.SIGSTOP)
+                    if self.params.fail_after_pause:
+                        raise PermanentError("the update held across the pause was refused")
         return {"items": self.params.count}
 
     def compensate(self, ctx: StepContext) -> None:

@@ -13,8 +13,10 @@ PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
-def pg_state_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for one test's state, dropped afterwards."""
+def pg_state_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh PostgreSQL database for one test's state, dropped afterwards. The run logs of a PostgreSQL store
+    go to a per-user directory: here, one under the test's own tmp_path."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
     name = f"migrator_state_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -30,6 +30,7 @@ from migrator.steps.blobs import (
     InventoryCache,
     ListingSides,
     PutLive,
+    Sync,
     block_ids,
     same_content,
     source_token,
@@ -385,3 +386,22 @@ def test_a_transfer_estimate_counts_no_listing_of_a_side_an_earlier_step_keeps()
     assert listed.seconds - kept_src.seconds == pytest.approx(0.45)
     assert listed.seconds - kept_both.seconds == pytest.approx(0.90), "the two containers share one account"
     assert "kept by an earlier step: not listed" in (kept_both.basis or "")
+
+
+@pytest.mark.parametrize(("on_source_deleted", "also", "problem"), [
+    ("delete", True, None),
+    ("delete", False, None),
+    ("keep", False, None),
+    ("keep", True, "also_delete_from needs on_source_deleted: delete"),
+])
+def test_a_sync_deletes_from_a_second_container_only_where_it_deletes_at_all(
+        on_source_deleted: str, also: bool, problem: str | None) -> None:
+    fields: dict[str, Any] = {"source": {"kind": "folder", "path": "/srv/files"},
+                              "destination": {**AZ, "account_key": "k"}, "on_source_deleted": on_source_deleted}
+    if also:
+        fields["also_delete_from"] = {**AZ, "container": "live", "account_key": "k"}
+    if problem is None:
+        assert Sync.Params(**fields).on_source_deleted == on_source_deleted
+    else:
+        with pytest.raises(ValidationError, match=problem):
+            Sync.Params(**fields)

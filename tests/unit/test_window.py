@@ -51,15 +51,29 @@ def test_dayparts_are_read_from_the_environment(spec: dict[str, Any], expected: 
 
 
 @pytest.mark.parametrize("spec", [
-    {"night": "06:00-00:00"},  # end before start
+    {"night": "06:00-06:00"},  # empty
+    {"night": "24:00-06:00"},  # starts at the end of the day
     {"night": "00:00-25:00"},
     {"night": "00:61-06:00"},
     {"night": "midnight"},
     {"night": 6},
+    {},
+    {"a/b": "00:00-06:00"},  # a name --window DATE/NAME cannot hold
 ])
 def test_malformed_dayparts_are_input_errors(spec: dict[str, Any]) -> None:
     with pytest.raises(InputError):
         parse_dayparts(spec)
+
+
+def test_a_daypart_whose_end_is_before_its_start_crosses_midnight() -> None:
+    late = parse_dayparts({"late": "22:00-06:00"})
+    window = resolve_window("2026-03-14/late", late, AMS, _ams(2026, 3, 1))
+
+    assert (window.start, window.end, window.seconds) == (_ams(2026, 3, 14, 22), _ams(2026, 3, 15, 6), 8 * HOUR)
+    assert late["late"].label() == "late 22:00-06:00"
+    assert daypart_at(_ams(2026, 3, 15, 2), late, AMS) == window
+    assert resolve_window("late", late, AMS, _ams(2026, 3, 15, 3)) == window  # the one going on
+    assert parse_dayparts({"evening": "18:00-00:00"})["evening"] == Daypart("evening", 1080, 1440)
 
 
 # -- windows ----------------------------------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from azure.storage.blob import (
 from migrator.errors import ExitCode, MigratorError, PermanentError, TransientError
 from migrator.providers.azure.errors import retry_after as retry_after_seconds
 from migrator.providers.blob.base import BlobInfo, BlobStore
+from migrator.secrets import blob_label, without_url_paths
 
 TRANSIENT_STATUS = {408, 429, 500, 502, 503, 504}
 SAS_LIFETIME = timedelta(hours=1)
@@ -95,7 +96,7 @@ def translate_error(exc: Exception, where: str, action: str) -> MigratorError:
         return PermanentError(f"{reason}: the destination could not read the copy source ({status})",
                               hint="the source SAS is missing, expired or lacks read permission")
     if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
-        return TransientError(f"{reason}: {type(exc).__name__}: {exc}",
+        return TransientError(f"{reason}: {type(exc).__name__}: {without_url_paths(str(exc))}",
                               hint="the storage endpoint did not answer; check the network if this persists")
     if status in TRANSIENT_STATUS:
         retry_after = retry_after_seconds(exc) if isinstance(exc, HttpResponseError) else None
@@ -190,13 +191,13 @@ class _DownloadStream(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
-        with azure_errors(self._where, f"reading blob {self._name!r}"):
+        with azure_errors(self._where, f"reading blob {blob_label(self._name)}"):
             data = self._downloader.read(len(view))
         view[:len(data)] = data
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
-        with azure_errors(self._where, f"reading blob {self._name!r}"):
+        with azure_errors(self._where, f"reading blob {blob_label(self._name)}"):
             return bytes(self._downloader.read(size if size is not None and size >= 0 else -1))
 
 
@@ -361,7 +362,7 @@ class AzureBlobStore(BlobStore):
 
     def _head(self, name: str) -> Any:
         """Get Blob Properties as a plain request: the response (its headers), or None for a missing blob."""
-        with azure_errors(self.describe(), f"reading properties of blob {name!r}"):
+        with azure_errors(self.describe(), f"reading properties of blob {blob_label(name)}"):
             response = self._pipeline.run(HttpRequest("HEAD", self._url(name),
                                                       headers={"x-ms-version": self._api_version})).http_response
             if response.status_code == 404 and response.headers.get("x-ms-error-code") in (None, "BlobNotFound"):
@@ -375,7 +376,7 @@ class AzureBlobStore(BlobStore):
             response = self._head(name)
             return _props_from_headers(name, response.headers) if response is not None else None
         try:
-            with azure_errors(self.describe(), f"reading properties of blob {name!r}"):
+            with azure_errors(self.describe(), f"reading properties of blob {blob_label(name)}"):
                 props = self._blob(name).get_blob_properties()
         except PermanentError as exc:
             if isinstance(exc.__cause__, ResourceNotFoundError) and \
@@ -385,7 +386,7 @@ class AzureBlobStore(BlobStore):
         return _info(name, props)
 
     def open_read(self, name: str) -> BinaryIO:
-        with azure_errors(self.describe(), f"reading blob {name!r}"):
+        with azure_errors(self.describe(), f"reading blob {blob_label(name)}"):
             downloader = self._blob(name).download_blob(max_concurrency=1)
         return io.BufferedReader(_DownloadStream(downloader, self.describe(), name))  # type: ignore[return-value]
 
@@ -399,7 +400,7 @@ class AzureBlobStore(BlobStore):
         settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5) if md5 else None)
         if isinstance(data, (bytes, bytearray)) and length is None:
             length = len(data)
-        with azure_errors(self.describe(), f"writing blob {name!r}"):
+        with azure_errors(self.describe(), f"writing blob {blob_label(name)}"):
             result = self._blob(name).upload_blob(data, length=length, overwrite=True, content_settings=settings,
                                                   metadata=dict(metadata or {}), max_concurrency=1)
         etag = str(result.get("etag") or "").strip('"') or None
@@ -422,7 +423,7 @@ class AzureBlobStore(BlobStore):
             headers["x-ms-blob-content-type"] = content_type
         for key, value in (metadata or {}).items():
             headers[f"x-ms-meta-{key}"] = value
-        with azure_errors(self.describe(), f"writing blob {name!r}"):
+        with azure_errors(self.describe(), f"writing blob {blob_label(name)}"):
             response = self._send(HttpRequest("PUT", self._url(name), headers=headers, content=data), 201)
         etag = str(response.headers.get("ETag") or "").strip('"') or None
         return BlobInfo(name=name, size=len(data), md5=md5, etag=etag, content_type=content_type,
@@ -430,14 +431,14 @@ class AzureBlobStore(BlobStore):
 
     def delete(self, name: str) -> None:
         if self._pipeline is not None:
-            with azure_errors(self.describe(), f"deleting blob {name!r}"):
+            with azure_errors(self.describe(), f"deleting blob {blob_label(name)}"):
                 response = self._pipeline.run(HttpRequest("DELETE", self._url(name), headers={
                     "x-ms-version": self._api_version})).http_response
                 if response.status_code not in (202, 404):  # gone already: fine
                     raise _response_error(response)
             return
         try:
-            with azure_errors(self.describe(), f"deleting blob {name!r}"):
+            with azure_errors(self.describe(), f"deleting blob {blob_label(name)}"):
                 self._blob(name).delete_blob()
         except PermanentError as exc:
             if not isinstance(exc.__cause__, ResourceNotFoundError):
@@ -447,7 +448,7 @@ class AzureBlobStore(BlobStore):
         # With a Content-MD5 the service checks each block on arrival, so what is stored is what we hashed.
         # (Azurite also stores a block several times faster when the request carries one.)
         if self._pipeline is None:
-            with azure_errors(self.describe(), f"staging a block of blob {name!r}"):
+            with azure_errors(self.describe(), f"staging a block of blob {blob_label(name)}"):
                 self._blob(name).stage_block(block_id, data, length=len(data), validate_content=True)
             return
         # The SDK base64-encodes block ids once more on the wire (and decodes them when listing): so do we.
@@ -455,12 +456,12 @@ class AzureBlobStore(BlobStore):
         headers = {"x-ms-version": self._api_version, "Content-Type": "application/octet-stream",
                    "Content-Length": str(len(data)), "Content-MD5": _b64(hashlib.md5(data, usedforsecurity=False)
                                                                          .digest())}
-        with azure_errors(self.describe(), f"staging a block of blob {name!r}"):
+        with azure_errors(self.describe(), f"staging a block of blob {blob_label(name)}"):
             self._send(HttpRequest("PUT", url, headers=headers, content=data), 201)
 
     def staged_blocks(self, name: str) -> dict[str, int]:
         try:
-            with azure_errors(self.describe(), f"listing blocks of blob {name!r}"):
+            with azure_errors(self.describe(), f"listing blocks of blob {blob_label(name)}"):
                 _, uncommitted = self._blob(name).get_block_list("uncommitted")
         except PermanentError as exc:
             if isinstance(exc.__cause__, ResourceNotFoundError):
@@ -483,14 +484,14 @@ class AzureBlobStore(BlobStore):
                 headers["x-ms-blob-content-type"] = content_type
             for key, value in (metadata or {}).items():
                 headers[f"x-ms-meta-{key}"] = value
-            with azure_errors(self.describe(), f"committing blob {name!r}"):
+            with azure_errors(self.describe(), f"committing blob {blob_label(name)}"):
                 response = self._send(HttpRequest("PUT", self._url(name, comp="blocklist"), headers=headers,
                                                   content=body), 201)
             etag = str(response.headers.get("ETag") or "").strip('"') or None
             return BlobInfo(name=name, size=0, md5=md5, etag=etag, content_type=content_type,
                             metadata=dict(metadata or {}))
         settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5) if md5 else None)
-        with azure_errors(self.describe(), f"committing blob {name!r}"):
+        with azure_errors(self.describe(), f"committing blob {blob_label(name)}"):
             result = self._blob(name).commit_block_list([BlobBlock(block_id=b) for b in block_ids],
                                                         content_settings=settings, metadata=dict(metadata or {}))
         etag = str(result.get("etag") or "").strip('"') or None
@@ -541,11 +542,11 @@ class AzureBlobStore(BlobStore):
 
     def start_copy(self, name: str, source_url: str) -> str:
         if self._pipeline is not None:
-            with azure_errors(self.describe(), f"starting a server-side copy into blob {name!r}"):
+            with azure_errors(self.describe(), f"starting a server-side copy into blob {blob_label(name)}"):
                 response = self._send(HttpRequest("PUT", self._url(name), headers={
                     "x-ms-version": self._api_version, "x-ms-copy-source": source_url, "Content-Length": "0"}), 202)
             return str(response.headers.get("x-ms-copy-status") or "pending")
-        with azure_errors(self.describe(), f"starting a server-side copy into blob {name!r}"):
+        with azure_errors(self.describe(), f"starting a server-side copy into blob {blob_label(name)}"):
             result = self._blob(name).start_copy_from_url(source_url)
         return str(result.get("copy_status") or "pending")
 
@@ -555,7 +556,7 @@ class AzureBlobStore(BlobStore):
             if response is None:
                 return None, None
             return response.headers.get("x-ms-copy-status"), response.headers.get("x-ms-copy-status-description")
-        with azure_errors(self.describe(), f"reading the copy status of blob {name!r}"):
+        with azure_errors(self.describe(), f"reading the copy status of blob {blob_label(name)}"):
             props = self._blob(name).get_blob_properties()
         copy = props.copy
         return (copy.status if copy else None), (copy.status_description if copy else None)

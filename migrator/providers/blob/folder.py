@@ -32,8 +32,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from migrator.errors import InputError, PermanentError
+from migrator.errors import InputError, PermanentError, ProviderError, TransientError, is_retryable
 from migrator.providers.blob.base import COPY_CHUNK, BlobInfo, BlobStore
+from migrator.secrets import blob_label, os_error_text
 
 META_DIR = ".blobmeta"
 _DRIVE = re.compile(r"^[A-Za-z]:($|[/\\])")
@@ -79,7 +80,7 @@ class FolderBlobStore(BlobStore):
         try:
             path.parent.resolve().relative_to(self._real_root)
         except ValueError:
-            raise InputError(f"blob name {name!r} resolves outside {self.describe()}",
+            raise InputError(f"blob name {blob_label(name)} resolves outside {self.describe()}",
                              hint="a symbolic link inside the folder points elsewhere; remove it") from None
         return path
 
@@ -155,7 +156,7 @@ class FolderBlobStore(BlobStore):
         path = self.path_of(name)
         try:
             stat = path.stat()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # gone (a folder on its path replaced by a file, too)
             return None
         if not path.is_file():
             return None
@@ -164,8 +165,10 @@ class FolderBlobStore(BlobStore):
     def open_read(self, name: str) -> BinaryIO:
         try:
             return open(self.path_of(name), "rb")
-        except FileNotFoundError as exc:
-            raise PermanentError(f"blob {name!r} not found in {self.describe()}") from exc
+        except (FileNotFoundError, NotADirectoryError):
+            raise PermanentError(f"blob {blob_label(name)} not found in {self.describe()}") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading blob {blob_label(name)} in {self.describe()}") from None
 
     def version_after_read(self, name: str, stream: BinaryIO) -> str | None:
         # The open file itself: a rename over the path or an unlink changes this inode's ctime as well.
@@ -180,6 +183,13 @@ class FolderBlobStore(BlobStore):
     def write(self, name: str, data: bytes | BinaryIO, *, length: int | None = None,
               content_type: str | None = None, metadata: Mapping[str, str] | None = None,
               md5: bytes | None = None) -> BlobInfo:
+        try:
+            return self._write(name, data, content_type=content_type, metadata=metadata, md5=md5)
+        except OSError as exc:  # its text quotes the paths, that is the blob's name
+            raise _os_error(exc, f"writing blob {blob_label(name)} to {self.describe()}") from None
+
+    def _write(self, name: str, data: bytes | BinaryIO, *, content_type: str | None,
+               metadata: Mapping[str, str] | None, md5: bytes | None) -> BlobInfo:
         path = self.path_of(name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}{_TMP_SUFFIX}")
@@ -196,7 +206,7 @@ class FolderBlobStore(BlobStore):
                 out.flush()
                 os.fsync(out.fileno())
             if md5 is not None and digest.digest() != md5:
-                raise PermanentError(f"blob {name!r}: content does not match its MD5 while writing to "
+                raise PermanentError(f"blob {blob_label(name)}: content does not match its MD5 while writing to "
                                      f"{self.describe()}", hint="the source changed while it was read; retry")
             os.replace(tmp, path)
         finally:
@@ -223,6 +233,12 @@ class FolderBlobStore(BlobStore):
         return super().compute_md5(name)
 
 
+def _os_error(exc: OSError, action: str) -> ProviderError:
+    """A provider error for ``exc`` without the paths it quotes (file names are blob names, personal data)."""
+    message = f"{action}: {os_error_text(exc)}"
+    return TransientError(message) if is_retryable(exc) else PermanentError(message)
+
+
 def check_relative_name(name: str, *, where: str) -> None:
     """Refuses a blob name that is not a plain relative path (``..``, absolute, empty segments, NUL)."""
     problem = None
@@ -241,6 +257,6 @@ def check_relative_name(name: str, *, where: str) -> None:
         elif segments[0] == META_DIR:
             problem = f"uses the reserved folder {META_DIR}/"
     if problem:
-        raise InputError(f"blob name {name!r} {problem}: it cannot be written under {where}",
+        raise InputError(f"blob name {blob_label(name)} {problem}: it cannot be written under {where}",
                          hint="a folder destination only takes names that stay inside its root; rename the "
                               "blob at the source or exclude it with the endpoint's prefix")

@@ -44,6 +44,8 @@ _WIDENS_TO: dict[str, frozenset[str]] = {
 
 #: The table in a restore target that records which backup chunks are committed (same transaction as the rows).
 MARKER_TABLE = "_migrator_restore_chunks"
+#: The marker table's row that holds the generation of the run lock allowed to commit chunks.
+MARKER_FENCE = "#fence"
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _decimal_text(value: Any, scale: int | None) -> str:
     try:
         number = value if isinstance(value, Decimal) else Decimal(value if isinstance(value, str) else repr(value))
     except (InvalidOperation, ValueError) as exc:
-        raise ValueError(f"not a decimal: {value!r}") from exc
+        raise ValueError(f"not a decimal ({type(value).__name__})") from exc
     if scale is not None and number.is_finite():
         number = number.quantize(Decimal(1).scaleb(-scale), context=_DECIMALS)
     elif number.is_finite():
@@ -132,14 +134,23 @@ def _datetime(value: Any) -> dt.datetime:
         return value
     if isinstance(value, str):
         return dt.datetime.fromisoformat(value.strip())
-    raise ValueError(f"not a timestamp: {value!r}")
+    raise ValueError(f"not a timestamp ({type(value).__name__})")
 
 
 def to_portable(column: Column, value: Any) -> Any:
     """The one portable, JSON-native form of ``value`` for ``column``'s logical type (None stays None).
 
-    Accepts what any of our drivers returns (native Python values from pyodbc, the strings SQLite keeps).
+    Accepts what any of our drivers returns (native Python values from pyodbc, the strings SQLite keeps). A value
+    that has no such form fails naming the column and the value's type, never the value (personal data).
     """
+    try:
+        return _to_portable(column, value)
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise ValueError(f"column {column.name}: a {type(value).__name__} value that is not a valid "
+                         f"{column.type} ({type(exc).__name__})") from None
+
+
+def _to_portable(column: Column, value: Any) -> Any:
     if value is None:
         return None
     kind = column.type
@@ -718,7 +729,38 @@ class Database(ABC):
     def marker_chunks(self) -> set[str]:
         if not self.table_exists(MARKER_TABLE):
             return set()
-        return {r[0] for r in self.query(f"SELECT {self.quote('chunk')} FROM {self.table_ref(MARKER_TABLE)}")}
+        return {r[0] for r in self.query(f"SELECT {self.quote('chunk')} FROM {self.table_ref(MARKER_TABLE)}")
+                if r[0] != MARKER_FENCE}
+
+    def claim_marker_fence(self, generation: int) -> None:
+        """Makes ``generation`` (the run lock's) the only one whose chunks may commit from now on.
+
+        A restore claims it before its first write; every chunk then commits only while the fence still holds
+        the generation it claimed (:meth:`check_marker_fence`, last in the chunk's transaction). A runner that
+        was paused mid-chunk and taken over by a runner of a later generation cannot commit that chunk: the
+        row the check updates either says another generation (the chunk rolls back) or is locked by the
+        successor's claim, which then waits for the chunk to commit and finds it marked.
+        """
+        with self.transaction():
+            table, chunk, mark = self.table_ref(MARKER_TABLE), self.quote("chunk"), self.quote("sha256")
+            if not self.execute(f"UPDATE {table} SET {mark} = {self.placeholder} WHERE {chunk} = {self.placeholder}",
+                                [str(generation), MARKER_FENCE]):
+                self.execute(f"INSERT INTO {table} ({chunk}, {mark}) VALUES ({self.placeholder}, "
+                             f"{self.placeholder})", [MARKER_FENCE, str(generation)])
+
+    def fence_sessions(self, label: str, generation: int) -> None:
+        """Tags this session as ``label`` of ``generation``, and ends the sessions of earlier generations of the
+        same label that this server can see (a paused runner's open transaction would otherwise hold locks the
+        successor needs). A no-op where the dialect cannot do it."""
+        return None
+
+    def check_marker_fence(self, generation: int) -> bool:
+        """Inside a chunk's transaction: True while ``generation`` still holds the fence (the row stays locked
+        by this transaction until it commits)."""
+        table, chunk, mark = self.table_ref(MARKER_TABLE), self.quote("chunk"), self.quote("sha256")
+        return bool(self.execute(
+            f"UPDATE {table} SET {mark} = {mark} WHERE {chunk} = {self.placeholder} AND {mark} = {self.placeholder}",
+            [MARKER_FENCE, str(generation)]))
 
     def mark_chunk(self, chunk: str, sha256: str) -> None:
         self.execute(f"INSERT INTO {self.table_ref(MARKER_TABLE)} ({self.quote('chunk')}, {self.quote('sha256')}) "

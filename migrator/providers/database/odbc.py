@@ -17,6 +17,7 @@ import pyodbc
 
 from migrator.errors import InputError, PermanentError, ProviderError, TransientError
 from migrator.providers.database.base import Column, Database, Table
+from migrator.providers.database.scrub import withhold_values
 
 FAST_VALUE_LIMIT = 4000
 #: Rows per parameter array: bounds the driver-side buffer (rows x widest value).
@@ -28,7 +29,9 @@ _MISSING = re.compile(r"database .* does not exist|cannot open database|unknown 
 _CONNECT = re.compile(r"connection refused|could not connect|timeout|timed out|server closed the connection|"
                       r"connection .* (lost|broken|reset)|terminating connection|no connection|"
                       r"communication link failure|TCP Provider", re.I)
-_DETAIL = re.compile(r"(DETAIL:|Key \(|The duplicate key value is).*", re.S)
+#: The table a data-changing statement writes to ("public"."people", [dbo].[people], people): for messages.
+_WRITES_TO = re.compile(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO|TRUNCATE\s+TABLE)\s+'
+                        r'((?:(?:"(?:[^"]|"")*"|\[[^\]]*\]|\w+)\s*\.\s*)*)("(?:[^"]|"")*"|\[[^\]]*\]|\w+)', re.I)
 _TRANSIENT_STATES = {"40001", "40P01", "57P01", "57P02", "57P03", "HYT00", "HYT01", "08S01", "08006", "08003"}
 
 
@@ -36,9 +39,9 @@ def odbc_error(exc: pyodbc.Error, what: str, *, connecting: bool = False) -> Pro
     """A migrator error for a pyodbc error; ``what`` says what we were doing (never a credential)."""
     state = str(exc.args[0]) if exc.args else ""
     text = str(exc.args[1] if len(exc.args) > 1 else exc).strip()
-    text = re.sub(r"\s*\(\d+\)\s*\(SQL\w+\)\s*$", "", text).replace("\n", " ")
-    # The engine's detail lines quote row values (personal data): never carry them into messages.
-    text = _DETAIL.sub("[row detail withheld]", text)
+    text = re.sub(r"\s*\(\d+\)\s*\(SQL\w+\)\s*$", "", text)
+    # The engine quotes row values (personal data) in detail lines and conversion errors: never carry them on.
+    text = withhold_values(text, state)
     message = f"{what}: {text}"
     if state in ("IM002", "IM003") or "can't open lib" in text.lower():
         return InputError(message, hint="check the Driver= (or DSN=) of the connection string and that the "
@@ -52,6 +55,17 @@ def odbc_error(exc: pyodbc.Error, what: str, *, connecting: bool = False) -> Pro
     if connecting and state.startswith("08"):
         return InputError(message, hint="check the Server=, Port= and Database= of the connection string")
     return PermanentError(message)
+
+
+def written_table(sql: str) -> str | None:
+    """The (unquoted) name of the table an INSERT, UPDATE, DELETE, MERGE or TRUNCATE statement writes to."""
+    match = _WRITES_TO.match(sql)
+    if match is None:
+        return None
+    name = match.group(2)
+    if name.startswith('"'):
+        return name[1:-1].replace('""', '"')
+    return name[1:-1] if name.startswith("[") else name
 
 
 class OdbcDatabase(Database):
@@ -100,7 +114,11 @@ class OdbcDatabase(Database):
             cursor.close()
             return int(count)
         except pyodbc.Error as exc:
-            raise odbc_error(exc, f"statement on {self.label} failed") from None
+            raise odbc_error(exc, self._statement_failed(sql)) from None
+
+    def _statement_failed(self, sql: str) -> str:
+        table = written_table(sql)
+        return f"writing table {table} on {self.label} failed" if table else f"statement on {self.label} failed"
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         for row in self.query(sql, params):
@@ -148,7 +166,7 @@ class OdbcDatabase(Database):
         try:
             self._bulk(sql, columns, rows)
         except pyodbc.Error as exc:
-            raise odbc_error(exc, f"statement on {self.label} failed") from None
+            raise odbc_error(exc, self._statement_failed(sql)) from None
 
     def _bulk(self, sql: str, cols: Sequence[Column], rows: Sequence[Sequence[Any]]) -> None:
         """``sql`` once per row of parameters: parameter arrays (fast_executemany) for rows of short values,

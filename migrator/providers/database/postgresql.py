@@ -238,6 +238,20 @@ class PostgresDatabase(OdbcDatabase):
         self.execute(sql, [payload])
         return True
 
+    # -- fencing -----------------------------------------------------------------------------------------
+
+    def fence_sessions(self, label: str, generation: int) -> None:
+        # application_name carries the label and generation; a generation's sessions end older ones, whose
+        # runner lost the run's lock (a paused process keeps its transaction, and its locks, open otherwise).
+        mine = f"{label}:{generation}"[:63]
+        self.execute(f"SET application_name = '{mine}'")
+        for (name,) in self.query("SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
+                                  "AND application_name LIKE ? AND pid <> pg_backend_pid()", [f"{label}:%"]):
+            older = str(name).rsplit(":", 1)[-1]
+            if older.isdigit() and int(older) < generation:
+                self.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ? "
+                             "AND datname = current_database() AND pid <> pg_backend_pid()", [name])
+
     # -- catalog -----------------------------------------------------------------------------------------
 
     def tables(self) -> list[Table]:

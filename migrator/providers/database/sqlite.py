@@ -27,10 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from migrator.errors import InputError, PermanentError, TransientError
-from migrator.providers.database.base import MARKER_TABLE, Column, Database, ForeignKey, Table
+from migrator.providers.database.base import INTEGER_TYPES, MARKER_TABLE, Column, Database, ForeignKey, Table
+from migrator.providers.database.scrub import withhold_values
 
 READ_ONLY_MESSAGE = "read-only: migration in progress"
 _TRIGGER_PREFIX = "_migrator_ro_"
+#: sqlite3's message for a text value that is not UTF-8 (it goes on to quote the value, which is never kept).
+_UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '(.*?)' with text")
+#: Key types whose values identify a row without being personal data; other keys are shown by rowid.
+_SHOWN_KEY_TYPES = INTEGER_TYPES | {"uuid", "date", "time", "timestamp", "timestamptz", "boolean"}
+_LEGACY_TEXT_HINT = ("legacy text that is not UTF-8 is refused, not guessed at (README, Databases): convert the "
+                     "value at the source to UTF-8 (or store it as a BLOB column) and run the step again")
 _DECIMAL = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 _LENGTH = re.compile(r"\(\s*(\d+)\s*\)")
 # Order matters: the first keyword found in the declared type wins ("TIMESTAMPTZ" before "TIMESTAMP" ...).
@@ -66,6 +73,14 @@ def logical_type(declared: str, where: str) -> Column:
                      hint="declare it with a type name such as INTEGER, TEXT, BLOB, REAL, DECIMAL(p,s), TIMESTAMP")
 
 
+class UndecodableText(PermanentError):
+    """A text value in a SQLite file that is not valid UTF-8: refused, naming table, column and key."""
+
+    def __init__(self, message: str, *, column: str) -> None:
+        super().__init__(message, hint=_LEGACY_TEXT_HINT)
+        self.column = column
+
+
 class SqliteDatabase(Database):
     dialect = "sqlite"
 
@@ -89,10 +104,65 @@ class SqliteDatabase(Database):
         self.conn.close()
 
     def _error(self, exc: sqlite3.Error, what: str) -> Exception:
-        text = f"{what} on {self.describe()}: {exc}"
+        undecodable = _UNDECODABLE.search(str(exc))
+        if undecodable is not None:
+            column = undecodable.group(1)
+            return UndecodableText(f"{what} on {self.describe()}: column {column} holds text that is not valid "
+                                   "UTF-8", column=column)
+        text = f"{what} on {self.describe()}: {withhold_values(str(exc))}"
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
             return TransientError(text)
         return PermanentError(text)
+
+    def _rows_of(self, table: Table, rows: Iterator[Sequence[Any]]) -> Iterator[Sequence[Any]]:
+        """``rows`` read from ``table``; text that is not UTF-8 fails naming the table, column and row key."""
+        try:
+            yield from rows
+        except UndecodableText as exc:
+            raise self._undecodable(table, exc.column) from None
+
+    def _undecodable(self, table: Table, column: str) -> UndecodableText:
+        """Finds the first row of ``table`` whose ``column`` (else any text column) is not UTF-8."""
+        names = [column] if column in table.column_names else [c.name for c in table.columns if c.type == "text"]
+        keys = list(table.primary_key)
+        if not keys or any(table.column(k).type not in _SHOWN_KEY_TYPES for k in keys):
+            keys = ["rowid"]
+        saved = self.conn.text_factory
+        self.conn.text_factory = bytes
+        try:
+            for name in names:
+                bad, first = 0, ""
+                for *key, value in self.conn.execute(
+                        f"SELECT {self.column_list(keys)}, {self.quote(name)} FROM {self.table_ref(table.name)} "
+                        f"WHERE typeof({self.quote(name)}) = 'text'"):
+                    try:
+                        value.decode("utf-8")
+                    except UnicodeDecodeError:
+                        bad += 1
+                        first = first or ", ".join(
+                            f"{k}={v.decode('utf-8', 'replace') if isinstance(v, bytes) else v}"
+                            for k, v in zip(keys, key, strict=True))
+                if bad:
+                    return UndecodableText(
+                        f"table {table.name}, column {name}, row {first}: text that is not valid UTF-8 in "
+                        f"{self.describe()} ({bad} row{'s' if bad != 1 else ''} of the column in all)", column=name)
+        except sqlite3.Error:
+            pass  # no rowid (WITHOUT ROWID) or the file went away: say what is known
+        finally:
+            self.conn.text_factory = saved
+        return UndecodableText(f"table {table.name}, column {column}: text that is not valid UTF-8 in "
+                               f"{self.describe()}", column=column)
+
+    def read_page(self, table: Table, columns: Sequence[str], after: Sequence[Any] | None,
+                  limit: int, *, lines: bool = False) -> Iterator[Sequence[Any]]:
+        return self._rows_of(table, super().read_page(table, columns, after, limit, lines=lines))
+
+    def read_offset(self, table: Table, columns: Sequence[str], offset: int,
+                    limit: int, *, lines: bool = False) -> Iterator[Sequence[Any]]:
+        return self._rows_of(table, super().read_offset(table, columns, offset, limit, lines=lines))
+
+    def read_all(self, table: Table, columns: Sequence[str], *, lines: bool = False) -> Iterator[Sequence[Any]]:
+        return self._rows_of(table, super().read_all(table, columns, lines=lines))
 
     # -- SQL text ----------------------------------------------------------------------------------------
 
