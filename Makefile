@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := unixodbc odbc-postgresql libsqliteodbc bind9 bind9-utils
+APT_PACKAGES := unixodbc odbc-postgresql libsqliteodbc tdsodbc bind9 bind9-utils
 
 .PHONY: install system-packages node-packages test lint demo fleet-demo bench clean
 

@@ -15,13 +15,18 @@ Each comparison moves the same bytes from the same source, and says what each si
 
 (a), (b) and (c) also print the CPU Azurite and this process used while each was measured (from /proc): when
 Azurite's CPU is close to the wall time, the storage emulator, not the client, sets the pace.
-(d) resume after a crash at about 90% of the bytes of (b)'s streamed presync: bytes sent again as a share of
-    the total (target: only the blocks in flight at the crash).
+(d) resume after a crash at about 90% of the bytes of (b)'s streamed presync, sent in blocks (a threshold of
+    8 MiB): bytes sent again as a share of the total (target: only the blocks in flight at the crash).
 (e) peak RSS of a delta sync over a large inventory (synthetic stores, so only migrator's own memory counts),
     against the same with a tenth of the blobs (target under 300 MB).
+(p) the peers, folder -> Azurite, small (--small x --small-size) and large (--large x --large-mib) blobs: the
+    presync against ``upload_blob`` from 16 threads (SDK defaults) and a raw threaded PUT (urllib3, 16 threads,
+    one Put Blob per file with a SAS, no client hashing: the ceiling of one client), each on a fresh Azurite (it
+    slows as it fills), rotated order, the median of ``--peer-rounds``; wall time, Azurite's CPU and ours, and our
+    CPU per MiB or per blob. Targets: large >= 1.0x the SDK and >= 0.9x the raw PUT; small >= 0.9x the raw PUT.
 
     .venv/bin/python bench/blobs.py [--small 2000] [--small-size 4096] [--large 4] [--large-mib 64]
-                                    [--inventory 200000] [--rounds 2] [--only a,b,c,d,e]
+                                    [--inventory 200000] [--rounds 2] [--peer-rounds 3] [--only a,b,c,d,e,p]
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 from azure.core.pipeline.policies import SansIOHTTPPolicy  # noqa: E402
 
 from fixtures.services.azurite import CLOUD_ACCOUNT, SOURCE_ACCOUNT, Azurite, start_azurite, stop_azurite  # noqa: E402
-from migrator.providers.blob import PER_RETRY_POLICIES, BlobEndpoint, open_blob_store  # noqa: E402
+from migrator.providers.blob import PER_RETRY_POLICIES, BlobEndpoint, open_blob_store, run_resources, store_key  # noqa: E402
 from migrator.providers.blob.base import BlobInfo, BlobStore  # noqa: E402
 from migrator.steps.blobs import Presync, Sync  # noqa: E402
 from migrator.testing import MemoryContext, run_step  # noqa: E402
@@ -214,8 +219,8 @@ def inventory_rss(count: int) -> float:
     source = BlobEndpoint(kind="folder", path="/synthetic/source")
     destination = BlobEndpoint(kind="folder", path="/synthetic/destination")
     ctx = MemoryContext()
-    ctx.resources[f"blob-store:{source.cache_key()}:8"] = SyntheticStore(count, changed_every=100)
-    ctx.resources[f"blob-store:{destination.cache_key()}:8"] = SyntheticStore(count)
+    run_resources(ctx.resources).put(store_key(source, 8), SyntheticStore(count, changed_every=100))
+    run_resources(ctx.resources).put(store_key(destination, 8), SyntheticStore(count))
     step = Sync("sync", Sync.Params(source=source, destination=destination, server_side_copy=False))
     out = step.apply(ctx)
     assert out["copied"] == count // 100, out
@@ -232,6 +237,100 @@ def rss_in_subprocess(count: int) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
+# -- (p) the peers, each on a fresh Azurite ---------------------------------------------------------------------
+
+PEER_THREADS = 16
+
+
+def sdk_threads(azurite: Azurite, container: str, root: Path, names: list[str]) -> None:
+    """``upload_blob`` of each file (SDK defaults: one Put Blob up to 64 MiB) from 16 threads."""
+    client = azurite.service(CLOUD_ACCOUNT).get_container_client(container)
+
+    def one(name: str) -> None:
+        with open(root / name, "rb") as stream:
+            client.upload_blob(name, stream, overwrite=True)
+
+    with ThreadPoolExecutor(PEER_THREADS) as pool:
+        list(pool.map(one, names))
+
+
+def raw_put(azurite: Azurite, container: str, root: Path, names: list[str]) -> None:
+    """One plain Put Blob per file (a container SAS in the URL, the file streamed as the body) from 16 threads on
+    one urllib3 pool: no SDK, no hashing, no retries, the least a client can do."""
+    from datetime import UTC, datetime, timedelta
+    from urllib.parse import quote
+
+    import urllib3
+    from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+    sas = generate_container_sas(CLOUD_ACCOUNT, container, account_key=azurite.key(CLOUD_ACCOUNT),
+                                 permission=ContainerSasPermissions(write=True, create=True),
+                                 expiry=datetime.now(UTC) + timedelta(hours=1))
+    pool = urllib3.PoolManager(maxsize=PEER_THREADS, blocksize=256 * 1024)
+    base = f"{azurite.account_url(CLOUD_ACCOUNT)}/{container}"
+
+    def one(name: str) -> None:
+        path = root / name
+        with open(path, "rb") as stream:
+            response = pool.request("PUT", f"{base}/{quote(name)}?{sas}", body=stream, headers={
+                "x-ms-blob-type": "BlockBlob", "x-ms-version": "2021-08-06",
+                "Content-Length": str(path.stat().st_size)})
+        assert response.status == 201, response.status
+
+    with ThreadPoolExecutor(PEER_THREADS) as pool_threads:
+        list(pool_threads.map(one, names))
+
+
+def peer_round(tool: str, root: Path, names: list[str], concurrency: int) -> CpuMeter:
+    """One tool's upload of ``names`` from ``root`` into a fresh Azurite: its wall time and CPU split."""
+    azurite = start_azurite()
+    try:
+        container = azurite.create_container(CLOUD_ACCOUNT)
+        with CpuMeter(azurite) as meter:
+            if tool == "presync":
+                step = Presync("presync", Presync.Params(source={"kind": "folder", "path": str(root)},
+                                                         destination=azurite.endpoint(CLOUD_ACCOUNT, container),
+                                                         concurrency=concurrency))
+                _, out = run_step(step, MemoryContext())
+                assert out["copied"] == len(names), out
+            elif tool == "sdk16":
+                sdk_threads(azurite, container, root, names)
+            else:
+                raw_put(azurite, container, root, names)
+        return meter
+    finally:
+        stop_azurite(azurite)
+
+
+PEER_TOOLS = ("presync", "sdk16", "raw16")
+
+
+def peers(label: str, root: Path, names: list[str], size: int, rounds: int, concurrency: int) -> dict[str, Any]:
+    """Each tool ``rounds`` times in rotated order; prints and returns the medians."""
+    import statistics
+
+    meters: dict[str, list[CpuMeter]] = {tool: [] for tool in PEER_TOOLS}
+    for r in range(rounds):
+        for i in range(len(PEER_TOOLS)):
+            tool = PEER_TOOLS[(r + i) % len(PEER_TOOLS)]
+            meters[tool].append(peer_round(tool, root, names, concurrency))
+    median = {tool: statistics.median(m.wall for m in ms) for tool, ms in meters.items()}
+    total = len(names) * size
+    print(f"(p) {label}: {len(names)} x {size} B from a folder, fresh Azurite per tool, median of {rounds}")
+    for tool in PEER_TOOLS:
+        m = sorted(meters[tool], key=lambda m: m.wall)[len(meters[tool]) // 2]
+        per = (f"{1e3 * m.ours / len(names):.2f} ms CPU/blob" if size < MiB
+               else f"{1e3 * m.ours / (total / MiB):.2f} ms CPU/MiB")
+        name = {"presync": f"presync (concurrency {concurrency})", "sdk16": "SDK upload_blob, 16 threads",
+                "raw16": "raw PUT (urllib3), 16 threads"}[tool]
+        print(f"    {name:34s} {median[tool]:6.2f} s  {m}; ours {per}")
+    vs_sdk, vs_raw = median["sdk16"] / median["presync"], median["raw16"] / median["presync"]
+    return {"presync_s": median["presync"], "sdk16_s": median["sdk16"], "raw16_s": median["raw16"],
+            "vs_sdk16": vs_sdk, "vs_raw16": vs_raw,
+            "azurite_cpu_s": {t: statistics.median(m.azurite for m in ms) for t, ms in meters.items()},
+            "our_cpu_s": {t: statistics.median(m.ours for m in ms) for t, ms in meters.items()}}
+
+
 def ratio_line(label: str, baseline: float, step: float, what: str) -> str:
     return f"    {label}: baseline {baseline:.2f} s, {what} {step:.2f} s -> {baseline / step:.2f}x"
 
@@ -245,7 +344,8 @@ def main() -> None:
     parser.add_argument("--inventory", type=int, default=200_000)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=2, help="rounds of (a) and (b) from the folder; best of each")
-    parser.add_argument("--only", default="a,b,c,d,e", help="comma-separated sections to run")
+    parser.add_argument("--peer-rounds", type=int, default=3, help="rounds of (p), each tool on a fresh Azurite")
+    parser.add_argument("--only", default="a,b,c,d,e,p", help="comma-separated sections to run")
     parser.add_argument("--rss-only", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_only is not None:
@@ -259,6 +359,24 @@ def main() -> None:
 
     results: dict[str, Any] = {}
     c = args.concurrency
+    if "p" in only:
+        workdir_p = Path(tempfile.mkdtemp(prefix="bench-peers-"))
+        try:
+            small_root, large_root = workdir_p / "small", workdir_p / "large"
+            small_names = make_folder(small_root, args.small, args.small_size)
+            large_names = make_folder(large_root, args.large, args.large_mib * MiB, prefix="large")
+            small = peers("small blobs", small_root, small_names, args.small_size, args.peer_rounds, c)
+            print(f"    small: presync {small['vs_raw16']:.2f}x the raw PUT [target >= 0.9x], "
+                  f"{small['vs_sdk16']:.2f}x the SDK with 16 threads")
+            large = peers("large blobs", large_root, large_names, args.large_mib * MiB, args.peer_rounds, c)
+            print(f"    large: presync {large['vs_sdk16']:.2f}x the SDK with 16 threads [target >= 1.0x], "
+                  f"{large['vs_raw16']:.2f}x the raw PUT [target >= 0.9x]")
+            results["p"] = {"small": small, "large": large}
+        finally:
+            shutil.rmtree(workdir_p, ignore_errors=True)
+        if only == {"p"}:
+            print(json.dumps(results))
+            return
     print(f"blobs.presync/blobs.sync with concurrency {c} against plain sequential azure-storage-blob loops, "
           f"same bytes, same source, same Azurite ({os.cpu_count()} CPUs shared with Azurite's single Node thread); "
           f"folder figures are the best of {args.rounds} interleaved rounds per side")
@@ -368,18 +486,16 @@ def main() -> None:
             assert out_bz["server_side"] == args.large, out_bz
             print(f"(b) {args.large} x {args.large_mib} MiB [target >= 1.3x]")
             print(ratio_line("folder -> Azurite (baseline: one Put Blob per file)", base_b, stream_b,
-                             "presync streamed in 4 MiB blocks"))
+                             "presync streamed, one Put Blob per file"))
             print(f"      baseline: {cpu_base_b}; presync: {cpu_stream_b}")
             print(ratio_line("Azurite -> Azurite (baseline downloads and uploads)", base_bz, server_b,
                              "presync server-side"))
             if base_b / stream_b < 1.3:
                 print("    missed for the streamed case: the baseline's one Put Blob per file already keeps "
                       "Azurite's single Node thread busy for about its whole wall time (above): it takes in and "
-                      "hashes every byte, which no client can do for it. Blocks cost Azurite as much or more per "
-                      "byte, so the presync's floor is about the baseline's own time; the step also hashes every "
-                      "byte twice client-side (each block's Content-MD5, which has the service check the block, "
-                      "and the blob's Content-MD5), on the other core. On Azure, blocks staged in parallel land on "
-                      "many servers")
+                      "hashes every byte, which no client can do for it, so the presync's floor is about the "
+                      "baseline's own time; the step also hashes every byte once client-side (the blob's "
+                      "Content-MD5), on the other core, and lists and reads back the destination")
             results["b"] = {"baseline_s": base_b, "streamed_s": stream_b, "ratio_streamed": base_b / stream_b,
                             "baseline_azurite_cpu_s": cpu_base_b.azurite,
                             "streamed_azurite_cpu_s": cpu_stream_b.azurite,
@@ -389,14 +505,16 @@ def main() -> None:
             total = args.large * size
             crash = ByteCounter(crash_at=int(total * 0.9))
             first = MemoryContext()
-            first.resources[PER_RETRY_POLICIES] = [crash]
+            run_resources(first.resources).put(PER_RETRY_POLICIES, [crash])
             backup = azurite.create_container(CLOUD_ACCOUNT)
+            # In blocks (a threshold below the blobs' size): block-level resume is what is measured.
+            blocks = {"large_blob_threshold": 8 * MiB}
             with contextlib.suppress(RuntimeError):
-                presync(azurite, folder_b, first, concurrency=c, attempts_per_blob=1, destination=backup)
+                presync(azurite, folder_b, first, concurrency=c, attempts_per_blob=1, destination=backup, **blocks)
             counter = ByteCounter()
             second = MemoryContext(items=first.items)
-            second.resources[PER_RETRY_POLICIES] = [counter]
-            presync(azurite, folder_b, second, concurrency=c, destination=backup)
+            run_resources(second.resources).put(PER_RETRY_POLICIES, [counter])
+            presync(azurite, folder_b, second, concurrency=c, destination=backup, **blocks)
             resent = crash.sent + counter.sent - total
             print(f"(d) crash after {crash.sent / MiB:.0f} of {total / MiB:.0f} MiB, resume sent "
                   f"{counter.sent / MiB:.0f} MiB: {resent / MiB:.1f} MiB sent again = {100 * resent / total:.2f}% "

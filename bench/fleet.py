@@ -33,9 +33,16 @@ sys.path.insert(0, str(ROOT))
 import psycopg  # noqa: E402
 
 from fixtures.demo import PLAYBOOK, DemoSize  # noqa: E402
-from fixtures.fleet_demo import TINY, FleetStack, FleetTenant, daypart_from, start_worker, zone_at  # noqa: E402
+from fixtures.fleet_demo import (  # noqa: E402
+    TINY,
+    FleetStack,
+    FleetTenant,
+    daypart_from,
+    fleet_services,
+    start_worker,
+    zone_at,
+)
 from fixtures.services import stop_process  # noqa: E402
-from fixtures.services.temporal import start_temporal, stop_temporal  # noqa: E402
 
 RUN_END = ("run.succeeded", "run.rolled_back", "run.failed", "run.rollback_failed")
 
@@ -87,34 +94,29 @@ def main() -> int:
     args = parser.parse_args()
     size = DemoSize(args.rows, args.blobs, args.blob_bytes)
     n = args.tenants
-    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp, fleet_services(Path(tmp)) as (server, stack):
         directory = Path(tmp)
-        server = start_temporal(directory / "temporal")
-        try:
-            with FleetStack(directory / "fleet") as stack:
-                zone = zone_at(13)
-                dayparts = {"fleet": daypart_from(zone, -60, 3 * 3600)}
-                sets = {key: [stack.add_tenant(f"{key}{i + 1}", time_zone=zone, dayparts=dayparts, size=size)
-                              for i in range(n)] for key in ("seq", "one", "two")}
-                print(f"{n} tenants per set ({size.rows} rows, {size.blobs} blobs of {size.blob_bytes} bytes in all)")
+        zone = zone_at(13)
+        dayparts = {"fleet": daypart_from(zone, -60, 3 * 3600)}
+        sets = {key: [stack.add_tenant(f"{key}{i + 1}", time_zone=zone, dayparts=dayparts, size=size)
+                      for i in range(n)] for key in ("seq", "one", "two")}
+        print(f"{n} tenants per set ({size.rows} rows, {size.blobs} blobs of {size.blob_bytes} bytes in all)")
 
-                started = time.monotonic()
-                for tenant in sets["seq"]:
-                    result = subprocess.run(
-                        [sys.executable, "-m", "migrator", "run", str(PLAYBOOK), "-e", str(tenant.environment_file),
-                         "--state", stack.state_url, "--run-id", f"seq-{tenant.name}"], cwd=ROOT,
-                        env=stack.child_environ(), capture_output=True, text=True, check=False)
-                    if result.returncode != 0:
-                        raise SystemExit(f"migrator run {tenant.name} failed:\n{result.stderr[-2000:]}")
-                sequential = time.monotonic() - started
-                one = campaign(stack, server.address, "one", sets["one"], 1, directory)
-                two = campaign(stack, server.address, "two", sets["two"], 2, directory)
+        started = time.monotonic()
+        for tenant in sets["seq"]:
+            result = subprocess.run(
+                [sys.executable, "-m", "migrator", "run", str(PLAYBOOK), "-e", str(tenant.environment_file),
+                 "--state", stack.state_url, "--run-id", f"seq-{tenant.name}"], cwd=ROOT,
+                env=stack.child_environ(), capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise SystemExit(f"migrator run {tenant.name} failed:\n{result.stderr[-2000:]}")
+        sequential = time.monotonic() - started
+        one = campaign(stack, server.address, "one", sets["one"], 1, directory)
+        two = campaign(stack, server.address, "two", sets["two"], 2, directory)
 
-                seq_own, seq_ro = run_times(stack, [f"seq-{t.name}" for t in sets["seq"]])
-                one_own, one_ro = run_times(stack, [f"one-{t.name}" for t in sets["one"]])
-                _two_own, two_ro = run_times(stack, [f"two-{t.name}" for t in sets["two"]])
-        finally:
-            stop_temporal(server)
+        seq_own, seq_ro = run_times(stack, [f"seq-{t.name}" for t in sets["seq"]])
+        one_own, one_ro = run_times(stack, [f"one-{t.name}" for t in sets["one"]])
+        _two_own, two_ro = run_times(stack, [f"two-{t.name}" for t in sets["two"]])
     per_tenant = statistics.mean(one_own.values())
     overhead = (one - sum(one_own.values())) / n
     seq_overhead = (sequential - sum(seq_own.values())) / n

@@ -13,6 +13,10 @@ class Clock:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
+    def timestamp(self) -> float:
+        """:meth:`now` as seconds since the epoch: how the state store keeps a step's or a run's times."""
+        return self.now().timestamp()
+
     def monotonic(self) -> float:
         return time.monotonic()
 

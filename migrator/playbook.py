@@ -246,6 +246,11 @@ def _validate(model: type[BaseModel], doc: SourceDoc) -> Any:
         _raise_model_error(exc, doc)
 
 
+#: Public names for other YAML files validated the same way (campaign files: ``migrator.fleet.campaign``).
+StrictModel = _Model
+load_yaml_model = _validate
+
+
 # ----------------------------------------------------------------------------------------------------- references
 
 

@@ -31,6 +31,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ LOCK_TTL_SECONDS = 60.0
 # ------------------------------------------------------------------------------------------------------- records
 
 
-class RunStatus:
+class RunStatus(StrEnum):
+    """A run's status as the state store keeps it (the values are the stored text)."""
+
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -64,7 +67,9 @@ class RunStatus:
     ROLLBACK_FAILED = "rollback_failed"
 
 
-class StepStatus:
+class StepStatus(StrEnum):
+    """A step's status as the state store keeps it (the values are the stored text)."""
+
     PENDING = "pending"
     RUNNING = "running"
     DONE = "done"
@@ -233,6 +238,14 @@ class _Backend(ABC):
     @abstractmethod
     def describe(self) -> str: ...
 
+    def on_hold(self, conn: Any, lock: LockInfo | None) -> None:
+        """Called when the store starts (or stops) holding ``lock``."""
+        return None
+
+    def session_lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` means the store ended this connection (so what it was writing did not commit)."""
+        return False
+
     @abstractmethod
     def has_table(self, conn: Any, name: str) -> bool: ...
 
@@ -287,8 +300,9 @@ class _PostgresBackend(_Backend):
     real = "DOUBLE PRECISION"
     placeholder = "%s"
     begin_write = "BEGIN"
-    # The fence row stays share-locked until the write commits: a take-over waits for it, never slips between.
-    share_clause = " FOR SHARE"
+    # The fence row stays key-share-locked until the write commits: a take-over (which deletes the row) waits for
+    # it and never slips between; the holder's own heartbeat (a non-key update) does not.
+    share_clause = " FOR KEY SHARE"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -311,6 +325,21 @@ class _PostgresBackend(_Backend):
 
     def has_table(self, conn: Any, name: str) -> bool:
         return conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is not None
+
+    def on_hold(self, conn: Any, lock: LockInfo | None) -> None:
+        # A holder frozen inside a write (a paused process keeps its transaction, and the lock row's lock, open)
+        # would block its successor's take-over for ever: the server ends such a transaction once it has idled
+        # for the lock's time to live, when the lease is gone anyway.
+        if lock is None:
+            conn.execute("RESET idle_in_transaction_session_timeout")
+        else:
+            ttl_ms = max(1000, round((lock.expires_at - lock.heartbeat_at) * 1000))
+            conn.execute(f"SET idle_in_transaction_session_timeout = {int(ttl_ms)}")
+
+    def session_lost(self, exc: BaseException) -> bool:
+        import psycopg
+
+        return isinstance(exc, psycopg.OperationalError)
 
     def describe(self) -> str:
         from urllib.parse import urlsplit, urlunsplit
@@ -360,14 +389,19 @@ class StateStore:
     def _exec(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._conn.execute(self.backend.sql(sql), tuple(params))
 
-    def _tx(self, *, fenced: bool = True) -> _Tx:
-        return _Tx(self, fenced=fenced)
+    def _tx(self, *, fenced: bool = True, lost_is_fenced: bool = False) -> _Tx:
+        return _Tx(self, fenced=fenced, lost_is_fenced=lost_is_fenced)
 
     def hold(self, lock: LockInfo | None) -> None:
         """Fences every later write of this store on ``lock`` (None: no fence): a write made after the lock was
         taken over or broken raises :class:`LockLost` and changes nothing."""
         with self._lock:
             self._fence = lock
+            try:
+                self.backend.on_hold(self._conn, lock)
+            except Exception as exc:
+                if lock is not None or not self.backend.session_lost(exc):
+                    raise
 
     @property
     def fence(self) -> LockInfo | None:
@@ -386,7 +420,18 @@ class StateStore:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return list(self._exec(sql, params).fetchall())
+            try:
+                return list(self._exec(sql, params).fetchall())
+            except Exception as exc:
+                if not self.backend.session_lost(exc):
+                    raise
+                fence = self._fence
+                if fence is not None:
+                    raise LockLost(f"run {fence.run_id}: the state store ended this runner's session (it was paused "
+                                   "past the lock's time to live); it does nothing more",
+                                   hint=f"see who holds it: migrator status {fence.run_id}") from exc
+                raise StateError(f"the state store {self.describe()} closed the connection",
+                                 hint="check that PostgreSQL answers, then run the command again") from exc
 
     def _schema_version(self) -> int | None:
         if not self.backend.has_table(self._conn, "meta"):
@@ -667,7 +712,7 @@ class StateStore:
             return bool(cur.rowcount)
 
     def release_lock(self, lock: LockInfo) -> None:
-        with self._tx(fenced=False):
+        with contextlib.suppress(LockLost), self._tx(fenced=False, lost_is_fenced=True):
             self._exec("DELETE FROM locks WHERE run_id = ? AND token = ?", (lock.run_id, lock.token))
 
     def break_lock(self, run_id: str) -> LockInfo | None:
@@ -680,16 +725,19 @@ class StateStore:
 class _Tx:
     """A write transaction on the store's connection, serialized by the store's lock."""
 
-    def __init__(self, store: StateStore, *, fenced: bool = True) -> None:
+    def __init__(self, store: StateStore, *, fenced: bool = True, lost_is_fenced: bool = False) -> None:
         self.store = store
         self.fenced = fenced
+        #: A session ended by the server counts as a lost lock even for an unfenced write (the release).
+        self.lost_is_fenced = lost_is_fenced or fenced
 
     def __enter__(self) -> _Tx:
         self.store._lock.acquire()
         try:
             self.store._conn.execute(self.store.backend.begin_write)
-        except BaseException:
+        except BaseException as exc:
             self.store._lock.release()
+            self._lost(exc)
             raise
         if self.fenced:
             try:
@@ -705,8 +753,22 @@ class _Tx:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         try:
             self.store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        except BaseException as failed:
+            self._lost(failed if exc is None else exc)
+            raise
         finally:
             self.store._lock.release()
+        if exc is not None:
+            self._lost(exc)
+
+    def _lost(self, exc: BaseException) -> None:
+        """A fenced store whose session the server ended (it idled in a transaction past the lock's time to
+        live: the process was paused) has lost its lock: say so, rather than fail as a store fault."""
+        fence = self.store._fence
+        if fence is not None and self.lost_is_fenced and self.store.backend.session_lost(exc):
+            raise LockLost(f"run {fence.run_id}: the state store ended this runner's session (it was paused inside "
+                           f"a write past the lock's time to live); it does nothing more",
+                           hint=f"see who holds it: migrator status {fence.run_id}") from exc
 
 
 def open_store(spec: str | os.PathLike[str] | None = None, *, create: bool = True) -> StateStore:

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from migrator.clock import Clock
+from migrator.resources import RunResources
 from migrator.secrets import Redactor, Secret
 
 
@@ -166,9 +167,10 @@ class StepContext(Protocol):
     @property
     def options(self) -> Mapping[str, Any]: ...
 
-    #: Long-lived objects shared by steps of one run (connections, clients), keyed by the step's own choice.
+    #: Long-lived objects shared by the steps of one run (connections, clients, caches), each under a typed
+    #: :class:`~migrator.resources.ResourceKey`, made once and closed by the engine when the command ends.
     @property
-    def resources(self) -> dict[str, Any]: ...
+    def resources(self) -> RunResources: ...
 
     #: Set when the run must stop (signal, watchdog, timeout); long loops call ``raise_if_cancelled``.
     @property

@@ -1,85 +1,30 @@
 """Run one step kind outside a playbook: an in-memory :class:`~migrator.step.StepContext` for tests.
 
-The runner's own context writes to the state store; this one keeps items and memo in dictionaries, so a step's
-logic can be exercised against real components (Azurite, PostgreSQL, BIND) without a run.
+The runner's own context writes to the state store; this one keeps items and memo in memory (the engine's
+:class:`~migrator.runner.MemoryItems` and :class:`~migrator.runner.MemoryMemo`, which the dry-run uses too), so
+a step's logic can be exercised against real components (Azurite, PostgreSQL, BIND) without a run.
 """
-
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.clock import Clock
 from migrator.errors import Cancelled
-from migrator.secrets import Redactor, Secret
-from migrator.step import CheckResult, ItemRecord, PlanResult, Step
+from migrator.resources import RunResources
+from migrator.runner.context import RevealsSecrets
+from migrator.runner.memory import MemoryItems, MemoryMemo
+from migrator.secrets import Redactor
+from migrator.step import CheckResult, PlanResult, Step
 
-
-class MemoryItems:
-    """A thread-safe dict of :class:`ItemRecord`; counts every ``record`` call in ``writes``."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, ItemRecord] = {}
-        self._lock = threading.Lock()
-        self.writes = 0
-        self.total_items: int | None = None
-        self.total_bytes: int | None = None
-
-    def record(self, key: str, status: str = "done", *, bytes: int = 0, checksum: str | None = None,
-               detail: Any = None) -> None:
-        with self._lock:
-            self._items[key] = ItemRecord(key, status, bytes, checksum, detail)
-            self.writes += 1
-
-    def flush(self) -> None:
-        return None
-
-    def get(self, key: str) -> ItemRecord | None:
-        with self._lock:
-            return self._items.get(key)
-
-    def keys(self, status: str | None = "done") -> set[str]:
-        with self._lock:
-            return {k for k, r in self._items.items() if status is None or r.status == status}
-
-    def iter(self, status: str | None = None) -> Iterator[ItemRecord]:
-        with self._lock:
-            records = list(self._items.values())
-        return iter([r for r in records if status is None or r.status == status])
-
-    def count(self, status: str | None = "done") -> int:
-        return len(self.keys(status))
-
-    def clear(self) -> None:
-        with self._lock:
-            self._items.clear()
-
-    def set_total(self, items: int | None = None, bytes: int | None = None) -> None:
-        self.total_items, self.total_bytes = items, bytes
-
-
-class MemoryMemo:
-    def __init__(self, initial: Mapping[str, Any] | None = None) -> None:
-        self._data: dict[str, Any] = dict(initial or {})
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        self._data[key] = value
-
-    def delete(self, key: str) -> None:
-        self._data.pop(key, None)
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self._data)
+__all__ = ["MemoryContext", "MemoryItems", "MemoryMemo", "plan_step", "run_step"]
 
 
 @dataclass
-class MemoryContext:
+class MemoryContext(RevealsSecrets):
     """A :class:`~migrator.step.StepContext` whose state lives in memory."""
 
     step_id: str = "step"
@@ -93,15 +38,10 @@ class MemoryContext:
     redactor: Redactor = field(default_factory=Redactor)
     dry_run: bool = False
     options: Mapping[str, Any] = field(default_factory=dict)
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: RunResources = field(default_factory=RunResources)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     lock_generation: int = 1
-
-    def reveal(self, secret: Secret | str | None) -> str | None:
-        if isinstance(secret, Secret):
-            return secret.reveal(self.redactor)
-        return secret
 
     def raise_if_cancelled(self) -> None:
         if self.cancel_event.is_set():

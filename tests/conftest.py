@@ -10,4 +10,5 @@ pytest_plugins: list[str] = [
     "tests.support.postgres",
     "tests.support.engine",
     "tests.support.statestore",
+    "tests.support.temporal",
 ]

@@ -12,16 +12,19 @@ at its next checkpoint; a runner whose lock was taken does nothing more.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError
 
+from migrator.clock import Clock
 from migrator.errors import ExitCode, LockHeld, MigratorError, RunExists
 from migrator.fleet.payloads import DriveRequest, DriveResult, FinishRequest, WindowAnswer, WindowRequest
 from migrator.playbook import LoadedPlaybook, load
@@ -74,6 +77,56 @@ class _Progress:
             return {"run_id": run_id, "phase": phase, "step": self.step, "items": self.items, "bytes": self.nbytes}
 
 
+class CampaignClock(Clock):
+    """The campaign's clock for a tenant's runner: ``offset`` seconds ahead of the wall clock, so that its
+    ``window.gate`` and watchdog see the dayparts the workflow waited for (``clock_offset``: rehearsals, tests).
+    The times the state store keeps stay wall-clock times."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = timedelta(seconds=offset)
+
+    def now(self) -> datetime:
+        return super().now() + self.offset
+
+    def timestamp(self) -> float:
+        return time.time()
+
+
+class _Playbooks:
+    """Each tenant's playbook and environment file loaded and validated once per worker, not once per phase:
+    kept while neither file changes (size, mtime and inode)."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str], tuple[tuple[int, ...], LoadedPlaybook]] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _stamp(*paths: str) -> tuple[int, ...]:
+        stamp: list[int] = []
+        for path in paths:
+            st = os.stat(path)
+            stamp += [st.st_mtime_ns, st.st_size, st.st_ino]
+        return tuple(stamp)
+
+    def get(self, playbook_path: str, environment_path: str) -> LoadedPlaybook:
+        key = (playbook_path, environment_path)
+        try:
+            stamp = self._stamp(*key)
+        except OSError:
+            stamp = ()  # load() names the missing file
+        with self._lock:
+            cached = self._loaded.get(key)
+        if cached is not None and stamp and cached[0] == stamp:
+            return cached[1]
+        try:
+            loaded = load(playbook_path, environment_path, registry=load_registry())
+        except MigratorError as exc:
+            raise _application_error(exc) from None
+        with self._lock:
+            self._loaded[key] = (stamp, loaded)
+        return loaded
+
+
 def _application_error(exc: MigratorError) -> ApplicationError:
     retryable = isinstance(exc, (LockHeld, RunExists)) or exc.exit_code not in (ExitCode.INVALID_INPUT,)
     return ApplicationError(exc.one_line(), type=type(exc).__name__, non_retryable=not retryable)
@@ -85,6 +138,7 @@ class FleetActivities:
     def __init__(self, identity: str, log_dir: Path | None = None) -> None:
         self.identity = identity
         self.log_dir = log_dir
+        self._playbooks = _Playbooks()
 
     # -- activities ----------------------------------------------------------------------------------------
 
@@ -111,7 +165,8 @@ class FleetActivities:
                 return self._result(request.run_id, "succeeded", None)
             progress = _Progress(request.stop_before)
             options = {**request.options, **({"window": request.window} if request.window else {})}
-            runner = self._runner(store, progress, options, request.lock_ttl_seconds, request.phase, request.run_id)
+            runner = self._runner(store, progress, options, request.lock_ttl_seconds, request.phase, request.run_id,
+                                  request.clock_offset_seconds)
             if run is None:
                 def call() -> Any:
                     return runner.run(loaded, run_id=request.run_id, playbook_path=request.playbook_path,
@@ -170,16 +225,14 @@ class FleetActivities:
     # -- plumbing ------------------------------------------------------------------------------------------
 
     def _load(self, playbook_path: str, environment_path: str) -> LoadedPlaybook:
-        try:
-            return load(playbook_path, environment_path, registry=load_registry())
-        except MigratorError as exc:
-            raise _application_error(exc) from None
+        return self._playbooks.get(playbook_path, environment_path)
 
     def _runner(self, store: StateStore, progress: _Progress, options: dict[str, Any], lock_ttl: float,
-                phase: str, run_id: str) -> Any:
+                phase: str, run_id: str, clock_offset: float = 0.0) -> Any:
         from migrator.runner import Runner
 
         runner = Runner(store, listener=progress, log_dir=self.log_dir, lock_ttl=lock_ttl,
+                        clock=CampaignClock(clock_offset) if clock_offset else None,
                         options={**options, "command_line": f"migrator fleet worker --identity {self.identity} "
                                                             f"({phase} of {run_id})"})
         progress.cancel = runner.cancel

@@ -18,7 +18,7 @@ import pydantic
 from pydantic import Field
 
 from migrator.errors import InputError, ValidationError
-from migrator.playbook import Duration, LoadedPlaybook, _Model, _validate, load
+from migrator.playbook import Duration, LoadedPlaybook, StrictModel, load, load_yaml_model
 from migrator.window import parse_dayparts
 from migrator.yamlsrc import SourceDoc, load_yaml_file
 
@@ -39,7 +39,7 @@ def _wave_size(value: int | str) -> int | str:
     return f"{float(match.group(1)):g}%"
 
 
-class TenantEntry(_Model):
+class TenantEntry(StrictModel):
     """One tenant of the campaign."""
 
     environment: str = Field(description="the tenant's environment file (relative to the campaign file)")
@@ -48,7 +48,7 @@ class TenantEntry(_Model):
     window: str | None = Field(None, description="daypart for the read-only part; default: the campaign's")
 
 
-class Waves(_Model):
+class Waves(StrictModel):
     canary: int = Field(1, ge=0, description="tenants migrated first, alone, before any wave")
     sizes: list[int | str] = Field(default_factory=list,
                                    description="each wave's size: a count or a percentage of all tenants; "
@@ -62,7 +62,7 @@ class Waves(_Model):
         return value
 
 
-class FailurePolicy(_Model):
+class FailurePolicy(StrictModel):
     max_failed: int | None = Field(None, ge=0, description="stop starting tenants when more than this many failed")
     max_failed_percent: float | None = Field(None, ge=0, le=100,
                                              description="... or more than this share (%) of one wave failed")
@@ -70,13 +70,13 @@ class FailurePolicy(_Model):
         "finish", description="what tenants already running do then: finish, or roll back unless past DNS")
 
 
-class Caps(_Model):
+class Caps(StrictModel):
     global_: int = Field(4, alias="global", ge=1, le=1000, description="tenants in flight at once")
     per_region: int | None = Field(None, ge=1, description="tenants read-only at once per target region")
     per_site: int | None = Field(None, ge=1, description="tenants in flight at once per source site")
 
 
-class TenantRetry(_Model):
+class TenantRetry(StrictModel):
     attempts: int = Field(5, ge=1, le=100, description="tries of one phase of a tenant, the first included")
     initial: Duration = Field(2.0, description="first backoff")
     max: Duration = Field(30.0, description="longest backoff")
@@ -85,7 +85,7 @@ class TenantRetry(_Model):
                                                         "timeout, so a lost host's run is taken over next")
 
 
-class Campaign(_Model):
+class Campaign(StrictModel):
     name: str = Field(pattern=NAME)
     description: str | None = None
     playbook: str = Field(description="the playbook every tenant runs (relative to the campaign file)")
@@ -101,6 +101,9 @@ class Campaign(_Model):
     failure: FailurePolicy = Field(default_factory=lambda: FailurePolicy())
     caps: Caps = Field(default_factory=lambda: Caps())
     retry: TenantRetry = Field(default_factory=lambda: TenantRetry())
+    clock_offset: Duration = Field(0.0, description="how far the campaign's clock runs ahead of the wall clock: "
+                                                    "every daypart opens (and ends) that much sooner. 0 but to "
+                                                    "rehearse a campaign in the daytime, or in tests")
 
     @pydantic.field_validator("state")
     @classmethod
@@ -150,7 +153,7 @@ def load_campaign(path: str | Path) -> LoadedCampaign:
     from migrator.registry import load_registry
 
     doc = load_yaml_file(path)
-    campaign: Campaign = _validate(Campaign, doc)
+    campaign: Campaign = load_yaml_model(Campaign, doc)
     file = doc.file
     base = Path(path).resolve()
     playbook_path = _relative(base, campaign.playbook)

@@ -84,7 +84,8 @@ def build_input(loaded: LoadedCampaign, instance: str) -> CampaignInput:
         campaign=instance, playbook_path=str(loaded.playbook_path), state=c.state, approval=c.approval,
         options=dict(c.options), tenants=tenants, waves=max(waves.values()) + 1, cap_global=c.caps.global_,
         cap_region=c.caps.per_region, cap_site=c.caps.per_site, max_failed=c.failure.max_failed,
-        max_failed_percent=c.failure.max_failed_percent, on_stop=c.failure.running, retry=retry)
+        max_failed_percent=c.failure.max_failed_percent, on_stop=c.failure.running, retry=retry,
+        clock_offset_seconds=c.clock_offset)
 
 
 async def start_campaign(client: Any, loaded: LoadedCampaign, instance: str) -> str:

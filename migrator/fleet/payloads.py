@@ -64,6 +64,8 @@ class TenantInput:
     approval: str
     options: dict[str, Any]
     retry: RetrySpec
+    #: How far the campaign's clock runs ahead of the wall clock (``clock_offset`` of the campaign file).
+    clock_offset_seconds: float = 0.0
 
 
 @dataclass
@@ -82,6 +84,7 @@ class CampaignInput:
     max_failed_percent: float | None
     on_stop: str
     retry: RetrySpec
+    clock_offset_seconds: float = 0.0
 
 
 @dataclass
@@ -114,6 +117,7 @@ class DriveRequest:
     lock_ttl_seconds: float
     window: str | None = None
     stop_before: str | None = None
+    clock_offset_seconds: float = 0.0
 
 
 @dataclass

@@ -133,21 +133,24 @@ def _run_facts(store: Any, run_id: str) -> dict[str, Any]:
     running = [s["id"] for s in report["steps"] if s["status"] == "running"]
     done = [s["id"] for s in report["steps"] if s["status"] == "done"]
     window = report["read_only_window"] or {}
-    return {"run_status": report["status"], "current_step": running[0] if running else (done[-1] if done else None),
+    finished = report["status"] in ("succeeded", "rolled_back", "rollback_failed")
+    current = None if finished else (running[0] if running else (done[-1] if done else None))
+    return {"run_status": report["status"], "current_step": current,
             "read_only_since": window.get("start"), "read_only_seconds": window.get("seconds"),
             "forecast_read_only_seconds": report["read_only_forecast_seconds"]}
 
 
 def status_table(data: dict[str, Any]) -> str:
     def secs(value: Any) -> str:
-        return "-" if value is None else f"{float(value):.0f}s"
+        return "-" if value is None else f"{float(value):.1f}s"
 
     lines = [f"campaign {data['campaign']}: {data['state']}" + (" (paused)" if data["paused"] and
                                                                  data["state"] != "paused" else "")]
     if data["reason"]:
         lines.append(f"  why: {data['reason']}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(data["counts"].items()))
-    lines.append(f"  tenants: {counts}   wave {data['current_wave']} of {data['waves']}")
+    lines.append(f"  tenants: {counts}   waves 0-{data['waves'] - 1} (0: the canary, when there is one), "
+                 f"now {data['current_wave']}")
     header = f"{'wave':>4}  {'tenant':16} {'state':18} {'step':14} {'read-only since':26} " \
              f"{'ro fcst/actual':15} {'run id':28} worker"
     lines.append(header)

@@ -73,7 +73,10 @@ async def run_worker(connection: Connection, *, task_queue: str, identity: str, 
     with ThreadPoolExecutor(max_workers=max_tenants + 2, thread_name_prefix="fleet-activity") as executor:
         worker = Worker(client, task_queue=task_queue, workflows=[CampaignWorkflow, TenantWorkflow],
                         activities=activities.all(), activity_executor=executor, identity=identity,
-                        max_concurrent_activities=max_tenants, graceful_shutdown_timeout=timedelta(seconds=10))
+                        max_concurrent_activities=max_tenants, graceful_shutdown_timeout=timedelta(seconds=10),
+                        # A workflow's next task waits this long for the host that ran its last one before any
+                        # host takes it: a lost host delays its tenants by this, not by the SDK's 10 s.
+                        sticky_queue_schedule_to_start_timeout=timedelta(seconds=2))
         async with worker:
             log.info("worker %s serving task queue %s at %s", identity, task_queue, connection.address)
             print(f"worker {identity}: serving task queue {task_queue} at {connection.address} "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -94,6 +94,7 @@ class TenantWorkflow:
         self._window: str | None = None
         self._workers: list[str] = []
         self._input: TenantInput | None = None
+        self._telling: asyncio.Task[None] | None = None
 
     @workflow.signal
     def grant_read_only(self) -> None:
@@ -116,19 +117,21 @@ class TenantWorkflow:
         self._input = inp
         tenant = inp.tenant
         try:
-            await self._set(PRESYNC)
+            # The campaign marked the tenant presync when it started it: only the UI's attribute changes here.
+            await self._set(PRESYNC, tell_campaign=False)
             result = await self._drive("presync", stop_before=GATE_KIND)
             if result.status != "stopped":
                 return await self._finish(result)
-            answer: WindowAnswer = await workflow.execute_activity(
+            # Pure but for the zone database: a local activity, recorded once, no task queue round trip.
+            answer: WindowAnswer = await workflow.execute_local_activity(
                 "tenant_window", WindowRequest(tenant.name, tenant.window, tenant.time_zone, tenant.dayparts,
-                                               workflow.now().isoformat()),
+                                               self._now().isoformat()),
                 result_type=WindowAnswer, start_to_close_timeout=timedelta(seconds=60),
                 retry_policy=RetryPolicy(maximum_attempts=3))
             self._window = answer.name
-            await self._set(WAITING_WINDOW)
-            wait = answer.timestamp_start - workflow.now().timestamp()
+            wait = answer.timestamp_start - self._now().timestamp()
             if wait > 0:
+                await self._set(WAITING_WINDOW)
                 # A durable timer: no process waits; any worker picks the tenant up when it fires.
                 await self._until(lambda: False, timeout=wait)
             await self._set(WAITING_SLOT)
@@ -146,6 +149,11 @@ class TenantWorkflow:
         except _Aborted:
             return await self._abort_tenant()
 
+    def _now(self) -> datetime:
+        """The campaign's clock: the workflow's time, ``clock_offset_seconds`` ahead (0 but in rehearsals)."""
+        assert self._input is not None
+        return workflow.now() + timedelta(seconds=self._input.clock_offset_seconds)
+
     # -- steps ---------------------------------------------------------------------------------------------
 
     async def _until(self, condition: Any, timeout: float | None = None) -> None:
@@ -162,7 +170,8 @@ class TenantWorkflow:
         handle = workflow.start_activity(
             "drive_tenant",
             DriveRequest(inp.tenant.name, inp.tenant.run_id, phase, inp.playbook_path, inp.tenant.environment_path,
-                         inp.state, inp.options, retry.lock_ttl_seconds, window, stop_before),
+                         inp.state, inp.options, retry.lock_ttl_seconds, window, stop_before,
+                         inp.clock_offset_seconds),
             result_type=DriveResult, start_to_close_timeout=PHASE_TIMEOUT,
             heartbeat_timeout=timedelta(seconds=retry.heartbeat_timeout_seconds),
             cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -191,7 +200,8 @@ class TenantWorkflow:
     async def _finish(self, result: DriveResult) -> TenantResult:
         state = {"succeeded": SUCCEEDED, "rolled_back": ROLLED_BACK,
                  "rollback_failed": ROLLBACK_INCOMPLETE}.get(result.status, FAILED)
-        await self._set(state, error=result.error, read_only=False)
+        await self._set(state, error=result.error, read_only=False, tell_campaign=False)
+        await self._told()
         return self._result(state, result.error)
 
     async def _abort_tenant(self) -> TenantResult:
@@ -210,7 +220,8 @@ class TenantWorkflow:
                  "not_started": ABORTED}.get(result.status, FAILED)
         error = result.error if state == FAILED else "aborted by the operator" + (
             "; its DNS transfer was done, so its run was finished" if state == SUCCEEDED else "")
-        await self._set(state, error=error, read_only=False)
+        await self._set(state, error=error, read_only=False, tell_campaign=False)
+        await self._told()
         return self._result(state, error)
 
     def _result(self, state: str, error: str | None) -> TenantResult:
@@ -218,7 +229,10 @@ class TenantWorkflow:
         return TenantResult(self._input.tenant.name, self._input.tenant.run_id, state, error, self._window,
                             list(self._workers))
 
-    async def _set(self, state: str, *, error: str | None = None, read_only: bool | None = None) -> None:
+    async def _set(self, state: str, *, error: str | None = None, read_only: bool | None = None,
+                   tell_campaign: bool = True) -> None:
+        """Shows ``state`` in the UI's search attributes and tells the campaign (not waiting for the delivery:
+        the tenant goes on while the server delivers it; signals go out one after another, in order)."""
         inp = self._input
         assert inp is not None
         self._state = state
@@ -226,9 +240,23 @@ class TenantWorkflow:
         if read_only is not None:
             updates.append(SA_READ_ONLY.value_set(read_only))  # type: ignore[arg-type]
         workflow.upsert_search_attributes(updates)
-        parent = workflow.get_external_workflow_handle(inp.campaign_workflow_id)
-        await parent.signal("tenant_update", TenantUpdate(inp.tenant.name, state, self._window, error,
-                                                          self._workers[-1] if self._workers else None))
+        if not tell_campaign:
+            return
+        update = TenantUpdate(inp.tenant.name, state, self._window, error,
+                              self._workers[-1] if self._workers else None)
+        earlier = self._telling
+
+        async def tell() -> None:
+            if earlier is not None:
+                await earlier
+            await workflow.get_external_workflow_handle(inp.campaign_workflow_id).signal("tenant_update", update)
+
+        self._telling = asyncio.create_task(tell())
+
+    async def _told(self) -> None:
+        """Every update is delivered (before the tenant's result: the campaign learns the end from that)."""
+        if self._telling is not None:
+            await self._telling
 
 
 def _retry_policy(inp: TenantInput) -> RetryPolicy:
@@ -360,7 +388,7 @@ class CampaignWorkflow:
             handle = await workflow.start_child_workflow(
                 TenantWorkflow.run,
                 TenantInput(inp.campaign, workflow.info().workflow_id, spec, inp.playbook_path, inp.state,
-                            inp.approval, inp.options, inp.retry),
+                            inp.approval, inp.options, inp.retry, inp.clock_offset_seconds),
                 id=status.workflow_id, task_queue=workflow.info().task_queue,
                 search_attributes=tenant_search_attributes(inp.campaign, spec),
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL)

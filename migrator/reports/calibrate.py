@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-#: State-store transactions the runner makes for a step it applies (migrator/runner.py ``_run_step``: saved when
+#: State-store transactions the runner makes for a step it applies (migrator/runner/attempt.py ``run_step``: saved when
 #: started, saved as running with the ``step.apply`` event, the item flush, saved as done with the ``step.done``
 #: event).
 TRANSACTIONS_PER_STEP = 4

@@ -20,20 +20,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
 from pydantic import Field, field_validator
 
 from migrator.errors import CompensationError, InputError, PreconditionFailed, VerificationFailed
-from migrator.providers.dns import DnsEndpoint, DnsProvider, open_dns_provider
+from migrator.providers.dns import DnsEndpoint, DnsProvider, NoAnswer, open_dns_provider, resolve_host
 from migrator.providers.dns.base import (
     ADDRESS_TYPES,
     NameRecords,
@@ -46,7 +38,7 @@ from migrator.providers.dns.base import (
     relative_name,
     same_records,
 )
-from migrator.providers.dns.rfc2136 import resolve_host
+from migrator.resources import ResourceKey
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
 
 AddressType = Literal["A", "AAAA", "CNAME"]
@@ -79,16 +71,12 @@ def _validate_records(spec: Records) -> Records:
 
 def _provider(ctx: StepContext, endpoint: Any) -> DnsProvider:
     """One provider per endpoint per run, shared by the DNS steps through ``ctx.resources``."""
-    key = provider_key(endpoint)
-    provider = ctx.resources.get(key)
-    if provider is None:
-        provider = ctx.resources[key] = open_dns_provider(endpoint, ctx)
-    return provider
+    return ctx.resources.obtain(provider_key(endpoint), lambda: open_dns_provider(endpoint, ctx))
 
 
-def provider_key(endpoint: Any) -> str:
+def provider_key(endpoint: Any) -> ResourceKey[DnsProvider]:
     """The ``ctx.resources`` key of the provider for ``endpoint`` (secrets appear only as references)."""
-    return "dns:" + json.dumps(endpoint.model_dump(mode="json"), sort_keys=True)
+    return ResourceKey("dns:" + json.dumps(endpoint.model_dump(mode="json"), sort_keys=True))
 
 
 def _fqdn(name: str, zone: str) -> str:
@@ -155,15 +143,28 @@ def _restore(ctx: StepContext, provider: DnsProvider, name: str, step_id: str) -
 
 
 # ---------------------------------------------------------------------------------------------------------
-class DnsLowerTtlParams(Params):
+class _NameParams(Params):
     dns: DnsEndpoint
     #: The tenant's name, relative to the zone ("portal", "@") or absolute ("portal.contoso.com.").
     name: str
+
+
+N = TypeVar("N", bound=_NameParams)
+
+
+class _NameStep(Step[N]):
+    """A DNS kind that works on one name of a zone."""
+
+    def _fqdn(self) -> str:
+        return _fqdn(self.params.name, self.params.dns.zone)
+
+
+class DnsLowerTtlParams(_NameParams):
     #: The TTL to lower to (seconds); record sets already at or below it are left alone.
     ttl: int = Field(default=60, ge=1, le=86400)
 
 
-class DnsLowerTtl(Step[DnsLowerTtlParams]):
+class DnsLowerTtl(_NameStep[DnsLowerTtlParams]):
     """Lowers the TTL of the tenant's A/AAAA/CNAME record sets ahead of the cutover, values unchanged.
 
     Changes: the TTL of each address record set at ``name`` that is above ``ttl``. Done when every one of them
@@ -220,14 +221,9 @@ class DnsLowerTtl(Step[DnsLowerTtlParams]):
     def _lowered(self, current: NameRecords) -> NameRecords:
         return tuple(rs.with_ttl(min(rs.ttl, self.params.ttl)) for rs in current)
 
-    def _fqdn(self) -> str:
-        return _fqdn(self.params.name, self.params.dns.zone)
-
 
 # ---------------------------------------------------------------------------------------------------------
-class DnsTransferParams(Params):
-    dns: DnsEndpoint
-    name: str
+class DnsTransferParams(_NameParams):
     #: The new target: ``{CNAME: [tenant.cloud.example.com]}`` or ``{A: [...], AAAA: [...]}``.
     to: Records
     #: TTL of the new record sets; default: the TTL the name has now (lowered by ``dns.lower_ttl``), else 300.
@@ -242,7 +238,7 @@ class DnsTransferParams(Params):
         return None if value is None else _validate_records(value)
 
 
-class DnsTransfer(Step[DnsTransferParams]):
+class DnsTransfer(_NameStep[DnsTransferParams]):
     """Switches the tenant's DNS name from the old instance to the new one.
 
     Changes: every A, AAAA and CNAME record set at ``name`` is replaced by ``to`` in one conditional update
@@ -330,14 +326,9 @@ class DnsTransfer(Step[DnsTransferParams]):
         return {"name": self._fqdn(), "records": {rs.type: list(rs.values) for rs in current},
                 "ttl": max((rs.ttl for rs in current), default=0)}
 
-    def _fqdn(self) -> str:
-        return _fqdn(self.params.name, self.params.dns.zone)
-
 
 # ---------------------------------------------------------------------------------------------------------
-class DnsVerifyParams(Params):
-    dns: DnsEndpoint
-    name: str
+class DnsVerifyParams(_NameParams):
     #: What every name server must answer: ``{CNAME: [...]}`` or ``{A: [...], AAAA: [...]}`` (TTL not compared).
     expect: Records
     #: Seconds to keep asking before giving up.
@@ -373,7 +364,7 @@ class _Answer:
         return f"{self.server}: {self.problem or describe_records(self.records or ())}"
 
 
-class DnsVerify(Step[DnsVerifyParams]):
+class DnsVerify(_NameStep[DnsVerifyParams]):
     """Proves that every authoritative name server of the zone serves the new target.
 
     Changes nothing. Done when each address of each NS of the zone answers, authoritatively, exactly the
@@ -462,34 +453,15 @@ class DnsVerify(Step[DnsVerifyParams]):
         if not servers:
             raise VerificationFailed(f"{self.step_id}: zone {self.params.dns.zone} lists no name servers",
                                      step_id=self.step_id)
-        return [self._ask(label, address, port) if address else _Answer(label, None, "does not resolve")
+        provider = _provider(ctx, self.params.dns)
+        return [self._ask(provider, label, address, port) if address else _Answer(label, None, "does not resolve")
                 for label, address, port in servers]
 
-    def _ask(self, label: str, address: str, port: int) -> _Answer:
-        qname = dns.name.from_text(self._fqdn())
-        found = []
-        for rtype in ("CNAME", "A", "AAAA"):
-            query = dns.message.make_query(qname, rtype)
-            query.flags &= ~dns.flags.RD
-            try:
-                response, _ = dns.query.udp_with_fallback(query, address, timeout=self.params.query_timeout,
-                                                          port=port)
-            except (dns.exception.DNSException, OSError) as exc:
-                return _Answer(label, None, f"no answer ({type(exc).__name__})")
-            rcode = response.rcode()
-            if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
-                return _Answer(label, None, dns.rcode.to_text(rcode))
-            if not response.flags & dns.flags.AA:
-                return _Answer(label, None, "not authoritative for the zone")
-            rrset = response.get_rrset(response.answer, qname, dns.rdataclass.IN, dns.rdatatype.from_text(rtype))
-            if rrset is not None:
-                found.append(RecordSet.of(rtype, rrset.ttl, [r.to_text() for r in rrset]))
-            if rtype == "CNAME" and rrset is not None:
-                break  # a CNAME stands alone at its name
-        return _Answer(label, name_records(found))
-
-    def _fqdn(self) -> str:
-        return _fqdn(self.params.name, self.params.dns.zone)
+    def _ask(self, provider: DnsProvider, label: str, address: str, port: int) -> _Answer:
+        try:
+            return _Answer(label, provider.served_by(self.params.name, address, port, self.params.query_timeout))
+        except NoAnswer as exc:
+            return _Answer(label, None, exc.problem)
 
 
 __all__ = ["ADDRESS_TYPES", "DnsLowerTtl", "DnsTransfer", "DnsVerify", "provider_key"]

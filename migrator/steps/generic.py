@@ -5,10 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -16,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from migrator.errors import CompensationError, InputError, PreconditionFailed, StepError, TransientError
 from migrator.playbook import Duration
 from migrator.procs import run_command
+from migrator.providers.http import REQUEST_SECONDS, HttpRequest, HttpResponse, send
 from migrator.secrets import Secret
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
 
@@ -208,43 +206,29 @@ class Http(Step[HttpParams]):
         if undo is None:
             return
         url = undo.url or self.params.url
-        status, _ = self._request(ctx, method=undo.method, url=url, body=undo.body,
-                                  expect_status=undo.expect_status)
+        status = self._request(ctx, method=undo.method, url=url, body=undo.body,
+                               expect_status=undo.expect_status).status
         if status not in undo.expect_status:
             raise CompensationError(f"undo {undo.method} {url}: HTTP {status}, expected {undo.expect_status}")
 
     def _request(self, ctx: StepContext, *, method: str, url: str, body: str | None,
-                 expect_status: list[int]) -> tuple[int, str]:
-        import ssl
-
-        expected = expect_status
-        data = body.encode() if body is not None else None
-        req = urllib.request.Request(url, data=data, method=method)
-        for key, value in self.params.headers.items():
-            req.add_header(key, ctx.reveal(value) or "")
-        context = ssl.create_default_context(cafile=self.params.ca_file) if self.params.ca_file else None
-        try:
-            with urllib.request.urlopen(req, timeout=self.params.timeout, context=context) as resp:
-                return resp.status, resp.read(1_000_000).decode("utf-8", "replace")
-        except urllib.error.HTTPError as exc:
-            body = exc.read(1_000_000).decode("utf-8", "replace") if exc.fp else ""
-            if exc.code in (429, 502, 503, 504) and exc.code not in expected:
-                raise TransientError(f"{method} {url}: HTTP {exc.code}") from exc
-            return exc.code, body
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise TransientError(f"{method} {url}: {getattr(exc, 'reason', exc)}") from exc
+                 expect_status: list[int]) -> HttpResponse:
+        headers: dict[str, Secret | str] = dict(self.params.headers)
+        if body is not None and not any(name.lower() == "content-type" for name in headers):
+            # the form type this kind has always sent by default (the standard library's); a server may rely on it
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        return send(HttpRequest(method, url, headers, body.encode() if body is not None else None,
+                                timeout=self.params.timeout, ca_file=self.params.ca_file, expect=expect_status),
+                    ctx.reveal)
 
     def plan(self, ctx: StepContext) -> PlanResult:
-        from migrator.steps.smoke import REQUEST_SECONDS
-
         return PlanResult([f"{self.params.method} {self.params.url}"], "a request is always sent",
                           Estimate(seconds=REQUEST_SECONDS, basis=f"one request, {REQUEST_SECONDS * 1000:.0f} ms"))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
-        started = time.monotonic()
-        status, body = self._request(ctx, method=self.params.method, url=self.params.url, body=self.params.body,
-                                     expect_status=self.params.expect_status)
-        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        response = self._request(ctx, method=self.params.method, url=self.params.url, body=self.params.body,
+                                 expect_status=self.params.expect_status)
+        status, body = response.status, response.text()
         if status not in self.params.expect_status:
             raise PreconditionFailed(f"{self.params.method} {self.params.url}: HTTP {status}, expected "
                                      f"{self.params.expect_status}", step_id=ctx.step_id)
@@ -255,7 +239,7 @@ class Http(Step[HttpParams]):
             if not found:
                 raise PreconditionFailed(f"{self.params.url}: the body does not contain {expect!r}",
                                          step_id=ctx.step_id)
-        return {"status": status, "elapsed_ms": elapsed_ms}
+        return {"status": status, "elapsed_ms": round(response.elapsed_ms, 1)}
 
 
 class WaitParams(Params):
@@ -283,7 +267,7 @@ class Wait(Step[WaitParams]):
         return {"waited_s": self.params.seconds}
 
 
-_OPS = {
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "lt": lambda a, b: a < b, "le": lambda a, b: a <= b,
     "gt": lambda a, b: a > b, "ge": lambda a, b: a >= b, "in": lambda a, b: a in b,
     "contains": lambda a, b: b in a,

@@ -1,74 +1,28 @@
 """Smoke tests of the new instance: HTTP checks, source = target comparisons, DNS resolution.
 
-Also home of :func:`http_call`, the one small HTTP client the tenant steps share (stdlib only: the requests
-are few and simple, and a failed one must never echo headers, which may carry a token).
+The requests go through the HTTP provider (:mod:`migrator.providers.http`) and the DNS questions through the DNS
+providers' resolver (:func:`migrator.providers.dns.resolve`); this module only judges the answers.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from migrator.errors import InputError, TransientError, VerificationFailed
+from migrator.errors import ProviderError, VerificationFailed
+from migrator.providers.dns import NoAnswer, answer_text, resolve
+from migrator.providers.http import REQUEST_SECONDS, HttpRequest, send
 from migrator.secrets import Secret
 from migrator.step import Estimate, Params, PlanResult, Step, StepContext
 
-#: What one HTTP request to a tenant app costs, for plan estimates: a loopback or same-region round trip and the
-#: app's own work (measured on the demo: 10-30 ms, the writes' commits included).
-REQUEST_SECONDS = 0.02
 #: What one DNS query to an authoritative server costs, for plan estimates.
 DNS_QUERY_SECONDS = 0.005
 
 _MAX_DETAIL = 10
-
-
-@dataclass(frozen=True)
-class HttpResponse:
-    status: int
-    body: bytes
-    elapsed_ms: float
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body or b"null")
-        except ValueError:
-            return None
-
-
-def http_call(ctx: StepContext, method: str, url: str, *, body: Any = None,
-              headers: Mapping[str, Secret | str] | None = None, timeout: float = 10.0) -> HttpResponse:
-    """One HTTP request; any status comes back as a response, network faults raise :class:`TransientError`.
-
-    Header values are revealed here, at the moment of use (so ``${env:...}`` tokens reach the redactor).
-    """
-    if not url.startswith(("http://", "https://")):
-        raise InputError(f"{url!r} is not an http(s) URL")
-    data: bytes | None = None
-    sent_headers: dict[str, str] = {}
-    if body is not None:
-        data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-        sent_headers["Content-Type"] = "text/plain" if isinstance(body, str) else "application/json"
-    for name, value in (headers or {}).items():
-        sent_headers[name] = ctx.reveal(value) or ""
-    request = urllib.request.Request(url, data=data, method=method.upper(), headers=sent_headers)
-    started = time.perf_counter()
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets are OSErrors
-        reason = getattr(exc, "reason", exc)
-        raise TransientError(f"{method.upper()} {url}: {type(reason).__name__}: {reason}") from None
-    return HttpResponse(status, raw, (time.perf_counter() - started) * 1000.0)
 
 
 # -- params ---------------------------------------------------------------------------------------------------
@@ -140,17 +94,17 @@ class CheckOutcome:
 
 
 def run_http_check(ctx: StepContext, check: HttpCheck) -> CheckOutcome:
+    expected = check.expect_status if isinstance(check.expect_status, list) else [check.expect_status]
     try:
-        response = http_call(ctx, check.method, check.url, body=check.body, headers=check.headers,
-                             timeout=check.timeout_seconds)
-    except TransientError as exc:
+        response = send(HttpRequest.with_payload(check.method, check.url, check.body, check.headers,
+                                                 timeout=check.timeout_seconds, expect=expected), ctx.reveal)
+    except ProviderError as exc:  # no answer, or a TLS certificate that does not verify
         return CheckOutcome(check.label(), False, exc.message)
     problems = []
-    expected = check.expect_status if isinstance(check.expect_status, list) else [check.expect_status]
     if response.status not in expected:
         problems.append(f"status {response.status}, expected {' or '.join(map(str, expected))}")
     wanted = [check.body_contains] if isinstance(check.body_contains, str) else (check.body_contains or [])
-    text = response.body.decode("utf-8", "replace")
+    text = response.text()
     # The body itself is never quoted: it may hold personal data.
     problems += [f"body does not contain {w!r}" for w in wanted if w not in text]
     if check.max_latency_ms is not None and response.elapsed_ms > check.max_latency_ms:
@@ -180,33 +134,14 @@ def compare(kind: str, comparison: Comparison) -> CheckOutcome:
     return CheckOutcome(label, False, f"source {_short(source)} ≠ target {_short(target)}")
 
 
-def _normalise(record_type: str, value: str) -> str:
-    value = value.strip()
-    if record_type == "CNAME":
-        return value.rstrip(".").lower()
-    if record_type == "TXT":
-        return value.strip('"')
-    return value
-
-
 def run_dns_check(check: DnsCheck) -> CheckOutcome:
-    import dns.exception
-    import dns.resolver
-
     label = f"dns {check.name} {check.type} @{check.nameserver}:{check.port}"
-    resolver = dns.resolver.Resolver(configure=False)
-    resolver.nameservers = [check.nameserver]
-    resolver.port = check.port
-    resolver.lifetime = resolver.timeout = check.timeout_seconds
-    resolver.cache = None
     try:
-        answer = resolver.resolve(check.name, check.type, raise_on_no_answer=False)
-        got = sorted(_normalise(check.type, rdata.to_text()) for rdata in answer)
-    except dns.resolver.NXDOMAIN:
-        got = []
-    except dns.exception.DNSException as exc:
-        return CheckOutcome(label, False, f"no answer: {type(exc).__name__}")
-    expected = sorted(_normalise(check.type, v) for v in
+        got = sorted(resolve(check.name, check.type, check.nameserver, port=check.port,
+                             timeout=check.timeout_seconds))
+    except NoAnswer as exc:
+        return CheckOutcome(label, False, exc.problem)
+    expected = sorted(answer_text(check.type, v) for v in
                       ([check.expect] if isinstance(check.expect, str) else check.expect))
     if got == expected:
         return CheckOutcome(label, True, f"resolves to {', '.join(got)}")

@@ -11,9 +11,9 @@ from pydantic import Field, model_validator
 
 from migrator.errors import CompensationError, PermanentError, TransientError, VerificationFailed
 from migrator.providers.database import DatabaseEndpoint
+from migrator.providers.http import REQUEST_SECONDS, HttpRequest, HttpResponse, send
 from migrator.secrets import Secret
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
-from migrator.steps.smoke import REQUEST_SECONDS, HttpResponse, http_call
 
 MEMO_PREVIOUS = "previous"
 MEMO_SINCE = "read_only_since"
@@ -95,8 +95,8 @@ class TenantReadOnly(Step[TenantReadOnlyParams]):
     def _admin_call(self, ctx: StepContext, method: str, url: str, body: Any = None) -> HttpResponse:
         admin = self.params.admin
         assert admin is not None
-        response = http_call(ctx, method, url, body=body, headers=self._admin_headers(admin),
-                             timeout=admin.timeout_seconds)
+        response = send(HttpRequest.with_payload(method, url, body, self._admin_headers(admin),
+                                                 timeout=admin.timeout_seconds), ctx.reveal)
         if response.status in (401, 403):
             raise PermanentError(f"{self.step_id}: the admin endpoint {url} refused the credentials "
                                  f"({_describe(response)})", hint="check the token behind auth_header")
@@ -148,9 +148,11 @@ class TenantReadOnly(Step[TenantReadOnlyParams]):
         return state
 
     def _probe(self, ctx: StepContext, probe: WriteProbe) -> tuple[str, HttpResponse]:
-        response = http_call(ctx, probe.method, probe.url, body=probe.body, headers=probe.headers,
-                             timeout=probe.timeout_seconds)
-        text = response.body.decode("utf-8", "replace")
+        response = send(HttpRequest.with_payload(probe.method, probe.url, probe.body, probe.headers,
+                                                 timeout=probe.timeout_seconds,
+                                                 expect=[*probe.refused_status, *probe.accepted_status]),
+                        ctx.reveal)
+        text = response.text()
         if response.status in probe.refused_status and (
                 probe.refused_body_contains is None or probe.refused_body_contains in text):
             return "refused", response

@@ -5,8 +5,12 @@ Rows are given in portable form (what backups store), so a test can compare any 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import pytest
 
 from migrator.providers.database import Column, Database, ForeignKey, Table, open_database
 
@@ -95,15 +99,67 @@ def audit_rows() -> list[list[Any]]:
 ROWS = {"Order": order_rows, "line items": line_rows, "Audit Log": audit_rows}
 
 
+#: An ODBC connection string to a SQL Server database the contract suite may empty and fill, e.g.
+#: ``Driver={ODBC Driver 18 for SQL Server};Server=localhost;Database=contract;Uid=sa;Pwd=...``
+#: (or ``Driver=FreeTDS;TDS_Version=7.4;...``).
+SQLSERVER_ENV = "MIGRATOR_TEST_SQLSERVER"
+#: The dialects the contract tests run against as the source: SQL Server only where a server is given.
+DIALECTS = ["postgresql", "sqlite", pytest.param("sqlserver", marks=pytest.mark.skipif(
+    not os.environ.get(SQLSERVER_ENV), reason=f"not run: no server ({SQLSERVER_ENV} is not set)"))]
+
+
+def with_dialects(value: Any, dialects: Sequence[Any] = DIALECTS) -> list[Any]:
+    """``(value, dialect)`` parameters, one per dialect of ``dialects``, each keeping its dialect's marks (the
+    SQL Server one stays "not run: no server" without a server)."""
+    params = []
+    for dialect in dialects:
+        name, marks = (dialect.values[0], dialect.marks) if hasattr(dialect, "values") else (dialect, ())
+        params.append(pytest.param(value, name, marks=marks, id=f"{value}-{name}"))
+    return params
+
+
+def sqlserver_endpoint() -> dict[str, Any]:
+    """The contract suite's SQL Server database (see :data:`SQLSERVER_ENV`)."""
+    return {"dialect": "sqlserver", "connection": "${env:" + SQLSERVER_ENV + "}"}
+
+
+def scratch_database(dialect: str, postgres: PostgresServer, tmp_path: Path, *, drop: Sequence[str] = ()
+                     ) -> tuple[dict[str, Any], Callable[[str], None]]:
+    """An empty database of ``dialect`` (on SQL Server: the given one, ``drop`` dropped first) and a function
+    that runs one statement in it through migrator's own dialect, committed."""
+    if dialect == "postgresql":
+        endpoint = postgres.create_database().endpoint
+    elif dialect == "sqlserver":
+        endpoint = sqlserver_endpoint()
+    else:
+        endpoint = {"dialect": "sqlite", "connection": str(tmp_path / "scratch.sqlite")}
+
+    def run(sql: str) -> None:
+        db = open_database(endpoint, None, must_exist=False)
+        try:
+            with db.transaction():
+                db.execute(sql)
+        finally:
+            db.close()
+
+    db = open_database(endpoint, None, must_exist=False)
+    try:
+        for name in drop:
+            if db.table_exists(name):
+                db.drop_table(name)
+    finally:
+        db.close()
+    return endpoint, run
+
+
 def populate(db: Database) -> None:
     """Creates the three tables in ``db`` and inserts the data set through its dialect."""
     for table in TABLES:
         with db.transaction():
             db.execute(db.create_table_sql(table))
             db.insert_rows(table, table.column_names, ROWS[table.name]())
-    if db.dialect != "sqlite":  # sqlite declared it in CREATE TABLE
-        with db.transaction():
-            db.execute(db.foreign_key_sql(LINES, LINES.foreign_keys[0]))
+    if db.keys_after_load:  # sqlite declared it in CREATE TABLE
+        db.add_foreign_key(LINES, LINES.foreign_keys[0])
 
 
 def populated_source(dialect: str, postgres: PostgresServer, tmp_path: Path, sqlite_name: str = "source.sqlite"
@@ -112,6 +168,12 @@ def populated_source(dialect: str, postgres: PostgresServer, tmp_path: Path, sql
     if dialect == "postgresql":
         endpoint = postgres.create_database().endpoint
         db = open_database(endpoint, None)
+    elif dialect == "sqlserver":  # a database of its own on a real server (see DIALECTS): emptied first
+        endpoint = sqlserver_endpoint()
+        db = open_database(endpoint, None)
+        for table in reversed(TABLES):
+            if db.table_exists(table.name):
+                db.drop_table(table.name)
     else:
         endpoint = {"dialect": "sqlite", "connection": str(tmp_path / sqlite_name)}
         db = open_database(endpoint, None, must_exist=False)

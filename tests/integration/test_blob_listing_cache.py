@@ -1,7 +1,7 @@
 """The blob steps' inventory cache against Azurite: within one run process each container the run writes is
 listed once; a failed attempt, an outside change and ``blobs.verify`` read the world again.
 
-Every step here gets its own context, as the runner gives each step one, and all share one ``resources`` dict,
+Every step here gets its own context, as the runner gives each step one, and all share one ``resources``,
 as the steps of one run in one process do. Listing requests are counted at Azurite's door (a per-try policy).
 """
 
@@ -20,6 +20,7 @@ from fixtures.services.azurite import CLOUD_ACCOUNT, Azurite
 from migrator.errors import VerificationFailed, is_retryable
 from migrator.providers.blob import PER_RETRY_POLICIES
 from migrator.providers.blob import folder as folder_store
+from migrator.resources import RunResources
 from migrator.secrets import blob_label
 from migrator.step import Step
 from migrator.steps.blobs import INVENTORY_CACHE_KEY, Presync, PutLive, Sync, Verify
@@ -56,12 +57,13 @@ class World:
         self.backup_name = azurite.create_container(CLOUD_ACCOUNT)
         self.live_name = azurite.create_container(CLOUD_ACCOUNT)
         self.folder = {"kind": "folder", "path": str(self.root)}
-        # No retries inside the SDK, one try per blob: an injected fault fails the attempt at once.
+        # No retries inside the store: an injected fault fails the attempt at once.
         self.backup = azurite.endpoint(CLOUD_ACCOUNT, self.backup_name) | {"retry_total": 0}
         self.live = azurite.endpoint(CLOUD_ACCOUNT, self.live_name) | {"retry_total": 0}
         self.log = RequestLog()
         self.faults = FailPuts(self.backup_name)
-        self.resources: dict[str, Any] = {PER_RETRY_POLICIES: [self.log, self.faults]}
+        self.resources = RunResources()
+        self.resources.put(PER_RETRY_POLICIES, [self.log, self.faults])
 
     def ctx(self) -> MemoryContext:
         return MemoryContext(resources=self.resources)
@@ -140,7 +142,7 @@ def test_a_fresh_run_process_lists_again(world: World) -> None:
     world.presync()
     world.lists()
     change(world, NAMES[:3])
-    world.resources.pop(INVENTORY_CACHE_KEY)  # what a new process (a resume) starts without
+    world.resources.discard(INVENTORY_CACHE_KEY)  # what a new process (a resume) starts without
 
     run(world.sync(), world)
     run(world.put_live(), world)

@@ -23,9 +23,12 @@ from migrator.providers.blob import (
     AzureBlobStore,
     BlobAccessError,
     FolderBlobStore,
+    azure_rest,
     open_blob_store,
+    run_resources,
+    store_key,
 )
-from migrator.providers.blob import azure as azure_store
+from migrator.providers.blob import copy as copy_engine
 from migrator.providers.blob import folder as folder_store
 from migrator.secrets import blob_label
 from migrator.steps.blobs import SOURCE_VERSION_KEY, Presync, PutLive, Sync, Verify, source_token
@@ -102,8 +105,15 @@ def ctx_with(*policies: Any, items: MemoryItems | None = None) -> MemoryContext:
     ctx = MemoryContext(clock=FakeClock())
     if items is not None:
         ctx.items = items
-    ctx.resources[PER_RETRY_POLICIES] = list(policies)
+    run_resources(ctx.resources).put(PER_RETRY_POLICIES, list(policies))
     return ctx
+
+
+@pytest.fixture(params=["rest", "sdk"])
+def blob_api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test that asks for it runs twice: on the REST fast path, and on the SDK API it falls back to."""
+    monkeypatch.setenv(azure_rest.FAST_PATH_ENV, "1" if request.param == "rest" else "0")
+    return str(request.param)
 
 
 @pytest.fixture
@@ -160,7 +170,7 @@ def test_presync_then_changes_sync_put_live_and_verify_reports_identical_invento
 
 @pytest.mark.parametrize("destination_kind", ["azure", "folder"])
 def test_special_names_and_zero_byte_blobs_copy_with_content_type_and_metadata(
-        azurite: Azurite, containers: dict[str, str], tmp_path: Path, destination_kind: str) -> None:
+        azurite: Azurite, containers: dict[str, str], blob_api: str, tmp_path: Path, destination_kind: str) -> None:
     src = container(azurite, SOURCE_ACCOUNT, containers["source"])
     for name in SPECIAL_NAMES:
         body = b"" if name == "zero-bytes.bin" else name.encode() * 3
@@ -180,7 +190,7 @@ def test_special_names_and_zero_byte_blobs_copy_with_content_type_and_metadata(
 
 
 def test_delta_sync_after_one_percent_changed_transfers_only_those(
-        azurite: Azurite, containers: dict[str, str]) -> None:
+        azurite: Azurite, containers: dict[str, str], blob_api: str) -> None:
     src, names, params = presynced(azurite, containers, 500)
     changed = names[::100]  # 1%
     upload_many(src, changed, seed="v2")
@@ -246,7 +256,8 @@ class FailBlocksAfter(SansIOHTTPPolicy):  # type: ignore[type-arg]
             self.allowed -= 1
 
 
-def test_large_blob_resumes_at_block_level_after_a_failure(azurite: Azurite, containers: dict[str, str]) -> None:
+def test_large_blob_resumes_at_block_level_after_a_failure(azurite: Azurite, containers: dict[str, str],
+                                                          blob_api: str) -> None:
     src = container(azurite, SOURCE_ACCOUNT, containers["source"])
     data = upload_in_blocks(src, "large.bin", 640 * KiB)  # 10 blocks of 64 KiB
     params = Presync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
@@ -295,7 +306,8 @@ def test_provider_faults_are_retried_or_fail_fast(azurite: Azurite, containers: 
                                                   fault: int | str, outcome: str) -> None:
     src = container(azurite, SOURCE_ACCOUNT, containers["source"])
     upload_many(src, ["a.txt", "b.txt"])
-    destination = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]) | {"retry_total": 0}
+    # The store retries each request (the one retry layer below the step's): twice here, waiting next to nothing.
+    destination = azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]) | {"retry_total": 2, "retry_backoff": 0.01}
     params = Presync.Params(source=azurite.endpoint(SOURCE_ACCOUNT, containers["source"]),
                             destination=destination, concurrency=1, server_side_copy=False)
     policy = FailFirst(fault, times=2)
@@ -368,7 +380,8 @@ def test_verify_names_missing_changed_and_extra_blobs(azurite: Azurite, containe
     assert "same.txt" not in message and blob_label("same.txt") not in message
 
 
-def test_compensate_removes_only_blobs_the_run_created(azurite: Azurite, containers: dict[str, str]) -> None:
+def test_compensate_removes_only_blobs_the_run_created(azurite: Azurite, containers: dict[str, str],
+                                                      blob_api: str) -> None:
     src = container(azurite, SOURCE_ACCOUNT, containers["source"])
     upload_many(src, ["new-1.txt", "new-2.txt", "already-there.txt"])
     dst = container(azurite, CLOUD_ACCOUNT, containers["backup"])
@@ -418,13 +431,13 @@ def write_folder(root: Path, names: list[str], seed: str = "v1", *, age: float =
 
 
 @pytest.mark.parametrize("metadata", [True, False], ids=["with-metadata", "without-metadata"])
-def test_paged_plain_listing_matches_the_sdk_listing(azurite: Azurite, containers: dict[str, str],
+def test_paged_plain_listing_matches_the_sdk_listing(azurite: Azurite, containers: dict[str, str], blob_api: str,
                                                      monkeypatch: pytest.MonkeyPatch, metadata: bool) -> None:
     src = container(azurite, SOURCE_ACCOUNT, containers["source"])
     for name in [*SPECIAL_NAMES, "other/outside-the-prefix.txt"]:
         src.upload_blob(f"tenant/{name}" if not name.startswith("other/") else name, name.encode(),
                         metadata={"owner": "team"}, content_settings=ContentSettings(content_type="x/y"))
-    monkeypatch.setattr(azure_store, "LIST_PAGE", 3)  # several pages from a handful of blobs
+    monkeypatch.setattr(azure_rest, "LIST_PAGE", 3)  # several pages from a handful of blobs
     store = open_blob_store(azurite.endpoint(SOURCE_ACCOUNT, containers["source"], prefix="tenant"),
                             MemoryContext())
     assert isinstance(store, AzureBlobStore)
@@ -460,6 +473,51 @@ def test_folder_presync_sends_one_request_per_small_blob_and_lists_each_side_onc
     name = names[7]
     assert stored[name][1] == hashlib.md5((tmp_path / "src" / name).read_bytes()).digest()
     assert stored[name][2] == "text/plain"  # guessed from the file name, as the folder store reports it
+
+
+class RewriteBetweenReads(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Rewrites ``path`` (same size, other bytes) just before the first Put Blob of ``name`` goes out: after the
+    copy hashed the file, before it streams it."""
+
+    def __init__(self, path: Path, name: str) -> None:
+        super().__init__()
+        self.path, self.name, self.done = path, name, False
+
+    def on_request(self, request: Any) -> None:
+        http = request.http_request
+        if not self.done and http.method == "PUT" and http.url.split("?")[0].endswith(self.name):
+            self.done = True
+            self.path.write_bytes(os.urandom(self.path.stat().st_size))
+
+
+@pytest.mark.parametrize("rewrite", [False, True], ids=["steady", "rewritten-between-reads"])
+def test_a_folder_blob_beyond_what_is_read_into_memory_goes_in_one_put_blob_with_its_content_md5(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path, blob_api: str, rewrite: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy_engine, "IN_MEMORY_PUT", 64 * KiB)  # streamed from 64 KiB instead of 8 MiB
+    monkeypatch.setattr(folder_store, "SETTLE_SECONDS", 0.0)
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "big.bin").write_bytes(os.urandom(300 * KiB))
+    params = Presync.Params(source={"kind": "folder", "path": str(root)},
+                            destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
+    log = RequestLog()
+    policies: list[Any] = [log] + ([RewriteBetweenReads(root / "big.bin", "big.bin")] if rewrite else [])
+
+    _, out = run_step(Presync("presync", params), ctx_with(*policies))
+
+    assert out["copied"] == 1 and out["bytes_sent"] == 300 * KiB
+    puts = [r for r in log.requests if r[0] == "PUT"]
+    # Rewritten after it was hashed: the service refuses the body against its Content-MD5, and the copy reads the
+    # file again (its new version) and sends it once more.
+    assert puts == [("PUT", CLOUD_ACCOUNT, "blob")] * (2 if rewrite else 1), "one Put Blob a read, no blocks"
+    stored = container(azurite, CLOUD_ACCOUNT, containers["backup"]).get_blob_client("big.bin")
+    props = stored.get_blob_properties()
+    content = (root / "big.bin").read_bytes()
+    assert stored.download_blob().readall() == content
+    assert bytes(props.content_settings.content_md5) == hashlib.md5(content).digest()
+    version = folder_store.version_token((root / "big.bin").stat())
+    assert props.metadata[SOURCE_VERSION_KEY] == source_token(version, hashlib.md5(content).digest())
 
 
 def test_delta_sync_attempt_lists_each_side_once_and_verify_reads_back_only_what_it_changed(
@@ -599,7 +657,7 @@ def test_a_source_file_written_while_it_is_copied_is_read_again_and_the_copy_rec
                             concurrency=1)
     ctx = MemoryContext()
     store = ChangesOnFirstRead(tmp_path / "src", "a.txt")
-    ctx.resources[f"blob-store:{params.source.cache_key()}:1"] = store
+    run_resources(ctx.resources).put(store_key(params.source, 1), store)
 
     run_step(Presync("presync", params), ctx)
 

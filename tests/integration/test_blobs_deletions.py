@@ -6,7 +6,7 @@ Workspace 365 playbook end with the live container as the source is, and touch n
 * while ``blobs.presync`` (or the sync) runs, between its listing and its read: the file is a deletion, not an
   error; it is recorded and the later steps converge.
 
-Every step gets its own context, as the runner gives each step one, and all share one ``resources`` dict, as the
+Every step gets its own context, as the runner gives each step one, and all share one ``resources``, as the
 steps of one run process do.
 """
 
@@ -26,6 +26,7 @@ from fixtures.services.azurite import CLOUD_ACCOUNT, Azurite
 from migrator.errors import is_retryable
 from migrator.providers.blob import PER_RETRY_POLICIES
 from migrator.providers.blob import folder as folder_store
+from migrator.resources import RunResources
 from migrator.step import Step
 from migrator.steps.blobs import INVENTORY_CACHE_KEY, Presync, PutLive, Sync, Verify
 from migrator.testing import MemoryContext, MemoryItems
@@ -67,12 +68,13 @@ class Tenant:
         self.backup_name = azurite.create_container(CLOUD_ACCOUNT)
         self.live_name = azurite.create_container(CLOUD_ACCOUNT)
         self.folder = {"kind": "folder", "path": str(self.root)}
-        # No retries inside the SDK: an injected fault fails the attempt at once.
+        # No retries inside the store: an injected fault fails the attempt at once.
         self.backup = azurite.endpoint(CLOUD_ACCOUNT, self.backup_name) | {"retry_total": 0}
         self.live = azurite.endpoint(CLOUD_ACCOUNT, self.live_name) | {"retry_total": 0}
         self.log = RequestLog()
         self.faults = FailDeletes(self.backup_name)
-        self.resources: dict[str, Any] = {PER_RETRY_POLICIES: [self.log, self.faults]}
+        self.resources = RunResources()
+        self.resources.put(PER_RETRY_POLICIES, [self.log, self.faults])
 
     def presync(self) -> Presync:
         return Presync("presync", Presync.Params(source=self.folder, destination=self.backup, attempts_per_blob=1,
@@ -196,7 +198,7 @@ def test_a_sync_that_deleted_only_in_the_backup_taken_up_again_with_also_delete_
     run(tenant.sync(also=False), tenant, items=items)
     run(tenant.put_live(), tenant)
     assert set(tenant.live_blobs()) - set(tenant.source()) == {NAMES[3], NAMES[4]}
-    tenant.resources.pop(INVENTORY_CACHE_KEY)  # a resume is a new process
+    tenant.resources.discard(INVENTORY_CACHE_KEY)  # a resume is a new process
 
     again, _ = run(tenant.sync(), tenant, items=items)
     run(tenant.put_live(), tenant)

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from migrator.errors import PermanentError, PreconditionFailed
-from migrator.steps.cloud import ImportBacpac, ImportBacpacParams
+from migrator.steps.database import ImportBacpac, ImportBacpacParams
 from migrator.testing import MemoryContext, plan_step, run_step
 from tests.armemu.core import ArmEmulator
 from tests.integration.test_cloud_provision import arm_settings

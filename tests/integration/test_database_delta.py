@@ -1,7 +1,8 @@
 """database.sync against real engines: a presync backup + restore while the source is live, then inserts,
 updates and deletes at the source, then only the changed ranges are applied to the target.
 
-PostgreSQL → PostgreSQL and SQLite → PostgreSQL in process; through the CLI, ``migrator run`` killed with SIGKILL
+From every source dialect of the contract suite (``dbdata.DIALECTS``: PostgreSQL, SQLite, and SQL Server when
+a server is given) into PostgreSQL in process; through the CLI, ``migrator run`` killed with SIGKILL
 in the middle of the sync, then ``migrator resume``: nothing lost, nothing doubled.
 """
 
@@ -18,10 +19,9 @@ import yaml
 
 from migrator.errors import VerificationFailed
 from migrator.providers.database import Database, open_database
-from migrator.steps.database import Backup, Restore, Verify
-from migrator.steps.database_delta import Sync, key_ranges
+from migrator.steps.database import Backup, Restore, Sync, Verify, key_ranges
 from migrator.testing import MemoryContext, run_step
-from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populated_source
+from tests.integration.dbdata import AUDIT, DIALECTS, LINES, ORDERS, ROWS, TABLES, populated_source
 from tests.support.engine import kill_when
 from tests.support.postgres import PostgresServer, ScratchDatabase
 
@@ -86,19 +86,27 @@ def row_versions(target: ScratchDatabase) -> dict[int, str]:
     return {r[0]: r[1] for r in target.sql('SELECT "Id", xmin::text FROM "Order"')}
 
 
-@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
-def test_sync_after_presync_applies_only_the_changed_ranges_and_target_equals_source(
-        dialect: str, postgres: PostgresServer, tmp_path: Path) -> None:
+def changed_after_presync(postgres: PostgresServer, tmp_path: Path, dialect: str = "postgresql") -> tuple[
+        dict[str, Any], ScratchDatabase, dict[str, Any], dict[str, list[list[Any]]], dict[int, str]]:
+    """A source of ``dialect`` presynced into a fresh PostgreSQL target, then changed (change_source): the
+    source, the target, the backup, the rows every table must hold, and the target's row versions before the
+    sync."""
     source = populated_source(dialect, postgres, tmp_path)
     target = postgres.create_database()
     backup = {"kind": "folder", "path": str(tmp_path / "backup")}
     presync(source, target.endpoint, backup, CHUNK_ROWS)
-    versions_before = row_versions(target)
+    versions = row_versions(target)
     db = open_database(source, None)
     try:
-        expected = change_source(db)
+        return source, target, backup, change_source(db), versions
     finally:
         db.close()
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_sync_after_presync_applies_only_the_changed_ranges_and_target_equals_source(
+        dialect: str, postgres: PostgresServer, tmp_path: Path) -> None:
+    source, target, backup, expected, versions_before = changed_after_presync(postgres, tmp_path, dialect)
 
     ctx = MemoryContext(run_id="delta-run")
     step = Sync("db_sync", Sync.Params.model_validate(
@@ -127,8 +135,9 @@ def test_sync_after_presync_applies_only_the_changed_ranges_and_target_equals_so
     assert len(list(delta.rglob("*.jsonl.gz"))) == 7 and (delta / "manifest.json").exists()
 
 
-def test_sync_with_nothing_changed_writes_nothing(postgres: PostgresServer, tmp_path: Path) -> None:
-    source = populated_source("postgresql", postgres, tmp_path)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_sync_with_nothing_changed_writes_nothing(dialect: str, postgres: PostgresServer, tmp_path: Path) -> None:
+    source = populated_source(dialect, postgres, tmp_path)
     target = postgres.create_database()
     backup = {"kind": "folder", "path": str(tmp_path / "backup")}
     presync(source, target.endpoint, backup, CHUNK_ROWS)
@@ -149,12 +158,11 @@ def _synced(source: dict[str, Any], target: ScratchDatabase, backup: dict[str, A
     return dict(step.apply(ctx))
 
 
-def test_the_sync_proves_what_it_wrote_by_reading_it_back(postgres: PostgresServer, tmp_path: Path,
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_the_sync_proves_what_it_wrote_by_reading_it_back(dialect: str, postgres: PostgresServer, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A write that does not land as the source has it (here: corrupted right after the update) is a mismatch."""
-    import migrator.steps.database_delta as delta
-
-    source = populated_source("postgresql", postgres, tmp_path)
+    source = populated_source(dialect, postgres, tmp_path)
     target = postgres.create_database()
     backup = {"kind": "folder", "path": str(tmp_path / "backup")}
     presync(source, target.endpoint, backup, CHUNK_ROWS)
@@ -163,7 +171,7 @@ def test_the_sync_proves_what_it_wrote_by_reading_it_back(postgres: PostgresServ
         change_source(db)
     finally:
         db.close()
-    real = delta.upsert_lines
+    real = Database.upsert_lines
 
     def corrupting(dst: Database, table: Any, lines: Any, present: Any = None) -> tuple[int, int]:
         result = real(dst, table, lines, present)
@@ -172,7 +180,7 @@ def test_the_sync_proves_what_it_wrote_by_reading_it_back(postgres: PostgresServ
                         f"WHERE {dst.quote('order')} = 9 AND {dst.quote('Line')} = 2")
         return result
 
-    monkeypatch.setattr(delta, "upsert_lines", corrupting)
+    monkeypatch.setattr(Database, "upsert_lines", corrupting)
     out = _synced(source, target, backup)
     assert out["mismatches"] == [LINES.name]
 
@@ -334,5 +342,80 @@ def test_a_presync_backup_without_chunk_text_digests_is_compared_by_fingerprint(
         db.close()
     out = _synced(source, target, backup)
     assert (out["ranges"], out["changed_ranges"], out["mismatches"]) == (6 + 8 + 1, 3 + 3 + 1, [])
+    for table in TABLES:
+        assert target_rows(target, table.name) == sorted(repr(r) for r in expected[table.name]), table.name
+
+
+#: What change tracking would report after change_source(): every key it touched, in the order written.
+TRACKED = {"Order": [[7], [3], [100]], "line items": [[3, 1], [3, 2], [3, 3], [9, 2], [100, 1]]}
+
+
+def tracked_source(monkeypatch: pytest.MonkeyPatch, answer: Any) -> list[str]:
+    """PostgreSQL as a change-tracking source: the backup records version 1041, and ``changed_keys`` answers
+    ``answer(table)``; returns the tables whose ranges were read (a list the patched reader fills)."""
+    from migrator.providers.database.postgresql import PostgresDatabase
+
+    monkeypatch.setattr(PostgresDatabase, "change_version", lambda self: 1041)
+    monkeypatch.setattr(PostgresDatabase, "changed_keys", lambda self, table, since: answer(table, since))
+    ranged: list[str] = []
+    real = Database.read_range
+
+    def read_range(db: Database, table: Any, *args: Any, **kwargs: Any) -> Any:
+        ranged.append(table.name)
+        return real(db, table, *args, **kwargs)
+
+    monkeypatch.setattr(Database, "read_range", read_range)
+    return ranged
+
+
+def test_sync_with_change_tracking_reads_only_the_changed_keys_and_target_equals_source(
+        postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrator.providers.database.base import ChangedKeys
+
+    asked: list[int] = []
+
+    def answer(table: Any, since: int) -> ChangedKeys:
+        asked.append(since)
+        return ChangedKeys(TRACKED[table.name], f"change tracking since version {since}")
+
+    ranged = tracked_source(monkeypatch, answer)
+    source, target, backup, expected, versions_before = changed_after_presync(postgres, tmp_path)
+    ranged.clear()
+
+    ctx = MemoryContext()
+    _, out = run_step(Sync("db_sync", Sync.Params.model_validate(
+        {"source": source, "database": target.endpoint, "backup": backup})), ctx)
+
+    assert set(asked) == {1041}  # the version the presync backup recorded
+    assert out["tables_by_change_tracking"] == ["Order", "line items"] and ranged == []  # no range re-read
+    assert (out["rows_updated"], out["rows_inserted"], out["rows_deleted"]) == (2, 2 + len(expected["Audit Log"]),
+                                                                                 1 + 3)
+    assert out["mismatches"] == []
+    for table in TABLES:
+        assert target_rows(target, table.name) == sorted(repr(r) for r in expected[table.name]), table.name
+    rewritten = {i for i, v in row_versions(target).items() if versions_before.get(i) != v}
+    assert rewritten == {7, 100}
+    _, verified = run_step(Verify("verify", Verify.Params.model_validate(
+        {"database": target.endpoint, "source": source})), MemoryContext())
+    assert verified["mismatches"] == []
+
+
+def test_a_change_tracking_version_too_old_falls_back_to_the_range_compare_and_says_so(
+        postgres: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from migrator.providers.database.base import ChangedKeys
+
+    reason = "the presync's change-tracking version 1041 is below CHANGE_TRACKING_MIN_VALID_VERSION 2200"
+    ranged = tracked_source(monkeypatch, lambda table, since: ChangedKeys(None, f"table {table.name}: {reason}"))
+    source, target, backup, expected, _ = changed_after_presync(postgres, tmp_path)
+    ranged.clear()
+
+    ctx = MemoryContext()
+    _, out = run_step(Sync("db_sync", Sync.Params.model_validate(
+        {"source": source, "database": target.endpoint, "backup": backup})), ctx)
+
+    said = [m for kind, m, _ in ctx.events if kind == "database.sync.ranges"]
+    assert said == [f"table {n}: {reason}: comparing the presync's key ranges instead" for n in ("Order", "line items")]
+    assert out["tables_by_change_tracking"] == [] and {"Order", "line items"} <= set(ranged)
+    assert out["mismatches"] == []
     for table in TABLES:
         assert target_rows(target, table.name) == sorted(repr(r) for r in expected[table.name]), table.name

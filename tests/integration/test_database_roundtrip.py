@@ -16,7 +16,7 @@ from migrator.providers.database import Column, Table, encode_row, open_database
 from migrator.providers.database.base import join_line
 from migrator.steps.database import Backup, Restore, Verify
 from migrator.testing import MemoryContext, run_step
-from tests.integration.dbdata import AUDIT, LINES, ORDERS, ROWS, TABLES, populated_source
+from tests.integration.dbdata import AUDIT, DIALECTS, LINES, ORDERS, ROWS, TABLES, populated_source
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -38,7 +38,7 @@ def canonical(rows: list[list[Any]]) -> list[str]:
     return sorted(repr(r) for r in rows)
 
 
-@pytest.mark.parametrize("dialect", ["postgresql", "sqlite"])
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_backup_restore_round_trip_keeps_every_value_exact(dialect: str, postgres: PostgresServer,
                                                            tmp_path: Path) -> None:
     source = populated_source(dialect, postgres, tmp_path)
@@ -75,8 +75,9 @@ def test_backup_restore_round_trip_keeps_every_value_exact(dialect: str, postgre
     assert restored_tables["Order"].column("Amount").scale == 10
 
 
-def test_verify_names_the_table_whose_content_differs(postgres: PostgresServer, tmp_path: Path) -> None:
-    source = populated_source("postgresql", postgres, tmp_path)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_verify_names_the_table_whose_content_differs(dialect: str, postgres: PostgresServer, tmp_path: Path) -> None:
+    source = populated_source(dialect, postgres, tmp_path)
     target = postgres.create_database()
     backup = backup_to(tmp_path)
     run_step(Backup("backup", Backup.Params.model_validate({"database": source, "to": backup})), MemoryContext())
@@ -91,8 +92,10 @@ def test_verify_names_the_table_whose_content_differs(postgres: PostgresServer, 
     assert "Order" not in str(raised.value).split("table ", 1)[1]
 
 
-def test_restore_into_existing_schema_checks_drift_and_loads(postgres: PostgresServer, tmp_path: Path) -> None:
-    source = populated_source("postgresql", postgres, tmp_path)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_restore_into_existing_schema_checks_drift_and_loads(dialect: str, postgres: PostgresServer,
+                                                             tmp_path: Path) -> None:
+    source = populated_source(dialect, postgres, tmp_path)
     target = postgres.create_database()
     db = open_database(target.endpoint, None)
     try:

@@ -14,7 +14,7 @@ from migrator.errors import InputError, MigratorError
 from migrator.providers.database import open_database
 from migrator.steps.database import Backup, ReadOnly, Restore
 from migrator.testing import MemoryContext, run_step
-from tests.integration.dbdata import LINES, ORDERS, populated_source
+from tests.integration.dbdata import DIALECTS, LINES, ORDERS, populated_source
 from tests.support.postgres import PostgresServer
 
 pytestmark = pytest.mark.integration
@@ -36,11 +36,22 @@ def _sqlite_write(endpoint: dict[str, Any], postgres: PostgresServer) -> None:
 
 
 
+def _dialect_write(endpoint: dict[str, Any], postgres: PostgresServer) -> None:
+    db = open_database(endpoint, None)
+    try:
+        with db.transaction():
+            db.execute(f"INSERT INTO {db.table_ref('Audit Log')} VALUES ('probe', 9)")
+    finally:
+        db.close()
+
+
+#: Per dialect, a write from another session (another driver where there is one) and how it is refused.
 WRITERS = {"postgresql": (_pg_write, psycopg.errors.ReadOnlySqlTransaction),
-           "sqlite": (_sqlite_write, sqlite3.IntegrityError)}
+           "sqlite": (_sqlite_write, sqlite3.IntegrityError),
+           "sqlserver": (_dialect_write, MigratorError)}
 
 
-@pytest.mark.parametrize("dialect", sorted(WRITERS))
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_read_only_rejects_writes_until_rolled_back(dialect: str, postgres: PostgresServer,
                                                     tmp_path: Path) -> None:
     endpoint = populated_source(dialect, postgres, tmp_path, "app.sqlite")

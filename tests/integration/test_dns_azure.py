@@ -145,7 +145,7 @@ def test_a_change_by_someone_else_after_the_read_is_detected_and_nothing_is_writ
             return getattr(real, attr)
 
     wrapper = SomeoneChangesAfterRead()
-    ctx.resources[provider_key(step.params.dns)] = wrapper
+    ctx.resources.put(provider_key(step.params.dns), wrapper)
 
     with pytest.raises(RecordChanged, match="changed since it was read"):
         step.apply(ctx)

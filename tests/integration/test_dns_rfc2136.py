@@ -119,9 +119,9 @@ def test_concurrent_change_between_read_and_update_is_refused_and_not_overwritte
     key = provider_key(step.params.dns)
     from migrator.providers.dns import open_dns_provider
 
-    ctx.resources[key] = SomeoneChangesAfterRead(
+    ctx.resources.put(key, SomeoneChangesAfterRead(
         open_dns_provider(step.params.dns, ctx),
-        lambda: bind_server.someone_sets(bind_server.zone, name, {"A": (3600, ["203.0.113.99"])}))
+        lambda: bind_server.someone_sets(bind_server.zone, name, {"A": (3600, ["203.0.113.99"])})))
 
     with pytest.raises(RecordChanged, match="nothing was written"):
         step.apply(ctx)
@@ -204,8 +204,8 @@ def test_transfer_resumed_after_a_crash_before_the_update_uses_the_saved_record(
 
     from migrator.providers.dns import open_dns_provider
 
-    first.resources[provider_key(step.params.dns)] = CrashBeforeUpdate(open_dns_provider(step.params.dns, first),
-                                                                       None)
+    first.resources.put(provider_key(step.params.dns), CrashBeforeUpdate(open_dns_provider(step.params.dns, first),
+                                                                         None))
     with pytest.raises(KeyboardInterrupt):
         step.apply(first)
     saved = memo.get("previous")
@@ -270,6 +270,6 @@ def test_the_tsig_secret_never_reaches_outputs_memo_or_events(bind_server: BindS
 
     _, outputs = run_step(transfer(bind_server, name, NEW_CNAME), ctx)
 
-    everything = repr((outputs, ctx.memo.as_dict(), ctx.events, sorted(ctx.resources)))
+    everything = repr((outputs, ctx.memo.as_dict(), ctx.events, ctx.resources.names()))
     assert bind_server.key_secret not in everything
-    assert "${env:" in repr(sorted(ctx.resources))  # the provider is keyed by the reference, not the value
+    assert "${env:" in repr(ctx.resources.names())  # the provider is keyed by the reference, not the value

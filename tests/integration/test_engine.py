@@ -208,8 +208,10 @@ def test_resume_takes_over_a_stale_lock_of_a_killed_runner_and_says_so(tmp_path:
 
 
 def test_unlock_of_a_live_lock_needs_force_and_the_holder_then_stops_writing(tmp_path: Path, cli: Cli) -> None:
-    journal = tmp_path / "journal"
-    write(tmp_path, linear_playbook(journal, n=2, delay=3.0))
+    journal, gate = tmp_path / "journal", tmp_path / "gate"
+    steps = "".join(f"  - id: s{i}\n    uses: journal.append\n    with: {{journal: '{journal}', until: '{gate}'}}\n"
+                    for i in (1, 2))
+    write(tmp_path, f"name: linear\nsteps:\n{steps}")
     proc = cli.start("run", "pb.yaml", "-e", "env.yaml", "--run-id", "r1")
     wait_for(lambda: running_with_lock(cli, "r1"), what="a locked run")
     refused = cli("unlock", "r1")
@@ -217,6 +219,7 @@ def test_unlock_of_a_live_lock_needs_force_and_the_holder_then_stops_writing(tmp
     assert open_store(cli.state).get_lock("r1") is not None
     result = cli("unlock", "r1", "--force")
     assert result.returncode == 0 and "unlocked" in result.stdout
+    gate.touch()  # s1 goes on only now: its next state write finds the lock gone
     # the runner whose lock was broken finds out at its next checkpoint: exit 3, and it applied nothing more
     assert proc.wait(60) == 3, proc.communicate()
     assert "apply s2" not in lines(str(journal))

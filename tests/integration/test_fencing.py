@@ -28,6 +28,13 @@ def cli(tmp_path: Path, state_spec: str, plugin_path: Path) -> Cli:
     return Cli(tmp_path, state_spec, plugin_path, extra_env={"MIGRATOR_LOCK_TTL": TTL})
 
 
+@pytest.fixture
+def shared_cli(tmp_path: Path, pg_state_url: str, plugin_path: Path) -> Cli:
+    """On a PostgreSQL store, the one runners on several hosts share: a paused runner is taken over there (a
+    SQLite store is one machine's file, whose lock a runner frozen inside a write keeps until it goes on)."""
+    return Cli(tmp_path, pg_state_url, plugin_path, extra_env={"MIGRATOR_LOCK_TTL": TTL})
+
+
 def dump(store: StateStore, run_id: str) -> tuple[object, ...]:
     """Everything the store holds about a run, to compare before and after."""
     run = store.get_run(run_id)
@@ -80,13 +87,15 @@ def items_playbook(journal: Path, flag: Path, *, fail_after_pause: bool) -> str:
 
 @pytest.mark.parametrize("fail_after_pause", [False, True], ids=["continues", "held-update-fails"])
 def test_a_runner_paused_past_its_lock_and_taken_over_does_nothing_when_it_continues(
-        tmp_path: Path, cli: Cli, fail_after_pause: bool) -> None:
+        tmp_path: Path, shared_cli: Cli, fail_after_pause: bool) -> None:
+    cli = shared_cli
     journal, flag = tmp_path / "journal", tmp_path / "paused"
     (tmp_path / "pb.yaml").write_text(items_playbook(journal, flag, fail_after_pause=fail_after_pause))
     (tmp_path / "env.yaml").write_text(ENV)
     first = cli.start("run", "pb.yaml", "-e", "env.yaml", "--run-id", "r1")
     try:
-        wait_for(flag.exists, "the first runner to pause itself")
+        wait_for(lambda: flag.exists() or first.poll() is not None, "the first runner to pause itself")
+        assert first.poll() is None, first.communicate()
         wait_for(lambda: os.waitid(os.P_PID, first.pid, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
                  is not None, "the first runner to be stopped")
 
@@ -160,7 +169,7 @@ def test_a_write_between_the_dns_switch_and_a_kill_is_never_lost_by_a_rollback(
 
 
 def test_a_restore_paused_mid_chunk_and_taken_over_commits_nothing_when_it_continues(
-        tmp_path: Path, postgres: PostgresServer) -> None:
+        tmp_path: Path, postgres: PostgresServer, pg_state_url: str) -> None:
     """The successor ends the paused runner's database sessions and claims the restore's fence; the paused
     runner, continued, loads no chunk twice and writes no state."""
     from migrator.steps.database import Backup
@@ -182,10 +191,10 @@ def test_a_restore_paused_mid_chunk_and_taken_over_commits_nothing_when_it_conti
         {"database": {"dialect": "postgresql", "connection": source.odbc},
          "to": {"kind": "folder", "path": str(backup)}, "chunk_rows": CHUNK_ROWS})), MemoryContext())
     playbook, env_file = write_files(tmp_path, RESTORE_AND_VERIFY, source, target, backup)
-    state = tmp_path / "state"
+    state = pg_state_url
     env = dict(os.environ, DB_PASSWORD=PASSWORD, PYTHONPATH=str(ROOT), MIGRATOR_LOCK_TTL=TTL)
     argv = [sys.executable, "-m", "migrator"]
-    first = subprocess.Popen([*argv, "run", str(playbook), "-e", str(env_file), "--state", str(state),
+    first = subprocess.Popen([*argv, "run", str(playbook), "-e", str(env_file), "--state", state,
                               "--run-id", "r1"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
 
@@ -201,7 +210,7 @@ def test_a_restore_paused_mid_chunk_and_taken_over_commits_nothing_when_it_conti
         first.send_signal(signal.SIGSTOP)
         wait_for(lambda: (lock := open_store(state).get_lock("r1")) is not None and lock.stale_reason() is not None,
                  "the paused runner's lock to expire")
-        successor = subprocess.run([*argv, "resume", "r1", "--state", str(state)], cwd=tmp_path, env=env,
+        successor = subprocess.run([*argv, "resume", "r1", "--state", state], cwd=tmp_path, env=env,
                                    capture_output=True, text=True, timeout=600)
         assert successor.returncode == 0, successor.stderr
         store = open_store(state)
@@ -217,3 +226,52 @@ def test_a_restore_paused_mid_chunk_and_taken_over_commits_nothing_when_it_conti
     assert "Traceback" not in err
     assert_no_duplicates(target)
     assert dump(store, "r1") == done_state
+
+
+def test_a_blob_presync_paused_and_taken_over_writes_no_state_and_at_most_its_in_flight_blobs(
+        tmp_path: Path, shared_cli: Cli) -> None:
+    """Blob copies are idempotent per blob: after waking, the paused runner may finish only the copies it had in
+    flight (at most its concurrency), each the same content; it starts no other, writes no state and exits 3."""
+    source, copies = tmp_path / "source", tmp_path / "copies"
+    for n in range(1500):
+        folder = source / f"f{n % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"blob-{n:05d}.bin").write_bytes(os.urandom(2048) + str(n).encode())
+    env = ("tenant:\n  name: contoso\n  timezone: Europe/Amsterdam\n"
+           f"source: {{blobs: {{kind: folder, path: '{source}'}}}}\n"
+           f"target: {{blobs: {{kind: folder, path: '{copies}'}}}}\n")
+    (tmp_path / "env.yaml").write_text(env)
+    (tmp_path / "pb.yaml").write_text(
+        "name: blobs\non_failure: rollback\nsteps:\n"
+        "  - id: presync\n    uses: blobs.presync\n"
+        "    with: {source: '${source.blobs}', destination: '${target.blobs}', concurrency: 2}\n")
+    cli = shared_cli
+    first = cli.start("run", "pb.yaml", "-e", "env.yaml", "--run-id", "r1")
+
+    def copied() -> int:
+        return sum(1 for _ in copies.rglob("*.bin")) if copies.exists() else 0
+
+    try:
+        wait_for(lambda: copied() >= 200 or first.poll() is not None, "200 blobs copied")
+        assert first.poll() is None, first.communicate()
+        first.send_signal(signal.SIGSTOP)
+        wait_for(lambda: (lock := open_store(cli.state).get_lock("r1")) is not None
+                 and lock.stale_reason() is not None, "the paused runner's lock to expire")
+        successor = cli("resume", "r1")
+        assert successor.returncode == 0, successor.stderr
+        store = open_store(cli.state)
+        done_state = dump(store, "r1")
+        before = {p: p.stat().st_mtime_ns for p in copies.rglob("*.bin")}
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 3, err
+    assert dump(store, "r1") == done_state
+    after = {p: p.stat().st_mtime_ns for p in copies.rglob("*.bin")}
+    assert after.keys() == before.keys()
+    assert sum(1 for p in after if after[p] != before[p]) <= 2  # only the copies in flight at the pause
+    for path in source.rglob("*.bin"):
+        assert (copies / path.relative_to(source)).read_bytes() == path.read_bytes()

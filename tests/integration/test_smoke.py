@@ -181,6 +181,6 @@ def test_smoke_and_tenant_kinds_are_registered() -> None:
     from migrator.registry import load_registry
     from migrator.steps.tenant import TenantReadOnly
 
-    registry = load_registry(include_entry_points=False)
+    registry = load_registry(third_party=False)
     assert registry.get("smoke.test") is SmokeTest and registry.get("tenant.read_only") is TenantReadOnly
     assert not SmokeTest.irreversible

@@ -2,25 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceResponseError
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 from pydantic import ValidationError
 
 from migrator.errors import ExitCode, InputError, PermanentError, TransientError
 from migrator.providers.blob import (
+    PER_RETRY_POLICIES,
+    AzureBlobStore,
     BlobEndpoint,
     BlobInfo,
     FolderBlobStore,
     _settle_environment,
     check_relative_name,
+    open_blob_store,
+    run_resources,
     translate_error,
 )
 from migrator.providers.blob import folder as folder_store
-from migrator.providers.blob.azure import _parse_listing, _response_error
+from migrator.providers.blob.azure_rest import FAST_PATH_ENV, missing_borrowings, parse_listing
+from migrator.providers.blob.errors import response_error
+from migrator.providers.blob.retry import BackoffRetry
 from migrator.secrets import Secret
 from migrator.steps.blobs import (
     SOURCE_VERSION_KEY,
@@ -36,6 +44,7 @@ from migrator.steps.blobs import (
     source_token,
     transfer_estimate,
 )
+from migrator.testing import MemoryContext
 
 AZ = {"kind": "azure", "account_url": "https://acct.blob.core.windows.net", "container": "files"}
 
@@ -250,7 +259,7 @@ LISTING = b"""<?xml version="1.0" encoding="utf-8"?>
 
 
 def test_a_listing_page_parses_to_inventory_entries_and_the_next_marker() -> None:
-    blobs, marker = _parse_listing(LISTING, lambda name: name.removeprefix("tenant/"), {})
+    blobs, marker = parse_listing(LISTING, lambda name: name.removeprefix("tenant/"), {})
 
     assert marker == "2!84!next"
     first, second = blobs
@@ -280,7 +289,7 @@ class FakeResponse:
 ])
 def test_failed_plain_rest_responses_map_like_sdk_errors(status: int, code: str, kind: type,
                                                          exit_code: ExitCode) -> None:
-    error = translate_error(_response_error(FakeResponse(status, code)), "account acct, container files",
+    error = translate_error(response_error(FakeResponse(status, code)), "account acct, container files",
                             "writing blob 'x'")
     assert isinstance(error, kind)
     assert error.exit_code == exit_code
@@ -405,3 +414,80 @@ def test_a_sync_deletes_from_a_second_container_only_where_it_deletes_at_all(
     else:
         with pytest.raises(ValidationError, match=problem):
             Sync.Params(**fields)
+
+
+class Stop(Exception):
+    """Raised by :class:`StopOnRequest` where a request would leave the process."""
+
+
+class StopOnRequest(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    def on_request(self, request: Any) -> None:
+        raise Stop(request.http_request.method)
+
+
+@pytest.mark.parametrize("fast_path", ["1", "0"], ids=["rest", "sdk"])
+def test_the_rest_fast_path_finds_what_it_borrows_from_the_sdk_and_per_retry_policies_see_every_request(
+        monkeypatch: pytest.MonkeyPatch, fast_path: str) -> None:
+    monkeypatch.setenv(FAST_PATH_ENV, fast_path)
+    monkeypatch.setenv("BLOB_LOGIC_KEY", base64.b64encode(b"k" * 32).decode())
+    ctx = MemoryContext()
+    run_resources(ctx.resources).put(PER_RETRY_POLICIES, [StopOnRequest()])
+    store = open_blob_store({**AZ, "account_key": "${env:BLOB_LOGIC_KEY}"}, ctx)
+    assert isinstance(store, AzureBlobStore)
+
+    missing = missing_borrowings(store.container)
+    assert missing == [], f"azure-storage-blob no longer has what the REST fast path borrows: {', '.join(missing)}"
+    assert (store.rest is not None) is (fast_path == "1")
+    # The per-retry policies reach both paths (the SDK's through its private `_additional_pipeline_policies`).
+    with pytest.raises(Stop, match=r"HEAD|GET"):
+        store.info("a.txt")
+    with pytest.raises(Stop, match="PUT"):
+        store.write("a.txt", b"x")
+
+
+def test_the_store_retries_a_transient_answer_with_backoff_and_returns_the_last_one() -> None:
+    class Answers:
+        def __init__(self, *statuses: int) -> None:
+            self.statuses, self.sent = list(statuses), 0
+
+        def send(self, request: Any) -> Any:
+            self.sent += 1
+            status = self.statuses.pop(0)
+            response = type("R", (), {"status_code": status, "headers": {"Retry-After": "3"} if status == 429 else {}})
+            return type("P", (), {"http_response": response()})()
+
+    waits: list[float] = []
+    request = type("Q", (), {"context": type("C", (), {"options": {"retry_total": 9, "hosts": {}}})(),
+                             "http_request": type("H", (), {"body": b""})()})()
+    for statuses, sent, last in (((500, 429, 201), 3, 201), ((503, 503, 503), 3, 503), ((404,), 1, 404)):
+        policy = BackoffRetry(initial=0.5, retry_total=2, sleep=waits.append)
+        policy.next = Answers(*statuses)  # type: ignore[assignment]
+        assert policy.send(request).http_response.status_code == last
+        assert policy.next.sent == sent  # type: ignore[attr-defined]
+    assert 0.5 <= waits[0] <= 1.0 and waits[1] >= 3.0, "exponential backoff with jitter, at least the Retry-After"
+
+
+def test_the_store_retries_a_request_whose_first_try_got_no_answer_and_gives_up_after_its_tries() -> None:
+    from azure.core.exceptions import ServiceResponseError
+
+    class Flaky:
+        def __init__(self, failures: int) -> None:
+            self.failures, self.sent = failures, 0
+
+        def send(self, request: Any) -> Any:
+            self.sent += 1
+            if self.sent <= self.failures:
+                raise ServiceResponseError("connection reset")
+            return type("P", (), {"http_response": type("R", (), {"status_code": 201, "headers": {}})()})()
+
+    request = type("Q", (), {"context": type("C", (), {"options": {}})(),
+                             "http_request": type("H", (), {"body": b""})()})()
+    waits: list[float] = []
+    policy = BackoffRetry(initial=0.5, retry_total=2, sleep=waits.append)
+    policy.next = Flaky(1)  # type: ignore[assignment]
+    assert policy.send(request).http_response.status_code == 201
+    assert policy.next.sent == 2 and len(waits) == 1 and 0.5 <= waits[0] <= 1.0  # type: ignore[attr-defined]
+    policy.next = Flaky(5)  # type: ignore[assignment]
+    with pytest.raises(ServiceResponseError):
+        policy.send(request)
+    assert policy.next.sent == 3, "retry_total=2: three tries in all"  # type: ignore[attr-defined]

@@ -90,7 +90,7 @@ def test_the_tsig_secret_stays_a_reference_in_the_params_and_the_provider_key() 
     step = DnsTransfer("t", DnsTransfer.Params.model_validate(
         {"dns": RFC2136, "name": "portal", "to": {"CNAME": ["x.example."]}}))
 
-    assert "${env:DNS_TSIG_SECRET}" in provider_key(step.params.dns)
+    assert "${env:DNS_TSIG_SECRET}" in provider_key(step.params.dns).name
     assert step.params.model_dump(mode="json")["dns"]["tsig_secret"] == "${env:DNS_TSIG_SECRET}"
 
 
@@ -112,7 +112,7 @@ def test_unknown_params_are_rejected() -> None:
 
 
 def test_the_three_kinds_are_registered_by_name() -> None:
-    registry = load_registry(include_entry_points=False)
+    registry = load_registry(third_party=False)
 
     assert {"dns.lower_ttl", "dns.transfer", "dns.verify"} <= set(registry.names())
     assert registry.get("dns.transfer") is DnsTransfer

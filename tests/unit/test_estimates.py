@@ -9,11 +9,14 @@ from typing import Literal
 
 import pytest
 
+from migrator.playbook import load
 from migrator.providers.blob.folder import FolderBlobStore
 from migrator.providers.database import Table
+from migrator.registry import Registry
 from migrator.reports.calibrate import TRANSACTIONS_PER_STEP, EngineCost, measure_transaction
-from migrator.reports.plan import schedule, step_seconds
+from migrator.reports.plan import schedule, step_seconds, timeline
 from migrator.runner import StepPlanView
+from migrator.step import Params, Step, StepContext
 from migrator.steps.blobs import (
     _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB,
     _ASSUMED_BLOBS_PER_S,
@@ -214,3 +217,50 @@ def test_the_hash_probe_reads_a_bounded_sample_of_the_blobs(tmp_path: Path) -> N
     seconds, sampled = hash_probe(MemoryContext(), store, blobs, concurrency=4, sample=20)
     assert sampled == 20 and seconds > 0
     assert hash_probe(MemoryContext(), store, [], concurrency=4) == (0.0, 0)
+
+
+# -- the read-only window of the plan: estimates in, the window's seconds out (no timing) -------------------------
+
+
+class _Work(Step[Params]):
+    kind = "test.work"
+    Params = Params
+
+    def apply(self, ctx: StepContext) -> None:
+        return None
+
+
+class _ReadOnly(_Work):
+    kind = "test.read_only"
+
+
+_WINDOW_PLAYBOOK = """
+name: window
+concurrency: 4
+steps:
+  - {id: presync, uses: test.work}
+  - {id: read_only, uses: test.read_only, needs: [presync]}
+  - {id: sync, uses: test.work, needs: [read_only]}
+  - {id: verify, uses: test.work, needs: [read_only]}
+  - {id: cutover, uses: test.work, needs: [sync, verify]}
+"""
+
+
+@pytest.mark.parametrize(("cores", "overhead", "window"), [
+    (2, 0.0, 5.0),      # sync (4 s) beside verify (2 s) on their own cores, then the cutover (1 s)
+    (1, 0.0, 7.0),      # on one core verify ends at 4 s (half speed), sync at 6 s, then the cutover
+    (2, 0.001, 5.0 + 3 * 0.001 * TRANSACTIONS_PER_STEP),  # each step in the window also costs its transactions
+])
+def test_the_plans_read_only_window_runs_from_the_read_only_step_to_the_end_of_the_run(
+        monkeypatch: pytest.MonkeyPatch, cores: int, overhead: float, window: float) -> None:
+    registry = Registry()
+    registry.add(_Work)
+    registry.add(_ReadOnly)
+    loaded = load("pb.yaml", registry=registry, playbook_text=_WINDOW_PLAYBOOK)
+    estimates = {"presync": 10.0, "read_only": 0.0, "sync": 4.0, "verify": 2.0, "cutover": 1.0}
+    views = [StepPlanView(sid, "test.work", [], "change", "", estimate_seconds=s) for sid, s in estimates.items()]
+    monkeypatch.setattr("migrator.reports.plan.lanes", lambda: cores)
+    planned = timeline(loaded, views, EngineCost(overhead))
+    assert planned["read_only_window"]["seconds"] == pytest.approx(window)
+    assert planned["read_only_window"]["start"] == pytest.approx(10.0 + overhead * TRANSACTIONS_PER_STEP)
+    assert planned["unestimated"] == []

@@ -255,7 +255,7 @@ def test_plan_reports_whether_the_window_fits_and_changes_nothing(start: datetim
 def test_window_gate_is_registered_by_its_kind() -> None:
     from migrator.registry import load_registry
 
-    assert load_registry(include_entry_points=False).get("window.gate") is WindowGate
+    assert load_registry(third_party=False).get("window.gate") is WindowGate
 
 
 def test_gate_passes_with_the_next_occurrence_when_given_only_a_daypart() -> None:

@@ -14,6 +14,8 @@ from azure.core.polling import LROPoller
 
 from migrator.providers.azure.credentials import ArmSettings, make_credential
 from migrator.providers.azure.errors import arm_errors
+from migrator.resources import ResourceKey
+from migrator.step import StepContext
 
 
 def _as_dict(model: Any) -> dict[str, Any] | None:
@@ -32,20 +34,18 @@ class SqlControlPlane:
         self.resource_group = resource_group
 
     @classmethod
-    def open(cls, settings: ArmSettings, ctx: Any) -> SqlControlPlane:
+    def open(cls, settings: ArmSettings, ctx: StepContext) -> SqlControlPlane:
         """A control plane for ``settings``, shared through ``ctx.resources`` for the run."""
-        key = f"azure.sql:{settings.model_dump_json()}"
-        resources = getattr(ctx, "resources", None)
-        if resources is not None and key in resources:
-            return resources[key]  # type: ignore[no-any-return]
-        from azure.mgmt.sql import SqlManagementClient
 
-        credential = make_credential(settings.credential, ctx)
-        client = SqlManagementClient(credential, settings.subscription_id, **settings.client_kwargs())
-        plane = cls(client, settings.resource_group)
-        if resources is not None:
-            resources[key] = plane
-        return plane
+        def connect() -> SqlControlPlane:
+            from azure.mgmt.sql import SqlManagementClient
+
+            credential = make_credential(settings.credential, ctx)
+            client = SqlManagementClient(credential, settings.subscription_id, **settings.client_kwargs())
+            return cls(client, settings.resource_group)
+
+        key: ResourceKey[SqlControlPlane] = ResourceKey(f"azure.sql:{settings.model_dump_json()}")
+        return ctx.resources.obtain(key, connect)
 
     # ---- reads -----------------------------------------------------------------------------------------
 

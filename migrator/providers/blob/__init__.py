@@ -18,34 +18,66 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Literal
+from collections.abc import Callable, MutableMapping
+from typing import Any, Literal, Protocol
 
 import requests
 from pydantic import BaseModel, ConfigDict, model_validator
 from urllib3.util.retry import Retry
 
 from migrator.errors import InputError
-from migrator.providers.blob.azure import AzureBlobStore, BlobAccessError, azure_errors, translate_error
+from migrator.providers.blob.azure import AzureBlobStore
 from migrator.providers.blob.base import BlobInfo, BlobStore
+from migrator.providers.blob.errors import BlobAccessError, azure_errors, translate_error
 from migrator.providers.blob.folder import FolderBlobStore, check_relative_name
-from migrator.secrets import Secret
+from migrator.resources import ResourceKey, RunResources
+from migrator.secrets import Redactor, Secret
 
 __all__ = [
+    "PER_RETRY_POLICIES",
     "AzureBlobStore",
     "BlobAccessError",
     "BlobEndpoint",
     "BlobInfo",
     "BlobStore",
     "FolderBlobStore",
+    "StoreEnvironment",
     "azure_errors",
     "check_relative_name",
     "open_blob_store",
+    "run_resources",
+    "store_key",
     "translate_error",
 ]
 
-#: ``ctx.resources`` key under which instrumentation (tests, benchmarks) may put extra azure-core policies,
-#: applied on every try of every request to any Azure blob store opened in that context.
-PER_RETRY_POLICIES = "blob.per_retry_policies"
+#: Instrumentation (tests, benchmarks) may put extra azure-core policies here, applied on every try of every
+#: request to any Azure blob store opened with those resources.
+PER_RETRY_POLICIES: ResourceKey[list[Any]] = ResourceKey("blob.per_retry_policies")
+#: Where :func:`run_resources` keeps the run's resources inside a context whose ``resources`` is still a dict.
+_ADAPTED = "migrator.run_resources"
+
+
+def run_resources(resources: RunResources | MutableMapping[str, Any]) -> RunResources:
+    """The run's :class:`~migrator.resources.RunResources`: ``resources`` itself, or, from a context that still
+    hands its steps a dict, the one kept in that dict (made once; the dict's owner closes it with the rest)."""
+    if isinstance(resources, RunResources):
+        return resources
+    found = resources.setdefault(_ADAPTED, RunResources())
+    assert isinstance(found, RunResources)
+    return found
+
+
+class StoreEnvironment(Protocol):
+    """What opening a store needs of its caller (a step's context has it): secrets revealed and redacted, and the
+    run's resources, where stores are shared."""
+
+    @property
+    def redactor(self) -> Redactor: ...
+
+    @property
+    def resources(self) -> Any: ...  # RunResources, or a dict holding it (run_resources)
+
+    def reveal(self, secret: Secret | str | None) -> str | None: ...
 
 
 class BlobEndpoint(BaseModel):
@@ -68,7 +100,7 @@ class BlobEndpoint(BaseModel):
     #: Seconds to wait for a connection and for each response before the try counts as a timeout (retried).
     connection_timeout: float = 20.0
     read_timeout: float = 120.0
-    #: Retries of one request inside the SDK (429, 5xx, timeouts), with exponential backoff from ``retry_backoff``.
+    #: Retries of one request by the store (429, 5xx, timeouts), with exponential backoff from ``retry_backoff``.
     retry_total: int = 4
     retry_backoff: float = 1.0
 
@@ -139,38 +171,38 @@ def _settle_environment(session: requests.Session, url: str) -> tuple[dict[str, 
     return dict(proxies), bundle
 
 
-def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlobStore:
+def _open_azure(endpoint: BlobEndpoint, env: StoreEnvironment, resources: RunResources,
+                concurrency: int) -> AzureBlobStore:
     from azure.core.pipeline.transport import RequestsTransport
-    from azure.storage.blob import BlobServiceClient, ExponentialRetry
+    from azure.storage.blob import BlobServiceClient
 
+    from migrator.providers.blob.azure_rest import client_options, rest_calls
+    from migrator.providers.blob.retry import BackoffRetry
     from migrator.providers.blob.transport import Urllib3Transport
 
-    reveal = ctx.reveal
-    redactor = getattr(ctx, "redactor", None)
-    on_secret = redactor.add if redactor is not None else (lambda value: None)
+    on_secret: Callable[[str], None] = env.redactor.add
     # Up to `concurrency` blob workers and as many block uploads can each hold a connection at once.
     session = _session(2 * concurrency + 2)
-    per_retry = list(ctx.resources.get(PER_RETRY_POLICIES, [])) if hasattr(ctx, "resources") else []
+    instrumented = resources.find(PER_RETRY_POLICIES)
+    per_retry = list(instrumented) if instrumented is not None else []
     transport = RequestsTransport(session=session, session_owner=False,
                                   connection_timeout=endpoint.connection_timeout,
                                   read_timeout=endpoint.read_timeout)
     options: dict[str, Any] = {
         "transport": transport,
-        "retry_policy": ExponentialRetry(initial_backoff=endpoint.retry_backoff,  # type: ignore[arg-type]
-                                         increment_base=2,
-                                         retry_total=endpoint.retry_total, random_jitter_range=1),
+        "retry_policy": BackoffRetry(initial=endpoint.retry_backoff, retry_total=endpoint.retry_total),
         # Bounded request sizes keep memory constant: 4 MiB per ranged GET, blocks of 4 MiB.
         "max_single_get_size": 4 * 1024 * 1024,
         "max_chunk_get_size": 4 * 1024 * 1024,
         "max_single_put_size": 8 * 1024 * 1024,
         "max_block_size": 4 * 1024 * 1024,
-        # azure-storage-blob appends these after its retry policy: they see every try of every request.
-        "_additional_pipeline_policies": per_retry,
+        # Appended after the retry policy: they see every try of every request.
+        **client_options(per_retry),
     }
     account_key = sas = None
     token_credential = None
     if endpoint.connection_string is not None:
-        text = reveal(endpoint.connection_string) or ""
+        text = env.reveal(endpoint.connection_string) or ""
         parts = _parse_connection_string(text)
         account_key = parts.get("accountkey")
         sas = parts.get("sharedaccesssignature")
@@ -184,10 +216,10 @@ def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlob
     else:
         credential: Any
         if endpoint.account_key is not None:
-            account_key = reveal(endpoint.account_key)
+            account_key = env.reveal(endpoint.account_key)
             credential = account_key
         elif endpoint.sas is not None:
-            sas = (reveal(endpoint.sas) or "").lstrip("?")
+            sas = (env.reveal(endpoint.sas) or "").lstrip("?")
             credential = sas
         else:
             from azure.identity import DefaultAzureCredential
@@ -205,28 +237,32 @@ def _open_azure(endpoint: BlobEndpoint, ctx: Any, concurrency: int) -> AzureBlob
     assert endpoint.container is not None
     return AzureBlobStore(service, endpoint.container, prefix=endpoint.prefix, account_key=account_key,
                           sas_token=sas, token_credential=token_credential, on_secret=on_secret,
-                          owned=[session, plain], plain_transport=plain, per_retry_policies=per_retry)
+                          owned=[session, plain],
+                          rest=lambda container, prefix, where: rest_calls(container, plain, per_retry,
+                                                                           prefix=prefix, where=where))
 
 
-def open_blob_store(endpoint: BlobEndpoint | dict[str, Any], ctx: Any, *, concurrency: int = 8,
+def store_key(endpoint: BlobEndpoint, concurrency: int) -> ResourceKey[BlobStore]:
+    """The run resource of the store behind ``endpoint`` opened for ``concurrency`` (a test may put its own)."""
+    return ResourceKey(f"blob-store:{endpoint.cache_key()}:{concurrency}")
+
+
+def open_blob_store(endpoint: BlobEndpoint | dict[str, Any], env: StoreEnvironment, *, concurrency: int = 8,
                     create: bool = False) -> BlobStore:
-    """The store behind ``endpoint``, shared through ``ctx.resources`` for the run.
+    """The store behind ``endpoint``, made once per run (the run's resources hold it, and close it at the end).
 
     ``concurrency`` sizes the HTTP connection pool; ``create`` makes a missing folder root (destination side).
     Azure containers are never created here: a missing container is an input error the engineer must fix.
     """
     if isinstance(endpoint, dict):
         endpoint = BlobEndpoint.model_validate(endpoint)
-    resources = getattr(ctx, "resources", None)
-    key = f"blob-store:{endpoint.cache_key()}:{concurrency}"
-    if resources is not None and key in resources:
-        return resources[key]  # type: ignore[no-any-return]
-    store: BlobStore
-    if endpoint.kind == "folder":
-        assert endpoint.path is not None
-        store = FolderBlobStore(endpoint.path, endpoint.prefix, create=create)
-    else:
-        store = _open_azure(endpoint, ctx, concurrency)
-    if resources is not None:
-        resources[key] = store
-    return store
+    resources = run_resources(env.resources)
+
+    def make() -> BlobStore:
+        assert isinstance(endpoint, BlobEndpoint)
+        if endpoint.kind == "folder":
+            assert endpoint.path is not None
+            return FolderBlobStore(endpoint.path, endpoint.prefix, create=create)
+        return _open_azure(endpoint, env, resources, concurrency)
+
+    return resources.obtain(store_key(endpoint, concurrency), make)

@@ -87,6 +87,10 @@ class BlobStore(ABC):
                       metadata: Mapping[str, str] | None = None, md5: bytes | None = None) -> BlobInfo:
         raise NotImplementedError(f"{self.describe()}: blocks are not supported")
 
+    #: Whether reading a blob a second time costs no more than a local file read (a folder): a blob too large to
+    #: hold in memory may then be read once to hash it and again to send it in one request.
+    rereadable: bool = False
+
     #: Whether ``list``/``info`` report a ``version`` token and ``version_after_read`` can confirm it.
     reports_versions: bool = False
 

@@ -2,7 +2,8 @@
 
 A blob name is a relative path with ``/`` separators. Names that would leave the root (``..`` segments,
 absolute paths, empty segments, NUL) are refused with an :class:`~migrator.errors.InputError` before anything
-is written, and the resolved path is checked against the root as well (symlinks included).
+is written, and the resolved path is checked against the root as well (symlinks included; once per directory
+for the store's lifetime, a run).
 
 What a folder cannot hold itself (content type, metadata, a known MD5) lives in a sidecar JSON file under
 ``.blobmeta/`` in the root; a sidecar MD5 counts only while the file's size and mtime still match it.
@@ -52,6 +53,7 @@ class FolderBlobStore(BlobStore):
     """Blobs as files under ``root`` (optionally under ``prefix`` inside it)."""
 
     reports_versions = True
+    rereadable = True
 
     def __init__(self, root: str | os.PathLike[str], prefix: str = "", *, create: bool = False) -> None:
         self.root = Path(root)
@@ -61,6 +63,7 @@ class FolderBlobStore(BlobStore):
             raise InputError(f"blob folder {self.root} does not exist or is not a directory",
                              hint="check the endpoint's path (and that the share is mounted)")
         self._real_root = self.root.resolve()
+        self._inside: set[str] = set()  # directories whose resolved path was found inside the root
         self.prefix = prefix.strip("/")
         if self.prefix:
             check_relative_name(self.prefix, where=str(self.root))
@@ -77,11 +80,16 @@ class FolderBlobStore(BlobStore):
         """The file that holds ``name``; refuses names that would leave the root."""
         check_relative_name(name, where=self.describe())
         path = self.root / self._full_name(name)
+        parent = path.parent
+        key = os.fspath(parent)
+        if key in self._inside:  # resolved once per directory: a resolve per blob costs more than its upload
+            return path
         try:
-            path.parent.resolve().relative_to(self._real_root)
+            parent.resolve().relative_to(self._real_root)
         except ValueError:
             raise InputError(f"blob name {blob_label(name)} resolves outside {self.describe()}",
                              hint="a symbolic link inside the folder points elsewhere; remove it") from None
+        self._inside.add(key)
         return path
 
     def _meta_path(self, name: str) -> Path:

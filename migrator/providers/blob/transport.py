@@ -53,6 +53,8 @@ class Urllib3Transport(HttpTransport):
             "maxsize": pool_size,
             "timeout": urllib3.Timeout(connect=connection_timeout, read=read_timeout),
             "retries": False,
+            # A streamed body (a large blob's Put Blob) goes out in pieces of this size, not urllib3's 16 KiB.
+            "blocksize": 256 * 1024,
         }
         if scheme == "https":
             import certifi

@@ -30,10 +30,10 @@ from migrator.providers.database.base import (
     drift,
     encode_row,
     fk_order,
-    parse_odbc,
     portable_row,
     to_portable,
 )
+from migrator.providers.database.odbc import parse_odbc
 from migrator.secrets import Secret
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""The portable backup format: a manifest plus gzip-compressed JSON-lines chunks, in any blob store.
+"""The portable backup formats: the full backup (a manifest plus gzip-compressed JSON-lines chunks) and the
+delta beside it (the changed ranges of ``database.sync``), in any blob store.
 
 Layout under the backup location::
 
@@ -11,6 +12,11 @@ in the manifest's column order, each value in its portable form (:func:`~.base.t
 keyset-paged by primary key; a table without one is read ordered by every column and cut by row offset
 (identical rows are interchangeable, so the order is deterministic enough; resuming relies on the source being
 read-only). The manifest lists every chunk with its row count, byte size, SHA-256 and content fingerprint.
+
+The delta, under ``delta/`` beside the backup: one blob per changed key range (gzip JSON lines: a header with
+the deleted keys and whether the table is replaced whole, then the rows added or changed, encoded as a chunk's
+lines), and ``delta/manifest.json`` last, with the source's fingerprints as of the window. The backup plus its
+delta is the current database: an incremental backup that costs only the changed rows.
 """
 
 from __future__ import annotations
@@ -24,14 +30,24 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from migrator.errors import PermanentError
+from migrator.errors import PermanentError, PreconditionFailed
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database.base import Fingerprint, Table
 
 #: /2: row hashes are MD5 halves (``row_hash``), chunks carry ``text_md5``. A /1 backup's fingerprints hash rows
 #: differently, so nothing could be verified against them: it is refused, to be made again.
-FORMAT = "migrator-database-backup/2"
+#: /3: columns may say more — ``identity``, a temporal column's fractional-second digits as ``precision`` (7:
+#: 100 ns, SQL Server's ``datetime2``), the ``native`` type, a table's ``generated`` columns; the manifest the
+#: source's change-tracking version (``change_version``) as of the backup's first snapshot. A /2 manifest has
+#: none of them and reads as written (the defaults are what /2 meant); a /3 one is refused by a migrator that
+#: knows only /2, which would read 100 ns values as microseconds.
+FORMAT = "migrator-database-backup/3"
+#: The formats this version reads.
+READABLE = ("migrator-database-backup/2", FORMAT)
 MANIFEST = "manifest.json"
+DELTA_FORMAT = "migrator-database-delta/1"
+DELTA_PREFIX = "delta/"
+DELTA_MANIFEST = DELTA_PREFIX + "manifest.json"
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -90,23 +106,29 @@ class Manifest:
     created_at: str
     tables: list[TableBackup]
     format: str = FORMAT
+    #: The source's change-tracking version when the backup's first attempt took its snapshot (None: not
+    #: tracked): every change after the rows were read is after it, so database.sync asks for changes since.
+    change_version: int | None = None
 
     def table(self, name: str) -> TableBackup | None:
         return next((t for t in self.tables if t.table.name == name), None)
 
     def to_bytes(self) -> bytes:
-        return json.dumps({"format": self.format, "source_dialect": self.source_dialect,
-                           "created_at": self.created_at, "tables": [t.to_json() for t in self.tables]},
-                          ensure_ascii=False, indent=1).encode("utf-8")
+        doc: dict[str, Any] = {"format": self.format, "source_dialect": self.source_dialect,
+                               "created_at": self.created_at, "tables": [t.to_json() for t in self.tables]}
+        if self.change_version is not None:
+            doc["change_version"] = self.change_version
+        return json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8")
 
     @classmethod
     def from_bytes(cls, data: bytes, where: str) -> Manifest:
         try:
             doc = json.loads(data)
-            if doc.get("format") != FORMAT:
-                raise PermanentError(f"{where}: backup format {doc.get('format')!r} is not {FORMAT!r}",
+            if doc.get("format") not in READABLE:
+                raise PermanentError(f"{where}: backup format {doc.get('format')!r} is not one of {READABLE}",
                                      hint="make the backup again with this version of migrator")
-            return cls(doc["source_dialect"], doc["created_at"], [TableBackup.from_json(t) for t in doc["tables"]])
+            return cls(doc["source_dialect"], doc["created_at"], [TableBackup.from_json(t) for t in doc["tables"]],
+                       doc["format"], doc.get("change_version"))
         except (ValueError, KeyError, TypeError) as exc:
             raise PermanentError(f"{where}: the backup manifest cannot be read: {exc}") from exc
 
@@ -189,3 +211,35 @@ def check_chunk(store: BlobStore, chunk: ChunkInfo) -> str | None:
     if digest.hexdigest() != chunk.sha256:
         return f"chunk {chunk.name} does not match its SHA-256"
     return None
+
+
+# -- the delta ------------------------------------------------------------------------------------------------
+
+
+def delta_blob(upserts: Sequence[bytes], deletes: Sequence[Sequence[Any]], *, replace: bool = False) -> bytes:
+    """One changed range: the header (deleted primary keys, whether the table is replaced whole), then the rows."""
+    header = json.dumps({"deletes": [list(k) for k in deletes], "replace": replace},
+                        ensure_ascii=False).encode("utf-8")
+    return gzip.compress(b"\n".join([header, *upserts]) + b"\n", compresslevel=1)
+
+
+def read_delta_blob(store: BlobStore, name: str, sha256: str) -> tuple[dict[str, Any], list[bytes]]:
+    """The header and row lines of a delta blob, after checking its SHA-256."""
+    data = store.read_bytes(name)
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise PreconditionFailed(f"delta chunk {name} in {store.describe()} does not match its SHA-256",
+                                 hint="roll back and run the sync again")
+    header, *lines = gzip.decompress(data).splitlines()
+    return json.loads(header), lines
+
+
+def read_delta_manifest(store: BlobStore) -> dict[str, Any] | None:
+    if store.info(DELTA_MANIFEST) is None:
+        return None
+    return json.loads(store.read_bytes(DELTA_MANIFEST))  # type: ignore[no-any-return]
+
+
+def write_delta_manifest(store: BlobStore, delta: dict[str, Any]) -> None:
+    """Written last: its presence means the delta is complete."""
+    store.write(DELTA_MANIFEST, json.dumps(delta, ensure_ascii=False, indent=1).encode("utf-8"),
+                content_type="application/json")

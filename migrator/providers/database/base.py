@@ -1,507 +1,102 @@
-"""The portable side of database migration: a logical type system, catalog models, and the adapter interface.
+"""The dialect interface: one connection to one database, and everything a step asks of it.
 
-Every dialect maps its native column types onto a small set of *logical* types and converts the values its
-driver returns into one *portable* form per type (JSON-native: ``int``, ``float``, ``bool``, ``str``; see
-:func:`to_portable`). Backups store that form, restores feed it back through the target dialect, and content
-fingerprints hash it, so a table verifies the same whichever engine holds it.
+Steps never write SQL nor ask which dialect they have: they ask a :class:`Database` for a catalog, a range of
+rows between two primary keys, the rows of some keys, an upsert or a delete by keys, the read-only switch, the
+restore's marker fence. Each dialect writes the SQL for those; what they share is here.
 
+The portable types, line encoding, fingerprints and schema live in their own modules
+(:mod:`.portable`, :mod:`.fingerprint`, :mod:`.schema`) and are re-exported here for older import paths.
 Identifiers are only ever put into SQL through :meth:`Database.quote`; a name read from a catalog is never
 pasted in unquoted.
 """
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import hashlib
 import json
-import re
-import sys
-import uuid
 from abc import ABC, abstractmethod
-from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import asdict, dataclass, field
-from decimal import Context, Decimal, InvalidOperation
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any
 
-from migrator.errors import InputError
+from migrator.providers.database.fingerprint import FINGERPRINT_MODULUS, Fingerprint, row_hash
+from migrator.providers.database.portable import (
+    Converter,
+    converter,
+    encode_row,
+    join_line,
+    portable_row,
+    row_converter,
+    to_portable,
+)
+from migrator.providers.database.schema import (
+    INTEGER_TYPES,
+    LOGICAL_TYPES,
+    MARKER_FENCE,
+    MARKER_TABLE,
+    TEMPORAL_TYPES,
+    Column,
+    Drift,
+    ForeignKey,
+    GeneratedColumn,
+    LogicalType,
+    Table,
+    UnsupportedType,
+    assemble_tables,
+    case_insensitive,
+    colliding_keys,
+    compatible,
+    drift,
+    fk_order,
+    same_portable_form,
+    type_label,
+)
 
-LogicalType = Literal[
-    "smallint", "integer", "bigint", "decimal", "real", "float", "text", "binary",
-    "date", "time", "timestamp", "timestamptz", "boolean", "uuid",
+__all__ = [
+    "FINGERPRINT_MODULUS",
+    "INTEGER_TYPES",
+    "LOGICAL_TYPES",
+    "MARKER_FENCE",
+    "MARKER_TABLE",
+    "TEMPORAL_TYPES",
+    "Column",
+    "Converter",
+    "Database",
+    "Drift",
+    "Fingerprint",
+    "ForeignKey",
+    "GeneratedColumn",
+    "LineReader",
+    "LogicalType",
+    "Table",
+    "UnsupportedType",
+    "assemble_tables",
+    "compatible",
+    "converter",
+    "drift",
+    "encode_row",
+    "fk_order",
+    "join_line",
+    "portable_row",
+    "recursive_rows_sql",
+    "row_converter",
+    "row_hash",
+    "same_portable_form",
+    "to_portable",
+    "type_label",
 ]
-LOGICAL_TYPES: tuple[str, ...] = LogicalType.__args__  # type: ignore[attr-defined]
-INTEGER_TYPES = frozenset({"smallint", "integer", "bigint"})
-#: Types whose widening from one to the other keeps every value (drift check of an existing target schema).
-_WIDENS_TO: dict[str, frozenset[str]] = {
-    "smallint": frozenset({"integer", "bigint", "decimal"}),
-    "integer": frozenset({"bigint", "decimal"}),
-    "bigint": frozenset({"decimal"}),
-    "real": frozenset({"float"}),
-}
-
-#: The table in a restore target that records which backup chunks are committed (same transaction as the rows).
-MARKER_TABLE = "_migrator_restore_chunks"
-#: The marker table's row that holds the generation of the run lock allowed to commit chunks.
-MARKER_FENCE = "#fence"
 
 
 @dataclass(frozen=True)
-class Column:
-    name: str
-    type: str  # a LogicalType
-    nullable: bool = True
-    precision: int | None = None  # decimal
-    scale: int | None = None  # decimal
-    length: int | None = None  # text: maximum characters when bounded
-    native: str = ""  # the engine's own type name, for messages
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None and v != ""}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Column:
-        return cls(**data)
-
-
-@dataclass(frozen=True)
-class ForeignKey:
-    name: str
-    columns: tuple[str, ...]
-    ref_table: str
-    ref_columns: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "columns": list(self.columns), "ref_table": self.ref_table,
-                "ref_columns": list(self.ref_columns)}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ForeignKey:
-        return cls(data["name"], tuple(data["columns"]), data["ref_table"], tuple(data["ref_columns"]))
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    columns: tuple[Column, ...]
-    primary_key: tuple[str, ...] = ()
-    foreign_keys: tuple[ForeignKey, ...] = ()
-
-    def column(self, name: str) -> Column:
-        for col in self.columns:
-            if col.name == name:
-                return col
-        raise KeyError(name)
-
-    @property
-    def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "columns": [c.to_json() for c in self.columns],
-                "primary_key": list(self.primary_key), "foreign_keys": [f.to_json() for f in self.foreign_keys]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Table:
-        return cls(data["name"], tuple(Column.from_json(c) for c in data["columns"]), tuple(data["primary_key"]),
-                   tuple(ForeignKey.from_json(f) for f in data.get("foreign_keys", ())))
-
-
-# -- portable values ---------------------------------------------------------------------------------------
-
-_MICRO = "microseconds"
-# Wide enough for any DECIMAL(38, s) and for PostgreSQL's unconstrained numeric; the default context has 28 digits.
-_DECIMALS = Context(prec=1000)
-
-
-def _decimal_text(value: Any, scale: int | None) -> str:
-    try:
-        number = value if isinstance(value, Decimal) else Decimal(value if isinstance(value, str) else repr(value))
-    except (InvalidOperation, ValueError) as exc:
-        raise ValueError(f"not a decimal ({type(value).__name__})") from exc
-    if scale is not None and number.is_finite():
-        number = number.quantize(Decimal(1).scaleb(-scale), context=_DECIMALS)
-    elif number.is_finite():
-        number = number.normalize(context=_DECIMALS)
-    text = format(number, "f")
-    return "0" + text[2:] if text.startswith("-0") and number.is_zero() else text
-
-
-def _datetime(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, str):
-        return dt.datetime.fromisoformat(value.strip())
-    raise ValueError(f"not a timestamp ({type(value).__name__})")
-
-
-def to_portable(column: Column, value: Any) -> Any:
-    """The one portable, JSON-native form of ``value`` for ``column``'s logical type (None stays None).
-
-    Accepts what any of our drivers returns (native Python values from pyodbc, the strings SQLite keeps). A value
-    that has no such form fails naming the column and the value's type, never the value (personal data).
-    """
-    try:
-        return _to_portable(column, value)
-    except (ValueError, TypeError, ArithmeticError) as exc:
-        raise ValueError(f"column {column.name}: a {type(value).__name__} value that is not a valid "
-                         f"{column.type} ({type(exc).__name__})") from None
-
-
-def _to_portable(column: Column, value: Any) -> Any:
-    if value is None:
-        return None
-    kind = column.type
-    if kind in INTEGER_TYPES:
-        return int(value)
-    if kind == "decimal":
-        return _decimal_text(value, column.scale)
-    if kind in ("float", "real"):
-        return float(value)
-    if kind == "text":
-        return value if isinstance(value, str) else str(value)
-    if kind == "binary":
-        if isinstance(value, str):  # already portable (base64)
-            return value
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if kind == "boolean":
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
-        return bool(value)
-    if kind == "uuid":
-        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-    if kind == "date":
-        if isinstance(value, dt.datetime):
-            value = value.date()
-        return (value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value).strip())).isoformat()
-    if kind == "time":
-        if not isinstance(value, dt.time):
-            value = dt.time.fromisoformat(str(value).strip())
-        return value.replace(tzinfo=None).isoformat(_MICRO)
-    if kind == "timestamp":
-        return _datetime(value).replace(tzinfo=None).isoformat(timespec=_MICRO)
-    if kind == "timestamptz":
-        stamp = _datetime(value)
-        # A driver that returns naive values for timestamptz does so in the session time zone, which every
-        # adapter sets to UTC.
-        stamp = stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
-        return stamp.isoformat(timespec=_MICRO)
-    raise ValueError(f"unknown logical type {kind!r}")
-
-
-def portable_row(columns: Sequence[Column], row: Sequence[Any]) -> list[Any]:
-    return [to_portable(c, v) for c, v in zip(columns, row, strict=True)]
-
-
-def _as_is(value: Any) -> Any:
-    return value
-
-
-#: Per logical type, the one Python type a driver value of which is already the portable value (see converter).
-_PASSES_AS_IS: dict[str, type] = {**dict.fromkeys(INTEGER_TYPES, int), "text": str, "float": float,
-                                  "real": float, "boolean": bool}
-#: The attribute of a converter naming the Python type it returns unchanged (see row_converter).
-_PASSES = "passes_as_is"
-
-
-def converter(column: Column) -> Callable[[Any], Any]:
-    """:func:`to_portable` for one column, with a shortcut for the values drivers usually return.
-
-    The backup and fingerprint loops call this once per value: skipping the type dispatch matters there.
-    """
-    kind = column.type
-    passes = _PASSES_AS_IS.get(kind)
-    if passes is not None:
-        def as_is(v: Any) -> Any:
-            return v if type(v) is passes else to_portable(column, v)
-
-        setattr(as_is, _PASSES, passes)
-        return as_is
-    if kind == "uuid":
-        return lambda v: v.lower() if type(v) is str and len(v) == 36 else to_portable(column, v)
-    if kind == "binary":
-        return lambda v: base64.b64encode(v).decode("ascii") if type(v) is bytes else to_portable(column, v)
-    if kind == "decimal" and column.scale is not None:
-        exponent = -column.scale
-        return lambda v: (format(v, "f") if type(v) is Decimal and v.as_tuple().exponent == exponent and v
-                          else to_portable(column, v))
-    if kind == "date":
-        return lambda v: v.isoformat() if type(v) is dt.date else to_portable(column, v)
-    if kind == "timestamptz":
-        return lambda v: (v.isoformat(timespec=_MICRO) + "+00:00" if type(v) is dt.datetime and v.tzinfo is None
-                          else to_portable(column, v))
-    if kind == "timestamp":
-        return lambda v: (v.isoformat(timespec=_MICRO) if type(v) is dt.datetime and v.tzinfo is None
-                          else to_portable(column, v))
-    return lambda v: to_portable(column, v)
-
-
-Converter = Callable[[Any], Any]
-
-
-def row_converter(columns: Sequence[Column] | Sequence[Converter | None]) -> Callable[[Sequence[Any]], Sequence[Any]]:
-    """A function turning a driver row into a portable row (a list, or the row itself where nothing changes).
-
-    Takes the columns (each converted by :func:`converter`) or one converter per column, None where the driver
-    value is already portable (:meth:`Database.read_converters`): those values are not touched at all. A row
-    whose every value already has its portable Python type (int for integers, str for text ..., or None) is
-    recognised by the tuple of its value types and passed on whole, without a call per value.
-    """
-    convs = [converter(c) if isinstance(c, Column) else c for c in columns]
-    active = [(i, f) for i, f in enumerate(convs) if f is not None]
-    width = len(convs)
-    if not active:
-        return list
-    # Per column the one type its values pass as they are (object: any, no converter), or None: always converted.
-    as_is = [object if f is None else getattr(f, _PASSES, None) for f in convs]
-    signatures: dict[tuple[type, ...], bool] = {}
-
-    def plain(signature: tuple[type, ...]) -> bool:
-        ok = len(signature) == width and all(
-            t is type(None) or want is object or t is want for t, want in zip(signature, as_is, strict=True))
-        signatures[signature] = ok
-        return ok
-
-    def convert(row: Sequence[Any]) -> Sequence[Any]:
-        signature = tuple(map(type, row))
-        known = signatures.get(signature)
-        if known or (known is None and plain(signature)):
-            return row if type(row) is tuple else list(row)  # a driver's row object is no JSON array
-        values = list(row)
-        if len(values) != width:
-            raise ValueError(f"row of {len(values)} values for {width} columns")
-        for i, f in active:
-            value = values[i]
-            if value is not None:
-                values[i] = f(value)
-        return values
-
-    return convert
-
-
-try:  # the C encoder json.dumps uses, built once instead of per call (same bytes, less overhead per row)
-    from json.encoder import c_make_encoder as _c_make_encoder  # type: ignore[attr-defined]
-    from json.encoder import encode_basestring as _encode_basestring
-except ImportError:  # pragma: no cover - CPython always has it
-    _c_make_encoder = None
-
-
-def _fallback_default(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-if _c_make_encoder is not None:
-    _ROW_ENCODER = _c_make_encoder(None, _fallback_default, _encode_basestring, None, ":", ",", False, False, True)
-
-    def encode_row(values: Sequence[Any]) -> bytes:
-        """The canonical bytes of a portable row: what backups store (one line each) and fingerprints hash.
-
-        Byte for byte ``json.dumps(values, ensure_ascii=False, separators=(",", ":"))``.
-        """
-        return "".join(_ROW_ENCODER(values, 0)).encode("utf-8")
-else:  # pragma: no cover
-    def encode_row(values: Sequence[Any]) -> bytes:
-        """The canonical bytes of a portable row: what backups store (one line each) and fingerprints hash."""
-        return json.dumps(values, ensure_ascii=False, separators=(",", ":"), allow_nan=True).encode("utf-8")
-
-
-_INFINITY = float("inf")
-
-
-def _float_json(value: float | None) -> str:
-    if value is None:
-        return "null"
-    if value != value:
-        return "NaN"
-    if value in (_INFINITY, -_INFINITY):
-        return "Infinity" if value > 0 else "-Infinity"
-    return float.__repr__(value)
-
-
-def join_line(row: Sequence[Any]) -> bytes:
-    """The encoded line of a row read with ``lines=True`` (:meth:`Database.line_select`)."""
-    if len(row) == 1:
-        return row[0].encode("utf-8")
-    parts = [row[0]]
-    for i in range(1, len(row), 2):
-        parts.append(_float_json(row[i]))
-        parts.append(row[i + 1])
-    return "".join(parts).encode("utf-8")
-
-
-FINGERPRINT_MODULUS = 1 << 128
-
-
-def row_hash(line: bytes) -> int:
-    """A row's contribution to a :class:`Fingerprint`: ``hi * 2**64 + lo``, where ``hi`` and ``lo`` are the two
-    halves of the MD5 of its encoded line read as signed big-endian 64-bit integers.
-
-    MD5 (a content checksum, not for security) and signed 64-bit halves because that is what engines compute
-    and sum natively — PostgreSQL's ``md5()`` and ``('x' || hex)::bit(64)::bigint`` — so a server can fingerprint
-    a table itself (:meth:`Database.server_fingerprint`) to the very same value, sending one row instead of all.
-    """
-    high, low = _half_sums([line])
-    return (high << 64) + low
-
-
-def _half_sums(lines: Iterable[bytes]) -> tuple[int, int]:
-    """The sums, over ``lines``, of the signed high and low halves of each line's MD5 (see :func:`row_hash`)."""
-    md5 = hashlib.md5
-    halves = array("q", b"".join(md5(line, usedforsecurity=False).digest() for line in lines))
-    if sys.byteorder == "little":
-        halves.byteswap()
-    return sum(halves[0::2]), sum(halves[1::2])
-
-
-@dataclass
-class Fingerprint:
-    """Row count and an order-independent content checksum: the sum of :func:`row_hash` over the rows, modulo
-    2**128.
-
-    A sum rather than XOR so that two identical rows do not cancel out (tables without a primary key); MD5
-    halves (see :func:`row_hash`) so that an engine can compute the same sum itself.
-    """
-
-    rows: int = 0
-    total: int = 0
-
-    def add_line(self, line: bytes) -> None:
-        self.rows += 1
-        self.total = (self.total + row_hash(line)) % FINGERPRINT_MODULUS
-
-    def add_lines(self, lines: Sequence[bytes]) -> None:
-        """:meth:`add_line` for many lines (the hashing loop in C, one modulo for all of them)."""
-        high, low = _half_sums(lines)
-        self.total = (self.total + (high << 64) + low) % FINGERPRINT_MODULUS
-        self.rows += len(lines)
-
-    @classmethod
-    def from_half_sums(cls, rows: Any, high: Any, low: Any) -> Fingerprint:
-        """The fingerprint of ``rows`` rows from the sums of the signed halves of their hashes (None for no
-        rows): what an engine's aggregate query returns (:meth:`Database.fingerprint_sql`)."""
-        return cls(int(rows), ((int(high or 0) << 64) + int(low or 0)) % FINGERPRINT_MODULUS)
-
-    def merge(self, other: Fingerprint) -> None:
-        self.rows += other.rows
-        self.total = (self.total + other.total) % FINGERPRINT_MODULUS
-
-    def remove(self, other: Fingerprint) -> None:
-        """Takes ``other``'s rows out again (the sum is a group: what :meth:`merge` adds, this subtracts)."""
-        self.rows -= other.rows
-        self.total = (self.total - other.total) % FINGERPRINT_MODULUS
-
-    @property
-    def checksum(self) -> str:
-        return f"{self.total:032x}"
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "checksum": self.checksum}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Fingerprint:
-        return cls(int(data["rows"]), int(data["checksum"], 16))
-
-
-# -- connection strings ------------------------------------------------------------------------------------
-
-_PAIR = re.compile(r"\s*([^=;{}]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|(?!\{)[^;]*)\s*(?:;|$)")
-
-
-def parse_odbc(text: str) -> dict[str, str]:
-    """``key=value;`` pairs of an ODBC connection string (keys lower-cased, braces removed).
-
-    Raises :class:`InputError` for text that is not such a list; the message never repeats the text itself
-    (it may hold a password).
-    """
-    pairs: dict[str, str] = {}
-    pos = 0
-    text = text.strip()
-    while pos < len(text):
-        match = _PAIR.match(text, pos)
-        if not match or match.end() == pos:
-            raise InputError(f"malformed ODBC connection string (at character {pos + 1})",
-                             hint="write it as Key=Value;Key=Value, with {braces} around values containing ;")
-        value = match.group(2).strip()
-        if value.startswith("{") and value.endswith("}"):
-            value = value[1:-1].replace("}}", "}")
-        pairs[match.group(1).strip().lower()] = value
-        pos = match.end()
-    return pairs
-
-
-# -- the adapter interface ---------------------------------------------------------------------------------
-
-
-class UnsupportedType(InputError):
-    """A column whose type has no portable form."""
-
-
-@dataclass
-class Drift:
-    """How an existing target table differs from the backed-up one."""
-
-    table: str
-    missing_columns: list[str] = field(default_factory=list)
-    incompatible: list[str] = field(default_factory=list)  # "col: backup decimal(38,10), target integer"
-    extra_required: list[str] = field(default_factory=list)  # NOT NULL target columns the backup lacks
-
-    @property
-    def blocking(self) -> bool:
-        return bool(self.missing_columns or self.incompatible or self.extra_required)
-
-    def describe(self) -> str:
-        parts = []
-        if self.missing_columns:
-            parts.append("missing columns " + ", ".join(self.missing_columns))
-        if self.incompatible:
-            parts.append("incompatible columns " + "; ".join(self.incompatible))
-        if self.extra_required:
-            parts.append("NOT NULL columns absent from the backup " + ", ".join(self.extra_required))
-        return f"table {self.table}: " + ("; ".join(parts) or "no drift")
-
-
-def compatible(backup: Column, target: Column) -> bool:
-    """Whether every value of ``backup``'s type fits ``target``'s without loss."""
-    if backup.type == target.type:
-        if backup.type == "decimal" and None not in (backup.scale, target.scale):
-            assert backup.scale is not None and target.scale is not None
-            int_digits = (backup.precision or 38) - backup.scale
-            return target.scale >= backup.scale and (target.precision or 38) - target.scale >= int_digits
-        if backup.type == "text" and target.length is not None:
-            return backup.length is not None and backup.length <= target.length
-        return True
-    return target.type in _WIDENS_TO.get(backup.type, frozenset())
-
-
-def drift(backup: Table, target: Table) -> Drift:
-    result = Drift(backup.name)
-    by_name = {c.name: c for c in target.columns}
-    for col in backup.columns:
-        other = by_name.get(col.name)
-        if other is None:
-            result.missing_columns.append(col.name)
-        elif not compatible(col, other):
-            result.incompatible.append(f"{col.name}: backup {type_label(col)}, target {type_label(other)}")
-    names = set(backup.column_names)
-    result.extra_required = [c.name for c in target.columns if c.name not in names and not c.nullable]
-    return result
-
-
-def type_label(col: Column) -> str:
-    if col.type == "decimal" and col.precision is not None:
-        return f"decimal({col.precision},{col.scale or 0})"
-    if col.type == "text" and col.length is not None:
-        return f"text({col.length})"
-    return col.type
-
-
-def keyset_params(key: Sequence[Any]) -> list[Any]:
-    params: list[Any] = []
-    for i in range(len(key)):
-        params.extend(key[: i + 1])
-    return params
+class ChangedKeys:
+    """What the engine's change tracking says changed in a table since a version: the primary keys (portable
+    values) of every row inserted, updated or deleted since, or None where it cannot say — with ``reason``,
+    which a sync reports before it compares ranges instead."""
+
+    keys: list[list[Any]] | None
+    reason: str
+    #: Rows per operation as change tracking reports them (``I``, ``U``, ``D``), for messages.
+    operations: dict[str, int] = field(default_factory=dict)
 
 
 class Database(ABC):
@@ -550,6 +145,19 @@ class Database(ABC):
                 f"FOREIGN KEY ({self.column_list(fk.columns)}) "
                 f"REFERENCES {self.table_ref(fk.ref_table)} ({self.column_list(fk.ref_columns)})")
 
+    def create_table(self, table: Table) -> None:
+        """Creates ``table`` (committed on its own)."""
+        with self.transaction():
+            self.execute(self.create_table_sql(table))
+
+    def add_primary_key(self, table: Table) -> None:
+        with self.transaction():
+            self.execute(self.primary_key_sql(table))
+
+    def add_foreign_key(self, table: Table, fk: ForeignKey) -> None:
+        with self.transaction():
+            self.execute(self.foreign_key_sql(table, fk))
+
     #: Whether the engine compares row values, ``(a, b) > (?, ?)``, and uses an index for it.
     row_values = True
 
@@ -561,22 +169,42 @@ class Database(ABC):
     def limit_query(self, select: str, rest: str, order: str, *, limit: int, offset: int = 0) -> str:
         """``SELECT <select> <rest> ORDER BY <order>`` cut to ``limit`` rows after ``offset``."""
 
+    def keyset_sql(self, table: Table, op: str) -> str:
+        """The keyset predicate ``primary key > key`` (``op`` ``>``) or ``<= key`` (``<=``), its markers bound by
+        :meth:`keyset_params`: row values where the engine has them, else the expanded comparisons; both
+        bounds can use the primary key's index."""
+        keys = [self.quote(n) for n in table.primary_key]
+        markers = [self.marker(table.column(n)) for n in table.primary_key]
+        if self.row_values:
+            return f"({', '.join(keys)}) {op} ({', '.join(markers)})"
+        strict = ">" if op == ">" else "<"
+        terms = []
+        for i, key in enumerate(keys):
+            equal = [f"{k} = {m}" for k, m in zip(keys[:i], markers[:i], strict=True)]
+            terms.append("(" + " AND ".join([*equal, f"{key} {strict} {markers[i]}"]) + ")")
+        if op == "<=":
+            terms.append("(" + " AND ".join(f"{k} = {m}" for k, m in zip(keys, markers, strict=True)) + ")")
+        return " OR ".join(terms)
+
+    def keyset_params(self, table: Table, key: Sequence[Any], op: str) -> list[Any]:
+        """The parameters of :meth:`keyset_sql` for a portable key."""
+        cols = [table.column(n) for n in table.primary_key]
+        native = [self.param_value(c, v) for c, v in zip(cols, key, strict=True)]
+        if self.row_values:
+            return native
+        params: list[Any] = []
+        for i in range(len(native)):
+            params.extend(native[: i + 1])
+        return params + native if op == "<=" else params
+
     def page_sql(self, table: Table, columns: Sequence[str], *, after: bool, limit: int,
                  lines: bool = False) -> str:
         """Keyset page ordered by the primary key: the first ``limit`` rows after the key given as parameters."""
-        keys = [self.quote(n) for n in table.primary_key]
         rest = f"FROM {self.table_ref(table.name)}"
         if after:
-            markers = [self.marker(table.column(n)) for n in table.primary_key]
-            if self.row_values:
-                rest += f" WHERE ({', '.join(keys)}) > ({', '.join(markers)})"
-            else:
-                terms = []
-                for i, key in enumerate(keys):
-                    equal = [f"{k} = {m}" for k, m in zip(keys[:i], markers[:i], strict=True)]
-                    terms.append("(" + " AND ".join([*equal, f"{key} > {markers[i]}"]) + ")")
-                rest += " WHERE " + " OR ".join(terms)
-        return self.limit_query(self._select(table, columns, lines), rest, ", ".join(keys), limit=limit)
+            rest += " WHERE " + self.keyset_sql(table, ">")
+        return self.limit_query(self._select(table, columns, lines), rest, self.column_list(table.primary_key),
+                                limit=limit)
 
     def offset_sql(self, table: Table, columns: Sequence[str], *, offset: int, limit: int,
                    lines: bool = False) -> str:
@@ -653,9 +281,50 @@ class Database(ABC):
 
     def key_params(self, table: Table, key: Sequence[Any]) -> list[Any]:
         """Parameters for the keyset predicate of :meth:`page_sql`, from a portable key."""
+        return self.keyset_params(table, key, ">")
+
+    def read_range(self, table: Table, columns: Sequence[str], low: Sequence[Any] | None,
+                   high: Sequence[Any] | None, *, lines: bool = False, present: Table | None = None
+                   ) -> Iterator[Sequence[Any]]:
+        """The rows whose primary key is in ``(low, high]`` (None: unbounded), in key order. ``table`` gives the
+        keys' types (portable values); ``present``, the table as this database has it, what is read."""
+        conditions: list[str] = []
+        params: list[Any] = []
+        for bound, op in ((low, ">"), (high, "<=")):
+            if bound is not None:
+                conditions.append(self.keyset_sql(table, op))
+                params.extend(self.keyset_params(table, bound, op))
+        sql = f"SELECT {self._select(present or table, columns, lines)} FROM {self.table_ref(table.name)}"
+        if conditions:
+            sql += " WHERE " + " AND ".join(f"({c})" for c in conditions)
+        # In key order, as the backup read it: the same engine gives the same lines in the same order.
+        return self.query(sql + " ORDER BY " + self.column_list(table.primary_key), params, batch=2000)
+
+    #: Primary keys per key lookup (one parameter each, per key column: well under every driver's limit).
+    keys_per_query = 500
+
+    def read_keys(self, table: Table, columns: Sequence[str], keys: Sequence[Sequence[Any]], *,
+                  lines: bool = False, present: Table | None = None) -> Iterator[Sequence[Any]]:
+        """The rows whose primary key is one of ``keys`` (portable values), those that exist, in no order."""
         cols = [table.column(n) for n in table.primary_key]
-        native = [self.param_value(c, v) for c, v in zip(cols, key, strict=True)]
-        return native if self.row_values else keyset_params(native)
+        select = self._select(present or table, columns, lines)
+        for start in range(0, len(keys), self.keys_per_query):
+            part = keys[start:start + self.keys_per_query]
+            params: list[Any] = []
+            if len(cols) == 1:
+                marker = self.marker(cols[0])
+                condition = f"{self.quote(cols[0].name)} IN ({', '.join(marker for _ in part)})"
+                params = [self.param_value(cols[0], key[0]) for key in part]
+            else:
+                condition = " OR ".join(f"({self.key_sql(table)})" for _ in part)
+                for key in part:
+                    params.extend(self.param_value(c, v) for c, v in zip(cols, key, strict=True))
+            yield from self.query(f"SELECT {select} FROM {self.table_ref(table.name)} WHERE {condition}", params,
+                                  batch=2000)
+
+    def key_sql(self, table: Table) -> str:
+        """``key1 = ? AND key2 = ?``: one row by its primary key."""
+        return " AND ".join(f"{self.quote(n)} = {self.marker(table.column(n))}" for n in table.primary_key)
 
     def read_offset(self, table: Table, columns: Sequence[str], offset: int,
                     limit: int, *, lines: bool = False) -> Iterator[Sequence[Any]]:
@@ -714,6 +383,87 @@ class Database(ABC):
     def insert_lines(self, table: Table, columns: Sequence[str], lines: Sequence[bytes]) -> None:
         """Inserts rows given as encoded portable lines (:func:`encode_row`), as a backup chunk holds them."""
         self.insert_rows(table, columns, [json.loads(line) for line in lines])
+
+    #: Rows per insert statement of :meth:`upsert_lines` and :meth:`replace_lines`.
+    insert_batch = 5000
+
+    def update_sql(self, table: Table) -> tuple[str, list[str]] | None:
+        """``UPDATE`` of one row by primary key, setting every other column, and the columns its parameters
+        bind in order; None for a table that has no other column."""
+        keys = set(table.primary_key)
+        others = [c for c in table.column_names if c not in keys]
+        if not others:
+            return None
+        sets = ", ".join(f"{self.quote(n)} = {self.marker(table.column(n))}" for n in others)
+        return (f"UPDATE {self.table_ref(table.name)} SET {sets} WHERE {self.key_sql(table)}",
+                [*others, *table.primary_key])
+
+    def delete_sql(self, table: Table) -> str:
+        """``DELETE`` of one row by primary key."""
+        return f"DELETE FROM {self.table_ref(table.name)} WHERE {self.key_sql(table)}"
+
+    def existing_keys(self, table: Table, keys: Sequence[Sequence[Any]], present: Table | None = None
+                      ) -> set[tuple[Any, ...]]:
+        """Which of these primary keys (portable values) the table holds, as tuples of portable values."""
+        key_table = Table(table.name, tuple(table.column(n) for n in table.primary_key), table.primary_key)
+        present = present or self.table(table.name)
+        key_present = Table(table.name, tuple(present.column(n) for n in table.primary_key),
+                            table.primary_key) if present is not None else None
+        return {tuple(json.loads(line)) for line in LineReader(self, key_table, key_present).keys(keys)}
+
+    def upsert_lines(self, table: Table, lines: Sequence[bytes], present: Table | None = None) -> tuple[int, int]:
+        """Makes each row of ``lines`` (encoded portable rows) present with these values, matched by primary
+        key, inside the current transaction: one lookup of which keys the table holds, then an ``UPDATE`` of
+        those rows (the driver's bulk path) and an insert of the others. ``present``: the table as this
+        database has it (else looked up). Returns (updated, inserted)."""
+        names = table.column_names
+        positions = [names.index(k) for k in table.primary_key]
+        rows = [json.loads(line) for line in lines]
+        keys = [[row[i] for i in positions] for row in rows]
+        found = self.existing_keys(table, keys, present)
+        update = self.update_sql(table)
+        updates = [row for row, key in zip(rows, keys, strict=True) if tuple(key) in found]
+        if update is not None and updates:
+            sql, order = update
+            columns = [table.column(n) for n in order]
+            at = [names.index(n) for n in order]
+            self.execute_many(sql, columns, [[self.param_value(c, row[i]) for c, i in zip(columns, at, strict=True)]
+                                             for row in updates])
+        fresh = [line for line, key in zip(lines, keys, strict=True) if tuple(key) not in found]
+        for start in range(0, len(fresh), self.insert_batch):
+            self.insert_lines(table, names, fresh[start:start + self.insert_batch])
+        return len(updates), len(fresh)
+
+    def delete_keys(self, table: Table, keys: Sequence[Sequence[Any]]) -> int:
+        """Deletes the rows with these primary keys (portable values) in the current transaction; how many."""
+        sql = self.delete_sql(table)
+        cols = [table.column(n) for n in table.primary_key]
+        return sum(max(self.execute(sql, [self.param_value(c, v) for c, v in zip(cols, key, strict=True)]), 0)
+                   for key in keys)
+
+    def replace_lines(self, table: Table, lines: Sequence[bytes]) -> None:
+        """Replaces every row of the table by ``lines``, in one transaction."""
+        with self.transaction():
+            self.execute(f"DELETE FROM {self.table_ref(table.name)}")
+            for start in range(0, len(lines), self.insert_batch):
+                self.insert_lines(table, table.column_names, lines[start:start + self.insert_batch])
+
+    def generated_rows_sql(self, rows: int, width: int) -> str | None:
+        """A query the engine answers with ``rows`` made-up rows of one text value about ``width`` characters
+        wide, reading no table (to measure how fast it hands rows over); None where its SQL cannot."""
+        return None
+
+    def generated_rows(self, rows: int, width: int) -> Iterator[Sequence[Any]] | None:
+        sql = self.generated_rows_sql(rows, width)
+        return None if sql is None else self.query(sql, [], batch=2000)
+
+    #: Whether a restore adds primary and foreign keys after the load (built once over the loaded rows, as
+    #: pg_restore does), or declares them in ``CREATE TABLE`` (SQLite cannot add them later).
+    keys_after_load = True
+
+    def load_shape(self, table: Table) -> Table:
+        """The table as a restore creates it before the load: without its keys where they come after it."""
+        return Table(table.name, table.columns, (), ()) if self.keys_after_load else table
 
     # -- restore bookkeeping -----------------------------------------------------------------------------
 
@@ -784,40 +534,119 @@ class Database(ABC):
         """Whether the database-level read-only switch is on."""
 
     @abstractmethod
-    def set_read_only(self, on: bool) -> None: ...
+    def set_read_only(self, on: bool, *, grace_seconds: int | None = None) -> None:
+        """Switches the database-level read-only switch; ``grace_seconds``: how long open transactions get
+        before they are rolled back, where the engine's switch waits for them (SQL Server)."""
+
+    def sessions_cut(self) -> int | None:
+        """How many other sessions the read-only switch would cut or roll back; None where it cuts none or the
+        engine cannot say."""
+        return None
+
+    def key_folding(self, declared: str | None = None) -> bool:
+        """Whether this database compares text keys without case (a case-insensitive collation): keys that
+        differ only in case then collide. ``declared``: the collation it is said to have (a SQL Server
+        collation name, ``SQL_Latin1_General_CP1_CI_AS``), which decides instead of the database's own."""
+        return case_insensitive(declared) if declared else False
+
+    def key_collisions(self, table: Table, keys: Iterable[Sequence[Any]], declared: str | None = None) -> list[str]:
+        """The primary keys (portable values) that this database would hold as one, two source rows in one
+        target row, each named ``table#<key digest>``, never by value; empty where its keys compare as the
+        source's do (no text key column, or a collation that keeps case)."""
+        texts = [table.column(n).type == "text" for n in table.primary_key]
+        if not any(texts) or not self.key_folding(declared):
+            return []
+        return colliding_keys(table.name, keys)
+
+    # -- what this dialect holds -------------------------------------------------------------------------
+
+    #: Fractional-second digits its time and timestamp columns keep (PostgreSQL: microseconds).
+    max_fraction_digits = 6
+    #: Engine-specific types (the logical type ``native``) it holds as they are: SQL Server's own.
+    native_types: frozenset[str] = frozenset()
+    #: Whether it recreates a table's generated columns (:class:`GeneratedColumn`: rowversion, computed).
+    recreates_generated = False
+
+    def cannot_hold(self, table: Table) -> list[str]:
+        """Why this dialect cannot hold ``table``'s values exactly, one message per column naming the table and
+        the column (empty: it can): types of another engine, fractions of seconds finer than it keeps."""
+        problems = []
+        for c in table.columns:
+            if c.type == "native" and c.native.lower() not in self.native_types:
+                problems.append(f"table {table.name}, column {c.name}: {self.dialect} cannot hold {c.native} "
+                                "values (only a SQL Server target can)")
+            elif c.type in TEMPORAL_TYPES and c.fraction_digits > self.max_fraction_digits:
+                problems.append(f"table {table.name}, column {c.name}: {type_label(c)} keeps "
+                                f"{c.fraction_digits} fractional digits, {self.dialect} only "
+                                f"{self.max_fraction_digits}")
+        return problems
+
+    def not_recreated(self, table: Table) -> list[str]:
+        """The generated columns of ``table`` a restore into this dialect leaves out, as messages."""
+        if self.recreates_generated:
+            return []
+        return [f"table {table.name}, column {g.name} ({g.kind}): not copied and not recreated on {self.dialect}"
+                for g in table.generated]
+
+    # -- change tracking -------------------------------------------------------------------------------
+
+    def change_version(self) -> int | None:
+        """The engine's change-tracking version now (inside :meth:`snapshot`: the snapshot's), or None where
+        changes are not tracked. A backup records it; a sync asks :meth:`changed_keys` since then."""
+        return None
+
+    def changed_keys(self, table: Table, since: int) -> ChangedKeys:
+        """The primary keys of the rows of ``table`` changed since version ``since`` (:meth:`change_version`)."""
+        return ChangedKeys(None, f"{self.dialect} has no change tracking")
+
+    def finish_load(self, table: Table) -> None:
+        """After every chunk of ``table`` is loaded: what the engine needs to go on from the loaded rows (SQL
+        Server: its identity counter moved past the largest key, and proved). Nothing by default."""
+        return None
 
     @abstractmethod
     def write_probe(self) -> str | None:
         """Tries a write that leaves nothing behind; the engine's refusal message, or None if it was accepted."""
 
 
-def fk_order(tables: Sequence[Table]) -> list[Table]:
-    """Parents before children (Kahn's algorithm); tables in a cycle keep name order at the end."""
-    by_name = {t.name: t for t in tables}
-    deps = {t.name: {fk.ref_table for fk in t.foreign_keys if fk.ref_table in by_name and fk.ref_table != t.name}
-            for t in tables}
-    ordered: list[Table] = []
-    ready = sorted(n for n, d in deps.items() if not d)
-    done: set[str] = set()
-    while ready:
-        name = ready.pop(0)
-        ordered.append(by_name[name])
-        done.add(name)
-        for other, d in sorted(deps.items()):
-            if other not in done and other not in ready and d <= done:
-                ready.append(other)
-        ready.sort()
-    ordered.extend(by_name[n] for n in sorted(by_name) if n not in done)
-    return ordered
+def recursive_rows_sql(rows: int, width: int) -> str:
+    """:meth:`Database.generated_rows_sql` where SQL has ``WITH RECURSIVE`` and ``||`` (SQLite, PostgreSQL)."""
+    text = "x" * max(1, min(width, 4096))
+    return (f"WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < {int(rows)}) "
+            f"SELECT CAST(n AS TEXT) || '{text}' FROM r")
 
 
-def assemble_tables(columns: Mapping[str, Sequence[Column]], keys: Mapping[str, tuple[str, ...]],
-                    fks: Mapping[tuple[str, str], tuple[Sequence[str], str, Sequence[str]]]) -> list[Table]:
-    """Tables from catalog rows: columns by table, primary-key columns by table, and foreign keys by
-    (table, constraint) as (columns, referenced table, referenced columns)."""
-    return [
-        Table(name, tuple(cols), keys.get(name, ()),
-              tuple(ForeignKey(fk, tuple(c), ref, tuple(r)) for (t, fk), (c, ref, r) in sorted(fks.items())
-                    if t == name))
-        for name, cols in sorted(columns.items())
-    ]
+class LineReader:
+    """Reads rows of a table as the encoded portable lines a backup writes for them (same bytes, same hash).
+
+    ``table`` is the portable table (the backup's); ``present`` the table as this database has it, when its
+    column types may differ (a target created by a restore): values are read as ``present`` holds them and
+    encoded as ``table``'s portable values. Where the engine can write the lines itself (and both tables have
+    the same portable form) it does.
+    """
+
+    def __init__(self, db: Database, table: Table, present: Table | None = None) -> None:
+        self.db, self.table = db, table
+        self.present = present or table
+        names = table.column_names
+        self.lines = db.line_select(self.present, names) is not None and all(
+            same_portable_form(table.column(n), self.present.column(n)) for n in names)
+        self.convert = row_converter(db.read_converters([self.present.column(n) for n in names], table.columns))
+
+    def _encoded(self, rows: Iterator[Sequence[Any]]) -> Iterator[bytes]:
+        if self.lines:
+            return (join_line(row) for row in rows)
+        return (encode_row(self.convert(row)) for row in rows)
+
+    def range(self, low: Sequence[Any] | None, high: Sequence[Any] | None) -> list[bytes]:
+        """The lines of the rows with a primary key in ``(low, high]``, in key order."""
+        return list(self._encoded(self.db.read_range(self.table, self.table.column_names, low, high,
+                                                     lines=self.lines, present=self.present)))
+
+    def all(self) -> Iterator[bytes]:
+        return self._encoded(self.db.read_all(self.present, self.table.column_names, lines=self.lines))
+
+    def keys(self, keys: Sequence[Sequence[Any]]) -> list[bytes]:
+        """The lines of the rows with these primary keys (portable values), those that exist."""
+        return list(self._encoded(self.db.read_keys(self.table, self.table.column_names, keys, lines=self.lines,
+                                                    present=self.present)))

@@ -35,6 +35,32 @@ _WRITES_TO = re.compile(r'^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|MERGE\s+INTO
 _TRANSIENT_STATES = {"40001", "40P01", "57P01", "57P02", "57P03", "HYT00", "HYT01", "08S01", "08006", "08003"}
 
 
+_PAIR = re.compile(r"\s*([^=;{}]+?)\s*=\s*(\{(?:[^}]|\}\})*\}|(?!\{)[^;]*)\s*(?:;|$)")
+
+
+def parse_odbc(text: str) -> dict[str, str]:
+    """``key=value;`` pairs of an ODBC connection string (keys lower-cased, braces removed).
+
+    Raises :class:`InputError` for text that is not such a list; the message never repeats the text itself
+    (it may hold a password).
+    """
+    pairs: dict[str, str] = {}
+    pos = 0
+    text = text.strip()
+    while pos < len(text):
+        match = _PAIR.match(text, pos)
+        if not match or match.end() == pos:
+            raise InputError(f"malformed ODBC connection string (at character {pos + 1})",
+                             hint="write it as Key=Value;Key=Value, with {braces} around values containing ;")
+        value = match.group(2).strip()
+        if value.startswith("{") and value.endswith("}"):
+            value = value[1:-1].replace("}}", "}")
+        pairs[match.group(1).strip().lower()] = value
+        pos = match.end()
+    return pairs
+
+
+
 def odbc_error(exc: pyodbc.Error, what: str, *, connecting: bool = False) -> ProviderError | InputError:
     """A migrator error for a pyodbc error; ``what`` says what we were doing (never a credential)."""
     state = str(exc.args[0]) if exc.args else ""

@@ -35,9 +35,9 @@ from migrator.providers.database.base import (
     Table,
     UnsupportedType,
     assemble_tables,
-    parse_odbc,
+    recursive_rows_sql,
 )
-from migrator.providers.database.odbc import OdbcDatabase, odbc_error
+from migrator.providers.database.odbc import OdbcDatabase, odbc_error, parse_odbc
 
 _TYPES = {
     "smallint": "smallint", "integer": "integer", "bigint": "bigint", "numeric": "decimal", "real": "real",
@@ -252,6 +252,9 @@ class PostgresDatabase(OdbcDatabase):
                 self.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ? "
                              "AND datname = current_database() AND pid <> pg_backend_pid()", [name])
 
+    def generated_rows_sql(self, rows: int, width: int) -> str | None:
+        return recursive_rows_sql(rows, width)
+
     # -- catalog -----------------------------------------------------------------------------------------
 
     def tables(self) -> list[Table]:
@@ -317,7 +320,7 @@ class PostgresDatabase(OdbcDatabase):
             "ON d.oid = s.setdatabase WHERE d.datname = current_database() AND s.setrole = 0")
         return "default_transaction_read_only=on" in str(settings or "")
 
-    def set_read_only(self, on: bool) -> None:
+    def set_read_only(self, on: bool, *, grace_seconds: int | None = None) -> None:
         # Our own session may have started read-only: lift that for it alone before altering the database.
         self.execute("SET SESSION default_transaction_read_only = off")
         if on:

@@ -27,7 +27,16 @@ from pathlib import Path
 from typing import Any
 
 from migrator.errors import InputError, PermanentError, TransientError
-from migrator.providers.database.base import INTEGER_TYPES, MARKER_TABLE, Column, Database, ForeignKey, Table
+from migrator.providers.database.base import (
+    INTEGER_TYPES,
+    MARKER_TABLE,
+    TEMPORAL_TYPES,
+    Column,
+    Database,
+    ForeignKey,
+    Table,
+    recursive_rows_sql,
+)
 from migrator.providers.database.scrub import withhold_values
 
 READ_ONLY_MESSAGE = "read-only: migration in progress"
@@ -68,6 +77,9 @@ def logical_type(declared: str, where: str) -> Column:
             if kind == "text":
                 m = _LENGTH.search(upper)
                 return Column(where, kind, length=int(m.group(1)) if m else None, native=declared)
+            if kind in TEMPORAL_TYPES:  # TIMESTAMP(7): values kept as text with that many fractional digits
+                m = _LENGTH.search(upper)
+                return Column(where, kind, precision=int(m.group(1)) if m else None, native=declared)
             return Column(where, kind, native=declared)
     raise InputError(f"column {where} has declared type {declared or '(none)'!r}, which has no portable form",
                      hint="declare it with a type name such as INTEGER, TEXT, BLOB, REAL, DECIMAL(p,s), TIMESTAMP")
@@ -83,6 +95,8 @@ class UndecodableText(PermanentError):
 
 class SqliteDatabase(Database):
     dialect = "sqlite"
+    keys_after_load = False  # SQLite declares keys only in CREATE TABLE
+    max_fraction_digits = 9  # temporal values are text: every digit written is kept
 
     def __init__(self, path: str, *, must_exist: bool = True) -> None:
         self.path = Path(path).expanduser()
@@ -175,6 +189,8 @@ class SqliteDatabase(Database):
                       else "DECIMAL_TEXT")
         elif column.type == "text":
             native = f"VARCHAR({column.length})" if column.length is not None else "TEXT"
+        elif column.type in TEMPORAL_TYPES and column.precision is not None:
+            native = f"{_DDL[column.type]}({column.precision})"
         else:
             native = _DDL[column.type]
         return native if column.nullable else f"{native} NOT NULL"
@@ -249,6 +265,9 @@ class SqliteDatabase(Database):
         except sqlite3.Error as exc:
             raise self._error(exc, f"insert into {table.name}") from None
 
+    def generated_rows_sql(self, rows: int, width: int) -> str | None:
+        return recursive_rows_sql(rows, width)
+
     # -- catalog -----------------------------------------------------------------------------------------
 
     def _table_names(self) -> list[str]:
@@ -309,7 +328,7 @@ class SqliteDatabase(Database):
         return bool(names) and all(self._trigger_name(t, op) in triggers for t in names
                                    for op in ("INSERT", "UPDATE", "DELETE"))
 
-    def set_read_only(self, on: bool) -> None:
+    def set_read_only(self, on: bool, *, grace_seconds: int | None = None) -> None:
         with self.transaction():
             if on:
                 for table in self._table_names():

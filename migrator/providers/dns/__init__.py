@@ -8,6 +8,9 @@ Two providers, chosen by ``provider:``
 ``azure``
     an Azure DNS zone changed through Azure Resource Manager (azure-mgmt-dns), with the ``arm:`` settings of
     :class:`~migrator.providers.azure.ArmSettings` (subscription, credential, endpoint).
+
+Whichever changes the zone, the questions asked of name servers directly (what each authoritative server
+serves, what a name resolves to) are the same: :mod:`migrator.providers.dns.query`.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from migrator.providers.dns.base import (
     RecordChanged,
     RecordSet,
 )
+from migrator.providers.dns.query import NoAnswer, answer_text, resolve, resolve_host
 from migrator.secrets import Secret
 
 __all__ = [
@@ -34,10 +38,14 @@ __all__ = [
     "DnsProvider",
     "NameRecords",
     "NameServer",
+    "NoAnswer",
     "RecordChanged",
     "RecordSet",
     "Rfc2136Endpoint",
+    "answer_text",
     "open_dns_provider",
+    "resolve",
+    "resolve_host",
 ]
 
 

@@ -1,8 +1,9 @@
 """The narrow interface every DNS provider offers the DNS steps.
 
 A step sees a name's *address records*: its A, AAAA and CNAME record sets, the ones a cutover switches. It can
-read them, replace them all at once on condition that they are still exactly what it read, and list the zone's
-authoritative name servers. Providers: RFC 2136 dynamic update (BIND, Windows DNS, PowerDNS) and Azure DNS.
+read them, replace them all at once on condition that they are still exactly what it read, list the zone's
+authoritative name servers, and ask one of those what it serves. Providers: RFC 2136 dynamic update (BIND,
+Windows DNS, PowerDNS) and Azure DNS.
 """
 
 from __future__ import annotations
@@ -154,6 +155,14 @@ class DnsProvider(ABC):
     @abstractmethod
     def name_servers(self) -> list[NameServer]:
         """The zone's authoritative name servers (its apex NS set) with their addresses where known."""
+
+    def served_by(self, name: str, address: str, port: int, timeout: float) -> NameRecords:
+        """What one name server (``address``:``port``) serves, authoritatively, at ``name``: asked directly, not
+        through this provider's API; raises :class:`~migrator.providers.dns.query.NoAnswer` when it does not."""
+        from migrator.providers.dns.query import served_records  # here: that module imports this one
+
+        relative = relative_name(name, self.zone)
+        return served_records(self.zone if relative == "@" else f"{relative}.{self.zone}", address, port, timeout)
 
     def close(self) -> None:
         return None

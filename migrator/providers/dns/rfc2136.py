@@ -41,6 +41,7 @@ from migrator.providers.dns.base import (
     name_records,
     relative_name,
 )
+from migrator.providers.dns.query import address_records, non_recursive_query, resolve_host
 
 _PREREQUISITE_FAILED = {dns.rcode.YXDOMAIN, dns.rcode.YXRRSET, dns.rcode.NXDOMAIN, dns.rcode.NXRRSET}
 _TSIG_HINT = ("check the TSIG key name, algorithm and secret against the server's key, and that the server "
@@ -131,8 +132,7 @@ class Rfc2136Provider(DnsProvider):
         return self._origin if relative == "@" else dns.name.from_text(relative, self._origin)
 
     def _query(self, qname: dns.name.Name, rtype: str) -> dns.message.Message:
-        query = dns.message.make_query(qname, rtype)
-        query.flags &= ~dns.flags.RD
+        query = non_recursive_query(qname, rtype)
         self._sign(query)
         what = f"query {qname} {rtype}"
         response = self._exchange(query, what)
@@ -145,14 +145,7 @@ class Rfc2136Provider(DnsProvider):
 
     # -- the interface ----------------------------------------------------------------------------------
     def read(self, name: str) -> NameRecords:
-        qname = self._absolute(name)
-        found = []
-        for rtype in ADDRESS_TYPES:
-            response = self._query(qname, rtype)
-            rrset = response.get_rrset(response.answer, qname, dns.rdataclass.IN, dns.rdatatype.from_text(rtype))
-            if rrset is not None:
-                found.append(RecordSet.of(rtype, rrset.ttl, [rdata.to_text() for rdata in rrset]))
-        return name_records(found)
+        return address_records(self._absolute(name), self._query)
 
     def replace(self, name: str, expected: Sequence[RecordSet], desired: Sequence[RecordSet]) -> NameRecords:
         qname = self._absolute(name)
@@ -209,15 +202,6 @@ class Rfc2136Provider(DnsProvider):
                 addresses.extend(r.to_text() for r in rrset or ())
             return tuple(addresses)
         return resolve_host(host.to_text(omit_final_dot=True))
-
-
-def resolve_host(host: str) -> tuple[str, ...]:
-    """Addresses of ``host`` through the system resolver; empty when it does not resolve."""
-    try:
-        infos = socket.getaddrinfo(host, 53, proto=socket.IPPROTO_UDP)
-    except OSError:
-        return ()
-    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
 def _rdataset(rs: RecordSet) -> dns.rdataset.Rdataset:

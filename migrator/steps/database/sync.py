@@ -1,0 +1,552 @@
+"""Database delta: copy the database while the tenant is live, then move only what changed inside the window.
+
+The presync is the ordinary pair ``database.backup`` (run while the tenant is live: one consistent snapshot
+within an attempt) and ``database.restore`` into the target. Its manifest records, per table, the keyset
+boundaries of every chunk (the primary key of each chunk's last row) and each chunk's content fingerprint.
+
+``database.sync`` runs inside the read-only window. Per table with a primary key it re-reads the source range by
+range, with the very boundaries of the presync — ``(previous last key, last key]``, and one more range beyond the
+last key for rows added since — and compares each range's fingerprint with the presync chunk's. Only a range that
+differs is looked at further: its rows are compared, as encoded portable lines, with the presync chunk's lines
+(read back from the backup, which is what the target was loaded with), giving the rows added or changed
+(*upserts*) and the primary keys that are gone (*deletes*). The target is matched to the source by primary key
+only, so the order an engine sorts keys in (collations differ between SQLite and PostgreSQL) never matters there.
+
+Why row updates and not "delete the range, insert it again": the demo's 1% of changes are scattered, so nearly
+every range holds one, and the target keeps its foreign keys; deleting a parent row that children reference fails
+even when it is inserted again in the same transaction. So:
+
+1. parents first (foreign-key order), one target transaction per changed range: ``UPDATE`` each upsert row by
+   primary key; the ones no row matched are new and are inserted (the dialect's bulk path). A range done twice
+   (a crash after the commit, before its checkpoint) updates the same rows to the same values: no duplicate.
+2. children first (reverse foreign-key order): the deleted keys, ``DELETE`` by primary key, one transaction per
+   range; again idempotent.
+
+Change Tracking (a SQL Server source where it is enabled): the presync backup records the source's
+change-tracking version at its first snapshot (``Manifest.change_version``); the sync asks the source for the keys
+of every row changed since (``CHANGETABLE(CHANGES …)``), reads only those rows at the source and at the target,
+and writes them as one delta per table (upserts, then deletes in pass 2 as above) instead of re-reading every
+range. Where the source cannot answer for that version (below ``CHANGE_TRACKING_MIN_VALID_VERSION``: retention
+passed, or a ``TRUNCATE``; or the table is not tracked) the sync says so (event ``database.sync.ranges``) and
+compares the ranges as below. The proof is the same sum: the presync's fingerprint with the changed keys' old
+lines (the target's, which the restore verified) taken out and their new lines put in.
+
+Tables without a primary key have no keyset: when their fingerprint differs from the presync's they are copied
+again whole (deleted and reloaded in one transaction). Identity columns: rows are inserted with their source
+keys (the dialect turns ``IDENTITY_INSERT`` on around the insert), and after the deletes the target's counter is
+moved past the largest key again and proved (the dialect's ``finish_load``, as the restore does). Sequences are not
+carried: applications whose keys come from a sequence must set the target's sequence themselves.
+
+"Back up the current database": each changed range is also written, before it is applied, to the backup location
+under ``delta/`` (the delta format of :mod:`migrator.providers.database.backup`), and ``delta/manifest.json`` is
+written last with the source's fingerprints as of the window. The presync backup plus that delta is the
+current database — an incremental backup that costs only the changed rows. ``database.sync`` is what applies it.
+
+No row value is logged or written to an output: only table names, counts and checksums.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from migrator.errors import PreconditionFailed, VerificationFailed
+from migrator.providers.blob import BlobEndpoint, open_blob_store
+from migrator.providers.blob.base import BlobStore
+from migrator.providers.database import Database, DatabaseEndpoint, Fingerprint, Table, fk_order
+from migrator.providers.database.backup import (
+    DELTA_FORMAT,
+    DELTA_PREFIX,
+    ChunkInfo,
+    Manifest,
+    delta_blob,
+    lines_text,
+    read_chunk_lines,
+    read_delta_blob,
+    read_delta_manifest,
+    read_manifest,
+    table_folder,
+    write_delta_manifest,
+)
+from migrator.providers.database.base import LineReader
+from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.steps.database.common import (
+    SourceProfile,
+    TargetCosts,
+    chunk_count,
+    connected,
+    fingerprint,
+    measure_target,
+    required_manifest,
+    source_profile,
+    timed,
+)
+
+
+def sync_seconds(source: SourceProfile, target: TargetCosts, blob: float, ranges: int, *, full: bool = False
+                 ) -> float:
+    """Seconds of a sync, counted from what its check, apply and verify do.
+
+    check: the presync manifest and the delta manifest looked up, a target connection. apply: the manifest, a
+    connection to each side, the source's catalog; every source row read once, range by range (one query per
+    range); the target's catalog; per table a count of the target (``verify: changed``: the few rows written
+    are read back by key) or every target row read once for its fingerprint (``verify: full``, at the target's
+    measured fetch rate, else the source's read rate); the delta manifest written. verify: a connection to each
+    side, the manifest, a count per table on each side. Changed ranges are few inside the window; each adds a
+    blob write and a target transaction.
+    """
+    c = source.costs
+    n = len(c.tables)
+    if full:
+        target_read = c.total_rows / target.fetch_rows_per_second if target.fetch_rows_per_second > 0 \
+            else source.read_seconds(c.total_rows)
+    else:
+        target_read = n * target.lookup
+    check = 2 * blob + target.connect
+    apply = (blob + c.connect + target.connect + c.catalog + ranges * c.count + source.read_seconds(c.total_rows)
+             + target.catalog + n * target.lookup + target_read + blob)
+    verify = c.connect + target.connect + blob + n * (c.count + target.lookup)
+    return check + apply + verify
+
+
+@dataclass(frozen=True)
+class KeyRange:
+    """A keyset range ``(low, high]`` of a table (None: unbounded) and the presync chunk that covered it."""
+
+    number: int
+    low: list[Any] | None
+    high: list[Any] | None
+    chunk: ChunkInfo | None  # None for the range beyond the presync's last key
+
+
+def key_ranges(chunks: Sequence[ChunkInfo]) -> list[KeyRange]:
+    """The presync's chunks as ranges that cover every key: each chunk's, then the one beyond the last key."""
+    ranges: list[KeyRange] = []
+    low: list[Any] | None = None
+    for number, chunk in enumerate(chunks):
+        ranges.append(KeyRange(number, low, chunk.last_key, chunk))
+        low = chunk.last_key
+        if chunk.last_key is None:  # an empty table: its one chunk already covers every key
+            return ranges
+    ranges.append(KeyRange(len(ranges), low, None, None))
+    return ranges
+
+
+
+def fingerprint_of(lines: Sequence[bytes]) -> Fingerprint:
+    result = Fingerprint()
+    result.add_lines(lines)
+    return result
+
+
+@dataclass
+class RangeDiff:
+    upserts: list[bytes]
+    deletes: list[list[Any]]
+    #: The presync's lines that are no longer in the source: old versions of changed rows, and deleted rows.
+    gone: list[bytes] = field(default_factory=list)
+    #: The primary key of each upsert row, in the same order.
+    upsert_keys: list[list[Any]] = field(default_factory=list)
+
+
+def diff_lines(table: Table, source: Sequence[bytes], presync: Sequence[bytes]) -> RangeDiff:
+    """Rows added or changed in ``source`` (as lines) and primary keys gone from it, against ``presync``."""
+    source_set, presync_set = set(source), set(presync)
+    upserts = [line for line in source if line not in presync_set]
+    positions = [table.column_names.index(k) for k in table.primary_key]
+
+    def key(line: bytes) -> tuple[Any, ...]:
+        row = json.loads(line)
+        return tuple(row[i] for i in positions)
+
+    upsert_keys = [key(line) for line in upserts]
+    upserted = set(upsert_keys)
+    gone = [line for line in presync if line not in source_set]
+    deletes = [list(k) for k in map(key, gone) if k not in upserted]
+    return RangeDiff(upserts, deletes, gone, [list(k) for k in upsert_keys])
+
+
+
+# -- database.sync ------------------------------------------------------------------------------------------
+
+
+class SyncParams(Params):
+    #: The source database (read-only by now).
+    source: DatabaseEndpoint
+    #: The target, loaded from the presync backup by database.restore.
+    database: DatabaseEndpoint
+    #: The presync backup (its manifest gives the boundaries and fingerprints); the delta is written beside it.
+    backup: BlobEndpoint
+    tables: list[str] | None = None
+    #: How the target is proved equal to the source. ``changed``: the rows this sync wrote are read back from
+    #: the target and the rows it deleted are looked up (gone); every other row is as ``database.restore``
+    #: loaded and verified it (its content fingerprint against the backup's) while the tenant was live — the
+    #: target is not reachable by users before the cutover. ``full``: every target row is read and hashed again
+    #: (inside the window: it costs a read of the whole target database).
+    verify: Literal["changed", "full"] = "changed"
+
+
+class Sync(Step[SyncParams]):
+    """Brings a target loaded from a presync backup up to date with the (read-only) source: only what changed.
+
+    Changes: in the target, the rows added, changed or deleted at the source since the presync backup (ranges
+    whose fingerprint still matches the presync are not touched), and tables without a primary key whose
+    content changed (copied again whole); in the backup location, ``delta/``: the changed rows, as an
+    incremental backup, and ``delta/manifest.json`` last.
+    Done when: ``delta/manifest.json`` of this run exists for this presync backup, recording no mismatch, and every
+    table holds the synced row count in the target.
+    Verified when: every table's fingerprint in the target equals the source's, computed (as ``database.verify``
+    does) over the rows this sync read from the read-only source. The target's side (``verify: changed``, the
+    default): the rows this sync wrote, read back by primary key, the rows it deleted looked up and found gone,
+    and every other row as ``database.restore`` loaded and verified it; per table the row count besides. With
+    ``verify: full`` every target row is read again instead. The outputs have ``database.verify``'s shape
+    (``tables.NAME.expected/actual``, ``mismatches``), so a separate ``database.verify`` need not read the source
+    again. Resumes per range (``ctx.items``); a range done twice changes nothing.
+    Undone: not by itself; the presync's ``database.restore`` compensation drops or empties the tables it loaded.
+    """
+
+    kind = "database.sync"
+    Params = SyncParams
+    summary = "inside the window: apply only the rows changed since a presync backup+restore (resumable)"
+
+    def _store(self, ctx: StepContext) -> BlobStore:
+        return open_blob_store(self.params.backup, ctx)
+
+    def _manifest(self, store: BlobStore) -> Manifest:
+        return required_manifest(store, self.step_id, what="presync backup",
+                                 hint="run database.backup and database.restore first")
+
+    def _tables(self, manifest: Manifest) -> list[Table]:
+        tables = [t.table for t in manifest.tables]
+        if self.params.tables is None:
+            return tables
+        missing = sorted(set(self.params.tables) - {t.name for t in tables})
+        if missing:
+            raise PreconditionFailed(f"table {', '.join(missing)} is not in the presync backup",
+                                     step_id=self.step_id)
+        return [t for t in tables if t.name in self.params.tables]
+
+    def check(self, ctx: StepContext) -> CheckResult:
+        store = self._store(ctx)
+        # A dry-run before the presync exists: not done, and the plan sizes the sync from the source.
+        if ctx.dry_run and read_manifest(store) is None:
+            return CheckResult(False, f"no presync backup in {store.describe()} yet")
+        manifest = self._manifest(store)
+        delta = read_delta_manifest(store)
+        if delta is None or delta.get("run_id") != ctx.run_id or delta.get("base_created_at") != manifest.created_at:
+            return CheckResult(False, f"no delta of this run in {store.describe()}")
+        if delta.get("outputs", {}).get("mismatches") != []:
+            return CheckResult(False, "the target did not match the source after the last sync attempt")
+        with connected(self.params.database, ctx) as db:
+            for name, info in delta["tables"].items():
+                if not db.table_exists(name) or db.count(name) != info["rows"]:
+                    return CheckResult(False, f"table {name} in {db.describe()} does not hold the synced rows")
+        return CheckResult(True, "the target holds the delta of this run", delta.get("outputs", {}))
+
+    def plan(self, ctx: StepContext) -> PlanResult:
+        store = self._store(ctx)
+        manifest, blob = timed(lambda: read_manifest(store))
+        state = self.check(ctx) if manifest is not None else None
+        if state is not None and state.done:
+            return PlanResult.nothing(state.reason)
+        # Sized from the source whether or not the presync exists yet: the sync re-reads every source row,
+        # whatever changed; the few changed rows add little (see sync_seconds).
+        profile = source_profile(self.params.source, ctx, self.params.tables)
+        target = measure_target(self.params.database, ctx,
+                                fetch_width=round(profile.bytes_per_row) if self.params.verify == "full" else 0)
+        tables, rows = profile.costs.tables, profile.costs.total_rows
+        ranges = len(manifest.tables) + sum(len(t.chunks) for t in manifest.tables) if manifest is not None \
+            else sum(chunk_count(n, profile.bytes_per_row) + 1 for n in profile.costs.rows.values())
+        full = self.params.verify == "full"
+        seconds = sync_seconds(profile, target, blob, ranges, full=full)
+        return PlanResult(
+            [f"compare {len(tables)} tables ({rows} rows) of {self.params.source.describe()} with the presync "
+             f"backup range by range; apply only the changed rows to {self.params.database.describe()}"],
+            state.reason if state is not None else f"no presync backup in {store.describe()} yet: sized from "
+                                                   f"{self.params.source.describe()}",
+            Estimate(seconds=seconds, items=ranges, bytes=round(rows * profile.bytes_per_row),
+                     basis=f"re-reads every source row{' and the whole target' if full else ''} once: "
+                           f"{profile.basis()}; "
+                           f"{target.basis()}; blob request {blob * 1000:.0f} ms; {ranges} key ranges"),
+            {"tables": len(tables), "rows": rows, "ranges": ranges})
+
+    def apply(self, ctx: StepContext) -> Mapping[str, Any]:
+        store = self._store(ctx)
+        manifest = self._manifest(store)
+        tables = self._tables(manifest)
+        index_of = {t.table.name: i for i, t in enumerate(manifest.tables)}
+        totals = {"ranges": 0, "changed_ranges": 0, "rows_updated": 0, "rows_inserted": 0, "rows_deleted": 0}
+        recopied: list[str] = []
+        tracked: list[str] = []  # tables whose changes change tracking gave
+        fingerprints: dict[str, Fingerprint] = {}  # the source's, per table
+        targets: dict[str, Fingerprint] = {}  # the target's, as verified (see SyncParams.verify)
+        with connected(self.params.source, ctx) as src, connected(self.params.database, ctx) as dst:
+            # The target's tables as it has them, read once: the sync changes rows, never the schema.
+            self._there: dict[str, Table] = {t.name: t for t in dst.tables()}
+            present = {t.name: t for t in src.tables()}
+            for table in tables:
+                if present.get(table.name) != table:
+                    raise PreconditionFailed(
+                        f"table {table.name} of {src.describe()} changed its schema (or is gone) since the presync "
+                        "backup", step_id=self.step_id, hint="roll back, then run the presync again")
+            ordered = fk_order(tables)
+            with src.snapshot():
+                # Pass 1, parents first: changed and new rows.
+                for table in ordered:
+                    backed = manifest.tables[index_of[table.name]]
+                    changes = self._changes(ctx, src, table, manifest.change_version)
+                    if changes is not None:
+                        fingerprints[table.name], targets[table.name] = self._sync_changed(
+                            ctx, store, src, dst, index_of[table.name], table, backed.fingerprint, changes, totals)
+                        tracked.append(table.name)
+                    elif table.primary_key:
+                        fingerprints[table.name], targets[table.name] = self._sync_ranges(
+                            ctx, store, src, dst, index_of[table.name], table, backed.chunks, totals)
+                    else:
+                        fingerprints[table.name], targets[table.name], copied = self._sync_whole(
+                            ctx, store, src, dst, index_of[table.name], table, backed.fingerprint, totals)
+                        if copied:
+                            recopied.append(table.name)
+            # Pass 2, children first: deleted rows.
+            for table in reversed(ordered):
+                if table.primary_key:
+                    self._apply_deletes(ctx, store, dst, index_of[table.name], table, totals)
+            for table in ordered:  # identity counters past the keys the sync inserted
+                dst.finish_load(self._there.get(table.name, table))
+            # The proof, as database.verify gives it: the target's fingerprints against the source's, which this
+            # sync has just read whole (the source being read-only, reading it a second time would add nothing).
+            compared: dict[str, dict[str, Any]] = {}
+            for table in tables:
+                ctx.raise_if_cancelled()
+                there = self._there.get(table.name)
+                if there is None:
+                    actual: dict[str, Any] = {"rows": None, "checksum": None}
+                elif self.params.verify == "full":
+                    actual = fingerprint(dst, table, there).as_dict()
+                else:
+                    actual = targets[table.name].as_dict()
+                    rows = dst.count(table.name)
+                    if rows != targets[table.name].rows:  # a row no range accounts for
+                        actual = {"rows": rows, "checksum": None}
+                compared[table.name] = {"expected": fingerprints[table.name].as_dict(), "actual": actual}
+            mismatches = sorted(n for n, c in compared.items() if c["expected"] != c["actual"])
+            ctx.memo.set("mismatches", mismatches)
+            outputs = {"database": dst.describe(), **totals, "tables_recopied": recopied,
+                       "tables_by_change_tracking": tracked, "tables": compared, "mismatches": mismatches,
+                       "delta": f"{store.describe()} {DELTA_PREFIX}"}
+            delta = {"format": DELTA_FORMAT, "run_id": ctx.run_id, "base_created_at": manifest.created_at,
+                     "created_at": ctx.clock.now().isoformat(timespec="seconds"),
+                     "tables": {n: {"rows": f.rows, "fingerprint": f.as_dict(), "chunks": self._delta_chunks(ctx, n)}
+                                for n, f in fingerprints.items()},
+                     "outputs": outputs}
+            write_delta_manifest(store, delta)
+        ctx.event("database.sync", f"{totals['changed_ranges']} of {totals['ranges']} ranges changed since the "
+                  f"presync; {totals['rows_updated']} rows updated, {totals['rows_inserted']} inserted, "
+                  f"{totals['rows_deleted']} deleted", **{k: v for k, v in totals.items()})
+        return outputs
+
+    @staticmethod
+    def _delta_chunks(ctx: StepContext, table: str) -> list[dict[str, Any]]:
+        return [{"name": r.detail["delta"], "sha256": r.checksum, "bytes": r.bytes}
+                for r in ctx.items.iter("done")
+                if isinstance(r.detail, dict) and r.detail.get("table") == table and r.detail.get("delta")]
+
+    def _changes(self, ctx: StepContext, src: Database, table: Table, version: int | None) -> list[list[Any]] | None:
+        """The keys change tracking gives for ``table`` since the presync's version, or None: then the ranges
+        are compared (said so where the source tracks changes but cannot answer for that version)."""
+        if version is None or not table.primary_key:
+            return None
+        record = ctx.items.get(f"{table.name}#changes")
+        if record is not None and record.status == "done":  # a resumed sync: the keys as first read
+            return list(record.detail)
+        changed = src.changed_keys(table, version)
+        if changed.keys is None:
+            ctx.event("database.sync.ranges", f"{changed.reason}: comparing the presync's key ranges instead",
+                      table=table.name)
+            return None
+        ctx.items.record(f"{table.name}#changes", "done", detail=changed.keys)
+        ctx.progress(f"{table.name}: {len(changed.keys)} rows changed ({changed.reason})")
+        return changed.keys
+
+    def _sync_changed(self, ctx: StepContext, store: BlobStore, src: Database, dst: Database, index: int,
+                      table: Table, presync: Fingerprint, keys: Sequence[Sequence[Any]], totals: dict[str, int]
+                      ) -> tuple[Fingerprint, Fingerprint]:
+        """Pass 1 for a table whose changed keys change tracking gave: only those rows are read, at the source
+        and at the target (which holds them as the presync read them), as one delta. Returns the source's and
+        the target's fingerprints, each the presync's with the changed keys' old lines taken out and their new
+        ones put in (the target's as read back after the write)."""
+        key = f"{table_folder(index, table.name)}/changes"
+        totals["ranges"] += 1
+        record = ctx.items.get(key)
+        if record is not None and record.status == "done":
+            totals["changed_ranges"] += bool(record.detail.get("delta"))
+            return Fingerprint.from_dict(record.detail["fingerprint"]), Fingerprint.from_dict(record.detail["target"])
+        there = self._there.get(table.name)
+        target_reader = LineReader(dst, table, there)
+        current = LineReader(src, table).keys(keys)
+        before = target_reader.keys(keys)
+        positions = [table.column_names.index(k) for k in table.primary_key]
+        present = {tuple(row[i] for i in positions) for row in map(json.loads, current)}
+        deletes = [list(k) for k in keys if tuple(k) not in present]
+        found = Fingerprint(presync.rows, presync.total)
+        found.remove(fingerprint_of(before))
+        after = Fingerprint(found.rows, found.total)
+        found.merge(fingerprint_of(current))
+        detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None,
+                                  "target": found.as_dict()}
+        if not keys:
+            ctx.items.record(key, "done", detail=detail)
+            return found, found
+        blob_name = f"{DELTA_PREFIX}{key}.jsonl.gz"
+        data = delta_blob(current, deletes)
+        store.write(blob_name, data, content_type="application/gzip")
+        with dst.transaction():
+            updated, inserted = dst.upsert_lines(table, current, there)
+        after.merge(fingerprint_of(target_reader.keys([list(k) for k in present])))
+        totals["changed_ranges"] += 1
+        totals["rows_updated"] += updated
+        totals["rows_inserted"] += inserted
+        detail.update(delta=blob_name, deletes=len(deletes), upserts=len(current), target=after.as_dict())
+        ctx.items.record(key, "done", bytes=len(data), checksum=hashlib.sha256(data).hexdigest(), detail=detail)
+        ctx.items.flush()
+        ctx.progress(f"{table.name}: {len(current)} rows upserted, {len(deletes)} to delete")
+        return found, after
+
+    def _sync_ranges(self, ctx: StepContext, store: BlobStore, src: Database, dst: Database, index: int,
+                     table: Table, chunks: Sequence[ChunkInfo], totals: dict[str, int]
+                     ) -> tuple[Fingerprint, Fingerprint]:
+        """Pass 1 for a table with a primary key. Returns the source's fingerprint and the target's, the latter
+        as verified: per range, the presync chunk's (which the restore loaded and verified) with the lines that
+        went away taken out and the lines read back from the target for the rows written put in."""
+        reader = LineReader(src, table)
+        target_reader = LineReader(dst, table, self._there.get(table.name))
+        total, target_total = Fingerprint(), Fingerprint()
+        for key_range in key_ranges(chunks):
+            ctx.raise_if_cancelled()
+            totals["ranges"] += 1
+            key = f"{table_folder(index, table.name)}/{key_range.number:06d}"
+            record = ctx.items.get(key)
+            if record is not None and record.status == "done":
+                total.merge(Fingerprint.from_dict(record.detail["fingerprint"]))
+                target_total.merge(Fingerprint.from_dict(record.detail["target"]))
+                totals["changed_ranges"] += bool(record.detail.get("delta"))
+                continue
+            lines = reader.range(key_range.low, key_range.high)
+            chunk = key_range.chunk
+            presync_print = Fingerprint(chunk.rows, int(chunk.fingerprint, 16)) if chunk is not None else Fingerprint()
+            if chunk is not None and chunk.text_md5 is not None:
+                # The same text as the presync chunk, in the same order: the same rows, no row hashed.
+                same = len(lines) == chunk.rows and \
+                    hashlib.md5(lines_text(lines), usedforsecurity=False).hexdigest() == chunk.text_md5
+                found = presync_print if same else None
+            else:  # a backup without the chunk's text digest: compare content fingerprints
+                found = fingerprint_of(lines)
+                same = (chunk is not None and found.rows == chunk.rows and found.checksum == chunk.fingerprint) \
+                    or (chunk is None and not lines)
+            if same and found is not None:
+                total.merge(found)
+                target_total.merge(found)
+                ctx.items.record(key, "done", detail={"table": table.name, "fingerprint": found.as_dict(),
+                                                      "delta": None, "target": found.as_dict()})
+                continue
+            presync = read_chunk_lines(store, chunk) if chunk is not None else []
+            diff = diff_lines(table, lines, presync)
+            # The source range's fingerprint from the presync's and the difference: only changed rows hashed.
+            kept = Fingerprint(presync_print.rows, presync_print.total)  # the presync's rows still there
+            kept.remove(fingerprint_of(diff.gone))
+            found = Fingerprint(kept.rows, kept.total)
+            found.merge(fingerprint_of(diff.upserts))
+            total.merge(found)
+            detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None}
+            blob_name = f"{DELTA_PREFIX}{key}.jsonl.gz"
+            data = delta_blob(diff.upserts, diff.deletes)
+            store.write(blob_name, data, content_type="application/gzip")
+            with dst.transaction():
+                updated, inserted = dst.upsert_lines(table, diff.upserts, self._there.get(table.name))
+            # What the target holds for this range now, from what it was loaded with and what was just written.
+            there = Fingerprint(kept.rows, kept.total)
+            there.merge(fingerprint_of(target_reader.keys(diff.upsert_keys)))
+            target_total.merge(there)
+            totals["changed_ranges"] += 1
+            totals["rows_updated"] += updated
+            totals["rows_inserted"] += inserted
+            detail.update(delta=blob_name, deletes=len(diff.deletes), upserts=len(diff.upserts),
+                          target=there.as_dict())
+            ctx.items.record(key, "done", bytes=len(data), checksum=hashlib.sha256(data).hexdigest(), detail=detail)
+            ctx.items.flush()  # the target committed: keep the checkpoint as close behind as we can
+            ctx.progress(f"{table.name}: range {key_range.number}: {len(diff.upserts)} rows upserted")
+        return total, target_total
+
+    def _apply_deletes(self, ctx: StepContext, store: BlobStore, dst: Database, index: int, table: Table,
+                       totals: dict[str, int]) -> None:
+        folder = table_folder(index, table.name)
+        for record in sorted(ctx.items.iter("done"), key=lambda r: r.key):
+            detail = record.detail if isinstance(record.detail, dict) else {}
+            if not record.key.startswith(folder + "/") or not detail.get("deletes"):
+                continue
+            done_key = f"{record.key}/deleted"
+            done = ctx.items.get(done_key)
+            if done is not None and done.status == "done":
+                totals["rows_deleted"] += int(done.detail or 0)
+                continue
+            ctx.raise_if_cancelled()
+            header, _ = read_delta_blob(store, detail["delta"], str(record.checksum))
+            with dst.transaction():
+                deleted = dst.delete_keys(table, header["deletes"])
+            left = LineReader(dst, table, self._there.get(table.name)).keys(header["deletes"])
+            if left:
+                raise VerificationFailed(f"table {table.name}: {len(left)} rows deleted at the source are still in "
+                                         f"{dst.describe()} after the sync deleted them", step_id=self.step_id)
+            totals["rows_deleted"] += deleted
+            ctx.items.record(done_key, "done", detail=deleted)
+            ctx.items.flush()
+
+    def _sync_whole(self, ctx: StepContext, store: BlobStore, src: Database, dst: Database, index: int,
+                    table: Table, presync: Fingerprint, totals: dict[str, int]
+                    ) -> tuple[Fingerprint, Fingerprint, bool]:
+        """A table without a primary key: copied again whole when its fingerprint changed since the presync.
+
+        Returns the source's fingerprint, the target's as verified (read again whole after a copy; else the
+        presync's, which the restore verified) and whether it was copied."""
+        key = f"{table_folder(index, table.name)}/whole"
+        totals["ranges"] += 1
+        record = ctx.items.get(key)
+        if record is not None and record.status == "done":
+            totals["changed_ranges"] += bool(record.detail.get("delta"))
+            return (Fingerprint.from_dict(record.detail["fingerprint"]), Fingerprint.from_dict(record.detail["target"]),
+                    bool(record.detail.get("delta")))
+        reader = LineReader(src, table)
+        lines = list(reader.all())
+        found = fingerprint_of(lines)
+        detail: dict[str, Any] = {"table": table.name, "fingerprint": found.as_dict(), "delta": None,
+                                  "target": found.as_dict()}
+        if found.as_dict() == presync.as_dict():
+            ctx.items.record(key, "done", detail=detail)
+            return found, found, False
+        blob_name = f"{DELTA_PREFIX}{key}.jsonl.gz"
+        data = delta_blob(lines, [], replace=True)
+        store.write(blob_name, data, content_type="application/gzip")
+        dst.replace_lines(table, lines)
+        there = fingerprint(dst, table, self._there.get(table.name))
+        totals["changed_ranges"] += 1
+        totals["rows_inserted"] += len(lines)
+        detail.update(delta=blob_name, target=there.as_dict())
+        ctx.items.record(key, "done", bytes=len(data), checksum=hashlib.sha256(data).hexdigest(), detail=detail)
+        ctx.items.flush()
+        return found, there, True
+
+    def verify(self, ctx: StepContext) -> None:
+        mismatches = ctx.memo.get("mismatches")
+        if mismatches:
+            raise VerificationFailed(f"{self.params.database.describe()}: content differs from the source in table "
+                                     f"{', '.join(mismatches)} after the sync", step_id=self.step_id)
+        with connected(self.params.source, ctx) as src, connected(self.params.database, ctx) as dst:
+            manifest = self._manifest(self._store(ctx))
+            for table in self._tables(manifest):
+                expected, actual = src.count(table.name), dst.count(table.name)
+                if expected != actual:
+                    raise VerificationFailed(f"table {table.name}: {actual} rows in {dst.describe()} after the "
+                                             f"sync, {expected} in the source", step_id=self.step_id)
