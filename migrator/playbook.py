@@ -21,6 +21,9 @@ unresolvable, unterminated or malformed references, missing environment variable
 (``password``, ``*_key``, ``token``, ``secret``, ``authorization``...), and a ``Pwd=``/``Password=``/``AccountKey=``
 part of a connection string or the password of a URL, must be a ``${env:NAME}`` reference (or a template holding
 one), never the value itself. Each failure is one line naming file, line and field.
+
+The checks of values that the models do not make are in :mod:`migrator.playbook_checks`; the models, references
+and loading stay here together, one module, because loading is one pass that uses all of them.
 """
 
 from __future__ import annotations
@@ -39,13 +42,21 @@ import pydantic
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from migrator.errors import InputError, ValidationError
+from migrator.playbook_checks import (
+    ENV_NAME,
+    REF,
+    bools_as_numbers,
+    literal_secrets,
+    non_finite,
+    reference_problem,
+    secret_leaks,
+)
 from migrator.registry import Registry
-from migrator.secrets import ENV_REF, Secret
+from migrator.secrets import ENV_REF
 from migrator.step import Params, Step
 from migrator.window import daypart_from_clock, daypart_name_problem
 from migrator.yamlsrc import Path_, SourceDoc, load_yaml_file, parse_yaml
 
-REF = re.compile(r"\$\{([^}]*)\}")
 STEP_ID = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 LATE_ROOTS = ("steps", "run")
 ENV_ROOTS = ("tenant", "source", "target", "settings", "dayparts")
@@ -220,6 +231,11 @@ def _field_name(path: Path_) -> str:
     return out
 
 
+def _invalid(doc: SourceDoc, path: Path_, message: str) -> ValidationError:
+    """The error for what is wrong at ``path`` of ``doc``: file, line and field named."""
+    return ValidationError(message, file=doc.file, line=doc.line_of(path), field=_field_name(path))
+
+
 def _raise_model_error(exc: pydantic.ValidationError, doc: SourceDoc, prefix: Path_ = ()) -> None:
     _raise_error_detail(exc.errors()[0], doc, prefix, exc)
 
@@ -234,7 +250,7 @@ def _raise_error_detail(err: Any, doc: SourceDoc, prefix: Path_, cause: Exceptio
         msg = "unknown key"
     elif err["type"] == "missing":
         msg = "required but missing"
-    raise ValidationError(msg, file=doc.file, line=doc.line_of(path), field=_field_name(path)) from cause
+    raise _invalid(doc, path, msg) from cause
 
 
 def _validate(model: type[BaseModel], doc: SourceDoc) -> Any:
@@ -334,162 +350,27 @@ def params_hash(params: Params) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def _secret_leaks(value: Any, path: Path_ = ()) -> Iterator[Path_]:
-    """Paths of plain strings (not Secret fields) that still hold a ``${env:...}`` reference."""
-    if isinstance(value, Secret):
-        return
-    if isinstance(value, BaseModel):
-        for name in type(value).model_fields:
-            yield from _secret_leaks(getattr(value, name), (*path, name))
-    elif isinstance(value, str):
-        if ENV_REF.search(value):
-            yield path
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _secret_leaks(v, (*path, k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _secret_leaks(v, (*path, i))
-
-
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def _reference_problem(text: str) -> str | None:
-    """What is wrong with the ``${...}`` references written in ``text``, if anything: a ``${`` never closed, or an
-    ``${env:...}`` whose name is not a variable name (it would otherwise be taken literally, as the secret)."""
-    for m in REF.finditer(text):
-        expr = m.group(1).strip()
-        if expr.startswith("env:") and not _ENV_NAME.fullmatch(expr[4:]):
-            return (f"${{{m.group(1)}}} is not a valid environment variable reference (write ${{env:NAME}}, "
-                    "NAME of letters, digits and _)")
-    rest = REF.sub("", text)
-    if "${" in rest:
-        tail = rest[rest.index("${"):][:40]
-        return f"unterminated reference {tail!r}: a ${{ without its closing }}"
-    return None
+# --------------------------------------------------------------------------------------------------- value checks
 
 
 def _check_reference_syntax(value: Any, doc: SourceDoc, prefix: Path_) -> None:
     for path, text in walk_strings(value, prefix):
-        problem = _reference_problem(text)
+        problem = reference_problem(text)
         if problem:
-            raise ValidationError(problem, file=doc.file, line=doc.line_of(path), field=_field_name(path))
-
-
-# Words a field's name ends with when its value is a secret (``administrator_password``, ``account_key``,
-# ``tsig_secret``, ``TOKEN``, ``Authorization``, ``PGPASSWORD``, ``apiKey``), and the words before ``key`` that make a
-# key something else (a database's primary key names a column, not a secret).
-_SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "key", "apikey", "accountkey", "passphrase",
-                 "authorization", "auth_header", "sas", "signature")
-_NOT_SECRET_KEYS = ("primary", "foreign", "sort", "partition", "unique", "natural", "surrogate", "row", "first",
-                    "last", "upsert", "public", "name")
-# Secrets inside a longer string: an ODBC/ADO/Azure connection string's password or account key, a URL's password,
-# a SAS signature in a query string.
-_SECRET_PARTS = re.compile(
-    r"(?i)(?:^|;)\s*(?P<name>pwd|password|accountkey|sharedaccesssignature)\s*=\s*(?P<value>[^;]*)"
-    r"|[a-z][a-z0-9+.-]*://[^/\s:@]*:(?P<url>[^@/\s]*)@"
-    r"|[?&]sig=(?P<sig>[^&\s]*)")
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a field of this name holds a secret (by the words its name ends with)."""
-    words = [w for w in re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()) if w]
-    if not words:
-        return False
-    last = words[-1]
-    if last == "key":
-        return not (len(words) > 1 and words[-2] in _NOT_SECRET_KEYS)
-    if len(words) > 1 and "_".join(words[-2:]) in _SECRET_WORDS:
-        return True
-    return last in _SECRET_WORDS or last.endswith(("password", "passwd", "secret", "token", "apikey",
-                                                   "accountkey"))
-
-
-def _holds_reference(text: str) -> bool:
-    return REF.search(text) is not None
-
-
-def _literal_secrets(value: Any, path: Path_ = ()) -> Iterator[tuple[Path_, str]]:
-    """Where a secret is written as its value instead of an ``${env:NAME}`` reference, and what kind of secret."""
-    if isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _literal_secrets(v, (*path, k))
-        return
-    if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _literal_secrets(v, (*path, i))
-        return
-    name = next((p for p in reversed(path) if isinstance(p, str)), "")
-    if isinstance(value, str):
-        if value.strip() and is_secret_name(name) and not _holds_reference(value):
-            yield path, f"{name!r} holds a secret"
-            return
-        for m in _SECRET_PARTS.finditer(value):
-            part = m.group("value") if m.group("name") else m.group("url") if m.group("url") is not None \
-                else m.group("sig")
-            if part and part.strip(" {}") and not _holds_reference(part):
-                what = f"{m.group('name')}= of a connection string" if m.group("name") else \
-                    "the password of a URL" if m.group("url") is not None else "the sig= of a SAS URL"
-                yield path, f"{what} holds a secret"
-                return
-    elif isinstance(value, (int, float)) and not isinstance(value, bool) and is_secret_name(name):
-        yield path, f"{name!r} holds a secret"
+            raise _invalid(doc, path, problem)
 
 
 def _refuse_literal_secrets(value: Any, doc: SourceDoc, prefix: Path_) -> None:
-    for path, what in _literal_secrets(value, prefix):
-        raise ValidationError(f"{what} written as its value; write ${{env:NAME}} and set NAME in the environment "
-                              "of the command (secrets are never kept in files)", file=doc.file,
-                              line=doc.line_of(path), field=_field_name(path))
-
-
-def _non_finite(value: Any, path: Path_ = ()) -> Iterator[Path_]:
-    """Paths of numbers that are not finite (``.nan``, ``.inf``): no setting means them."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            yield path
-    elif isinstance(value, BaseModel):
-        for name, info in type(value).model_fields.items():
-            yield from _non_finite(getattr(value, name), (*path, info.alias or name))
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            yield from _non_finite(v, (*path, k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _non_finite(v, (*path, i))
-
-
-def _bools_as_numbers(raw: Any, parsed: Any, path: Path_ = ()) -> Iterator[Path_]:
-    """Paths where ``true``/``false`` was written and a model took it as a number (pydantic reads true as 1)."""
-    if isinstance(raw, bool):
-        if isinstance(parsed, (int, float)) and not isinstance(parsed, bool):
-            yield path
-    elif isinstance(raw, Mapping):
-        if isinstance(parsed, BaseModel):
-            fields = type(parsed).model_fields
-            by_key = {(f.alias or n): n for n, f in fields.items()} | {n: n for n in fields}
-            for k, v in raw.items():
-                if k in by_key:
-                    yield from _bools_as_numbers(v, getattr(parsed, by_key[k]), (*path, k))
-        elif isinstance(parsed, Mapping):
-            for k, v in raw.items():
-                if k in parsed:
-                    yield from _bools_as_numbers(v, parsed[k], (*path, k))
-    elif isinstance(raw, list) and isinstance(parsed, (list, tuple)) and len(raw) == len(parsed):
-        for i, (r, p) in enumerate(zip(raw, parsed, strict=True)):
-            yield from _bools_as_numbers(r, p, (*path, i))
+    for path, what in literal_secrets(value, prefix):
+        raise _invalid(doc, path, f"{what} written as its value; write ${{env:NAME}} and set NAME in the "
+                       "environment of the command (secrets are never kept in files)")
 
 
 def _refuse_odd_numbers(raw: Any, parsed: Any, doc: SourceDoc, prefix: Path_) -> None:
-    for path in _non_finite(parsed):
-        full = (*prefix, *path)
-        raise ValidationError("not a finite number (.nan and .inf mean nothing here)", file=doc.file,
-                              line=doc.line_of(full), field=_field_name(full))
-    for path in _bools_as_numbers(raw, parsed):
-        full = (*prefix, *path)
-        raise ValidationError("expected a number, not true or false", file=doc.file, line=doc.line_of(full),
-                              field=_field_name(full))
+    for path in non_finite(parsed):
+        raise _invalid(doc, (*prefix, *path), "not a finite number (.nan and .inf mean nothing here)")
+    for path in bools_as_numbers(raw, parsed):
+        raise _invalid(doc, (*prefix, *path), "expected a number, not true or false")
 
 
 # ------------------------------------------------------------------------------------------------ loaded playbook
@@ -536,15 +417,7 @@ class LoadedPlaybook:
         return self.environment.model_dump(mode="json")
 
     def ancestors(self, step_id: str) -> set[str]:
-        by_id = self.by_id
-        seen: set[str] = set()
-        stack = list(by_id[step_id].needs)
-        while stack:
-            cur = stack.pop()
-            if cur not in seen:
-                seen.add(cur)
-                stack.extend(by_id[cur].needs)
-        return seen
+        return _ancestors({s.id: s.needs for s in self.steps}, step_id)
 
     def resolve_params(self, step: PlannedStep, outputs: Mapping[str, Mapping[str, Any]], run_id: str) -> Params:
         """The step's params with late references resolved: what ``apply`` receives."""
@@ -568,9 +441,8 @@ class LoadedPlaybook:
         try:
             values = substitute(step.raw_params, resolve)
         except _Unresolved as exc:
-            raise ValidationError(f"cannot resolve ${{{exc.ref}}}: {exc.reason}", file=self.playbook_doc.file,
-                                  line=self.playbook_doc.line_of(("steps", step.index, "with")),
-                                  field=f"steps[{step.index}].with") from None
+            raise _invalid(self.playbook_doc, ("steps", step.index, "with"),
+                           f"cannot resolve ${{{exc.ref}}}: {exc.reason}") from None
         try:
             return step.kind.Params.model_validate(values)
         except pydantic.ValidationError as exc:
@@ -597,12 +469,25 @@ def _late_step_refs(value: Any) -> set[str]:
 
 
 def _check_needs(playbook: Playbook, doc: SourceDoc) -> dict[str, list[str]]:
+    """What each step needs, checked: ids unique, needs known and not the step itself, no cycle."""
+    ids = _step_indexes(playbook, doc)
+    needs = _declared_needs(playbook, ids, doc)
+    _refuse_cycles(needs, ids, doc)
+    return needs
+
+
+def _step_indexes(playbook: Playbook, doc: SourceDoc) -> dict[str, int]:
+    """Each step id's index in the playbook; a duplicate id is refused."""
     ids: dict[str, int] = {}
     for i, spec in enumerate(playbook.steps):
         if spec.id in ids:
-            raise ValidationError(f"duplicate step id {spec.id!r} (first at step {ids[spec.id] + 1})", file=doc.file,
-                                  line=doc.line_of(("steps", i, "id")), field=f"steps[{i}].id")
+            raise _invalid(doc, ("steps", i, "id"), f"duplicate step id {spec.id!r} (first at step {ids[spec.id] + 1})")
         ids[spec.id] = i
+    return ids
+
+
+def _declared_needs(playbook: Playbook, ids: Mapping[str, int], doc: SourceDoc) -> dict[str, list[str]]:
+    """What each step needs: the steps it names (each once), or the step before it when it names none."""
     needs: dict[str, list[str]] = {}
     for i, spec in enumerate(playbook.steps):
         if spec.needs is None:
@@ -610,13 +495,16 @@ def _check_needs(playbook: Playbook, doc: SourceDoc) -> dict[str, list[str]]:
             continue
         for j, dep in enumerate(spec.needs):
             if dep not in ids:
-                raise ValidationError(f"needs unknown step {dep!r}", file=doc.file,
-                                      line=doc.line_of(("steps", i, "needs", j)), field=f"steps[{i}].needs[{j}]")
+                raise _invalid(doc, ("steps", i, "needs", j), f"needs unknown step {dep!r}")
             if dep == spec.id:
-                raise ValidationError("a step cannot need itself", file=doc.file,
-                                      line=doc.line_of(("steps", i, "needs", j)), field=f"steps[{i}].needs[{j}]")
+                raise _invalid(doc, ("steps", i, "needs", j), "a step cannot need itself")
         needs[spec.id] = list(dict.fromkeys(spec.needs))
-    # cycle detection (iterative DFS, colours)
+    return needs
+
+
+def _refuse_cycles(needs: Mapping[str, list[str]], ids: Mapping[str, int], doc: SourceDoc) -> None:
+    """Refuses the first cycle in ``needs`` found by an iterative depth-first search (colour 1: on the trail,
+    2: done)."""
     colour: dict[str, int] = {}
     for start in needs:
         if colour.get(start):
@@ -634,15 +522,12 @@ def _check_needs(playbook: Playbook, doc: SourceDoc) -> dict[str, list[str]]:
                 dep = deps[idx]
                 if colour.get(dep) == 1:
                     cycle = [*trail[trail.index(dep):], dep]
-                    i = ids[node]
-                    raise ValidationError(f"cycle in needs: {' -> '.join(cycle)}", file=doc.file,
-                                          line=doc.line_of(("steps", i, "needs")), field=f"steps[{i}].needs")
+                    raise _invalid(doc, ("steps", ids[node], "needs"), f"cycle in needs: {' -> '.join(cycle)}")
                 if not colour.get(dep):
                     stack.append((dep, 0))
             else:
                 colour[node] = 2
                 trail.pop()
-    return needs
 
 
 def load(playbook_path: str | Path, environment_path: str | Path | None = None, *,
@@ -654,82 +539,116 @@ def load(playbook_path: str | Path, environment_path: str | Path | None = None, 
             else load_yaml_file(playbook_path))
     playbook: Playbook = _validate(Playbook, pdoc)
     _refuse_odd_numbers(pdoc.data, playbook, pdoc, ())
-    edoc: SourceDoc | None = None
-    environment: Environment | None = None
-    if environment_path is not None or environment_text is not None:
-        name = str(environment_path or "environment")
-        edoc = parse_yaml(environment_text, name) if environment_text is not None else load_yaml_file(name)
-        environment = _validate(Environment, edoc)
-        _check_reference_syntax(edoc.data, edoc, ())
-        _check_env_refs_in(edoc, environ)
-        _refuse_odd_numbers(edoc.data, edoc.data, edoc, ())
-        _refuse_literal_secrets(edoc.data, edoc, ())
+    edoc, environment = _load_environment(environment_path, environment_text, environ)
     env_values = environment.model_dump(mode="json") if environment else {}
 
     needs = _check_needs(playbook, pdoc)
+    env_names = _env_var_names(edoc.data) if edoc is not None else set()
     loaded_steps: list[PlannedStep] = []
-    env_names: set[str] = set()
-    if edoc is not None:
-        for _, text in walk_strings(edoc.data):
-            env_names.update(ENV_REF.findall(text))
-
     for i, spec in enumerate(playbook.steps):
-        where = ("steps", i)
-        if spec.uses not in registry:
-            known = ", ".join(registry.names())
-            raise ValidationError(f"unknown step kind {spec.uses!r} (known: {known})", file=pdoc.file,
-                                  line=pdoc.line_of((*where, "uses")), field=f"steps[{i}].uses")
-        kind = registry.get(spec.uses)
-        ancestors = _ancestors(needs, spec.id)
-
-        def resolve(expr: str, _i: int = i, _anc: set[str] = ancestors) -> Any:
-            expr = expr.strip()
-            if expr.startswith("env:"):
-                name = expr[4:]
-                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-                    raise _Unresolved(expr, "not a valid environment variable name")
-                if name not in environ:
-                    raise _Unresolved(expr, f"environment variable {name} is not set")
-                env_names.add(name)
-                return KEEP
-            parts = expr.split(".")
-            root = parts[0]
-            if root == "steps":
-                if len(parts) < 4 or parts[2] != "outputs":
-                    raise _Unresolved(expr, "expected ${steps.ID.outputs.NAME}")
-                if parts[1] not in needs:
-                    raise _Unresolved(expr, f"no step {parts[1]!r}")
-                if parts[1] not in _anc:
-                    raise _Unresolved(expr, f"step {parts[1]!r} is not among this step's needs")
-                return KEEP
-            if root == "run":
-                if parts[1:] != ["id"]:
-                    raise _Unresolved(expr, "expected ${run.id}")
-                return KEEP
-            if root in ENV_ROOTS:
-                if environment is None:
-                    raise _Unresolved(expr, "needs an environment file (-e)")
-                try:
-                    return _lookup(env_values, parts)
-                except KeyError as exc:
-                    raise _Unresolved(expr, f"the environment file has no {exc.args[0]!r} there") from None
-            raise _Unresolved(expr, "unknown reference (use env:, steps., run., " + ", ".join(ENV_ROOTS) + ")")
-
-        _check_reference_syntax(spec.with_, pdoc, (*where, "with"))
-        raw: dict[str, Any] = {}
-        for key, value in spec.with_.items():
-            try:
-                raw[key] = substitute(value, resolve)
-            except _Unresolved as exc:
-                path = (*where, "with", key, *(exc.path or ()))
-                raise ValidationError(f"cannot resolve ${{{exc.ref}}}: {exc.reason}", file=pdoc.file,
-                                      line=pdoc.line_of(path), field=_field_name(path)) from None
-        _refuse_literal_secrets(raw, pdoc, (*where, "with"))
-        late = {k for k, v in raw.items() if _late_step_refs(v) or _has_run_ref(v)}
-        _validate_params(kind, raw, late, pdoc, where)
-        loaded_steps.append(PlannedStep(spec=spec, kind=kind, raw_params=raw, needs=needs[spec.id],
-                                        late_fields=late, index=i))
+        refs = _LoadTimeRefs(environ, environment, env_values, needs, _ancestors(needs, spec.id), env_names)
+        loaded_steps.append(_plan_step(pdoc, i, spec, registry, refs, needs[spec.id]))
     return LoadedPlaybook(playbook, environment, loaded_steps, pdoc, edoc, env_names)
+
+
+def _load_environment(environment_path: str | Path | None, environment_text: str | None,
+                      environ: Mapping[str, str]) -> tuple[SourceDoc | None, Environment | None]:
+    """The environment file and its model, checked (None, None when there is none)."""
+    if environment_path is None and environment_text is None:
+        return None, None
+    name = str(environment_path or "environment")
+    edoc = parse_yaml(environment_text, name) if environment_text is not None else load_yaml_file(name)
+    environment: Environment = _validate(Environment, edoc)
+    _check_reference_syntax(edoc.data, edoc, ())
+    _check_env_refs_in(edoc, environ)
+    _refuse_odd_numbers(edoc.data, edoc.data, edoc, ())
+    _refuse_literal_secrets(edoc.data, edoc, ())
+    return edoc, environment
+
+
+def _env_var_names(value: Any) -> set[str]:
+    """The environment variables named by the ``${env:NAME}`` references in ``value``."""
+    names: set[str] = set()
+    for _, text in walk_strings(value):
+        names.update(ENV_REF.findall(text))
+    return names
+
+
+@dataclass
+class _LoadTimeRefs:
+    """Resolves the references in one step's ``with`` as the playbook loads: environment file values are
+    substituted; secrets, step outputs and the run id are checked and kept for when the step runs."""
+
+    environ: Mapping[str, str]
+    environment: Environment | None
+    env_values: dict[str, Any]
+    needs: Mapping[str, list[str]]
+    ancestors: set[str]  # the steps this one needs, directly or not
+    env_names: set[str]  # shared by all steps: the secrets' variable names are added as they are found
+
+    def __call__(self, expr: str) -> Any:
+        expr = expr.strip()
+        if expr.startswith("env:"):
+            return self._secret(expr)
+        parts = expr.split(".")
+        root = parts[0]
+        if root == "steps":
+            return self._step_output(expr, parts)
+        if root == "run":
+            if parts[1:] != ["id"]:
+                raise _Unresolved(expr, "expected ${run.id}")
+            return KEEP
+        if root in ENV_ROOTS:
+            return self._environment_value(expr, parts)
+        raise _Unresolved(expr, "unknown reference (use env:, steps., run., " + ", ".join(ENV_ROOTS) + ")")
+
+    def _secret(self, expr: str) -> Any:
+        name = expr[4:]
+        if not ENV_NAME.fullmatch(name):
+            raise _Unresolved(expr, "not a valid environment variable name")
+        if name not in self.environ:
+            raise _Unresolved(expr, f"environment variable {name} is not set")
+        self.env_names.add(name)
+        return KEEP
+
+    def _step_output(self, expr: str, parts: list[str]) -> Any:
+        if len(parts) < 4 or parts[2] != "outputs":
+            raise _Unresolved(expr, "expected ${steps.ID.outputs.NAME}")
+        if parts[1] not in self.needs:
+            raise _Unresolved(expr, f"no step {parts[1]!r}")
+        if parts[1] not in self.ancestors:
+            raise _Unresolved(expr, f"step {parts[1]!r} is not among this step's needs")
+        return KEEP
+
+    def _environment_value(self, expr: str, parts: list[str]) -> Any:
+        if self.environment is None:
+            raise _Unresolved(expr, "needs an environment file (-e)")
+        try:
+            return _lookup(self.env_values, parts)
+        except KeyError as exc:
+            raise _Unresolved(expr, f"the environment file has no {exc.args[0]!r} there") from None
+
+
+def _plan_step(doc: SourceDoc, index: int, spec: StepSpec, registry: Registry, refs: _LoadTimeRefs,
+               needs: list[str]) -> PlannedStep:
+    """One step of the playbook: its kind known, its ``with`` resolved as far as loading can, and validated."""
+    where = ("steps", index)
+    if spec.uses not in registry:
+        known = ", ".join(registry.names())
+        raise _invalid(doc, (*where, "uses"), f"unknown step kind {spec.uses!r} (known: {known})")
+    kind = registry.get(spec.uses)
+    _check_reference_syntax(spec.with_, doc, (*where, "with"))
+    raw: dict[str, Any] = {}
+    for key, value in spec.with_.items():
+        try:
+            raw[key] = substitute(value, refs)
+        except _Unresolved as exc:
+            raise _invalid(doc, (*where, "with", key, *(exc.path or ())),
+                           f"cannot resolve ${{{exc.ref}}}: {exc.reason}") from None
+    _refuse_literal_secrets(raw, doc, (*where, "with"))
+    late = {k for k, v in raw.items() if _late_step_refs(v) or _has_run_ref(v)}
+    _validate_params(kind, raw, late, doc, where)
+    return PlannedStep(spec=spec, kind=kind, raw_params=raw, needs=needs, late_fields=late, index=index)
 
 
 def _has_run_ref(value: Any) -> bool:
@@ -740,13 +659,11 @@ def _check_env_refs_in(doc: SourceDoc, environ: Mapping[str, str]) -> None:
     for path, text in walk_strings(doc.data):
         for name in ENV_REF.findall(text):
             if name not in environ:
-                raise ValidationError(f"environment variable {name} is not set", file=doc.file,
-                                      line=doc.line_of(path), field=_field_name(path))
+                raise _invalid(doc, path, f"environment variable {name} is not set")
         for m in REF.finditer(text):
             if not m.group(1).startswith("env:"):
-                raise ValidationError(f"only ${{env:NAME}} references are allowed in an environment file, "
-                                      f"not ${{{m.group(1)}}}", file=doc.file, line=doc.line_of(path),
-                                      field=_field_name(path))
+                raise _invalid(doc, path, f"only ${{env:NAME}} references are allowed in an environment file, "
+                                          f"not ${{{m.group(1)}}}")
 
 
 def _ancestors(needs: Mapping[str, list[str]], step_id: str) -> set[str]:
@@ -773,11 +690,9 @@ def _validate_params(kind: type[Step[Any]], raw: dict[str, Any], late: set[str],
             _raise_error_detail(err, doc, (*where, "with"), exc)
         return
     _refuse_odd_numbers(raw, model, doc, (*where, "with"))
-    for path in _secret_leaks(model):
-        full = (*where, "with", *path)
-        raise ValidationError("holds a ${env:...} secret, but this field is not a secret field; secrets may "
-                              "only go where the step kind expects one", file=doc.file, line=doc.line_of(full),
-                              field=_field_name(full))
+    for path in secret_leaks(model):
+        raise _invalid(doc, (*where, "with", *path), "holds a ${env:...} secret, but this field is not a secret "
+                       "field; secrets may only go where the step kind expects one")
 
 
 def schemas() -> dict[str, Any]:

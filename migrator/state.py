@@ -13,6 +13,10 @@ next *generation* of that run (a fencing token, kept in ``fences`` for as long a
 :meth:`StateStore.hold` a lock checks, inside every write transaction, that the lock is still the one it holds:
 a runner that was paused past its lock's expiry and taken over finds :class:`LockLost` at its first write and
 writes nothing more.
+
+Longer than the house's ~600 lines because one module keeps every statement the store runs, for both backends,
+beside the schema, its migrations and the lock and fencing checks that must share those transactions; opening
+a store from a ``--state`` spec (its checks of paths and URLs) is the part that could stand alone.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self.depth += 1
         try:
             if self.depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise PlaybookError(f"nested deeper than {MAX_DEPTH} levels", file=self.file, line=mark.line + 1)
             return super().compose_node(parent, index)
         finally:

@@ -58,7 +58,7 @@ class Waves(StrictModel):
     @classmethod
     def _sizes(cls, value: object) -> object:
         if isinstance(value, list):
-            return [_wave_size(v) for v in value]  # type: ignore[arg-type]
+            return [_wave_size(v) for v in value]
         return value
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
@@ -195,7 +195,7 @@ class TenantWorkflow:
             self._workers.append(result.worker)
         if self._aborted and result.status == "stopped":
             raise _Aborted
-        return result
+        return cast(DriveResult, result)
 
     async def _finish(self, result: DriveResult) -> TenantResult:
         state = {"succeeded": SUCCEEDED, "rolled_back": ROLLED_BACK,

@@ -20,8 +20,18 @@ TRANSIENT_CODES = frozenset({"TooManyRequests", "ServerBusy", "InternalServerErr
                              "AnotherOperationInProgress", "ConflictingServerOperation",
                              "ConflictingDatabaseOperation"})
 NAME_TAKEN_CODES = frozenset({"NameAlreadyExists", "ServerAlreadyExists", "InvalidResourceLocation"})
+PERMISSION_CODES = frozenset({"AuthorizationFailed", "LinkedAuthorizationFailed"})
+QUOTA_CODES = frozenset({"RegionDoesNotAllowProvisioning", "ProvisioningDisabled", "SubscriptionNotRegistered",
+                         "ResourceQuotaExceeded"})
 QUOTA_HINT = ("request a quota increase (Azure portal > Subscriptions > Usage + quotas, or a support request), or "
               "choose another region or SKU in the environment file")
+#: Hints for a permanent error that no code explains, by HTTP status.
+STATUS_HINTS: dict[int | None, str] = {
+    412: "the resource was changed by someone else since it was read: run `plan` again and review the difference",
+    404: "check the subscription, resource group and names in the environment file",
+    409: "the resource is in a conflicting state; inspect it in the portal before running again",
+    400: "Azure refused a parameter: fix it in the playbook or environment file",
+}
 
 
 class ArmError(PermanentError):
@@ -71,35 +81,23 @@ def translate(exc: Exception, action: str) -> MigratorError:
     if status in TRANSIENT_STATUS or code in TRANSIENT_CODES:
         return TransientError(what, retry_after=retry_after(exc), hint="throttled or a service fault: retried "
                               "with backoff")
+    return ArmError(what, code=code, status=status, hint=_hint(exc, status, code))
+
+
+def _hint(exc: HttpResponseError, status: int | None, code: str | None) -> str | None:
+    """What to do about a permanent ARM error, checked in this order: credential, permission, name, quota, then
+    by status alone."""
     if isinstance(exc, ClientAuthenticationError) or status == 401:
-        return ArmError(what, code=code, status=status,
-                        hint="the credential was refused: check `arm.credential` (az login, the managed identity, "
-                             "or the client secret) and the tenant")
-    if status == 403 or code in {"AuthorizationFailed", "LinkedAuthorizationFailed"}:
-        return ArmError(what, code=code, status=status,
-                        hint="the identity lacks permission: grant it 'SQL Server Contributor' (or Contributor) on "
-                             "the resource group, or use a credential that has it")
+        return ("the credential was refused: check `arm.credential` (az login, the managed identity, or the client "
+                "secret) and the tenant")
+    if status == 403 or code in PERMISSION_CODES:
+        return ("the identity lacks permission: grant it 'SQL Server Contributor' (or Contributor) on the resource "
+                "group, or use a credential that has it")
     if code in NAME_TAKEN_CODES:
-        return ArmError(what, code=code, status=status,
-                        hint="logical server names are global across Azure: choose another server name in the "
-                             "environment file")
-    if code and ("Quota" in code or code in {"RegionDoesNotAllowProvisioning", "ProvisioningDisabled",
-                                             "SubscriptionNotRegistered", "ResourceQuotaExceeded"}):
-        return ArmError(what, code=code, status=status, hint=QUOTA_HINT)
-    if status == 412:
-        return ArmError(what, code=code, status=status,
-                        hint="the resource was changed by someone else since it was read: run `plan` again and "
-                             "review the difference")
-    if status == 404:
-        return ArmError(what, code=code, status=status,
-                        hint="check the subscription, resource group and names in the environment file")
-    if status == 409:
-        return ArmError(what, code=code, status=status, hint="the resource is in a conflicting state; inspect it "
-                        "in the portal before running again")
-    if status == 400:
-        return ArmError(what, code=code, status=status, hint="Azure refused a parameter: fix it in the playbook or "
-                        "environment file")
-    return ArmError(what, code=code, status=status)
+        return "logical server names are global across Azure: choose another server name in the environment file"
+    if code and ("Quota" in code or code in QUOTA_CODES):
+        return QUOTA_HINT
+    return STATUS_HINTS.get(status)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ returned as pollers for :func:`migrator.providers.azure.lro.run_lro`, which chec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from azure.core.exceptions import ResourceNotFoundError
 from azure.core.polling import LROPoller
@@ -68,8 +68,8 @@ class SqlControlPlane:
     # ---- writes ----------------------------------------------------------------------------------------
 
     def begin_server(self, server: str, body: dict[str, Any] | None, token: str | None = None) -> LROPoller[Any]:
-        return self.client.servers.begin_create_or_update(self.resource_group, server, body,
-                                                          continuation_token=token)
+        return cast("LROPoller[Any]", self.client.servers.begin_create_or_update(self.resource_group, server, body,
+                                                          continuation_token=token))
 
     def put_firewall_rule(self, server: str, rule: str, start_ip: str, end_ip: str) -> dict[str, Any]:
         with arm_errors(f"setting firewall rule {rule} on {server}"):
@@ -84,17 +84,19 @@ class SqlControlPlane:
 
     def begin_database(self, server: str, database: str, body: dict[str, Any] | None,
                        token: str | None = None) -> LROPoller[Any]:
-        return self.client.databases.begin_create_or_update(self.resource_group, server, database, body,
-                                                            continuation_token=token)
+        return cast("LROPoller[Any]", self.client.databases.begin_create_or_update(
+            self.resource_group, server, database, body, continuation_token=token))
 
     def begin_delete_database(self, server: str, database: str, token: str | None = None) -> LROPoller[Any]:
-        return self.client.databases.begin_delete(self.resource_group, server, database, continuation_token=token)
+        return cast("LROPoller[Any]", self.client.databases.begin_delete(
+            self.resource_group, server, database, continuation_token=token))
 
     def begin_delete_server(self, server: str, token: str | None = None) -> LROPoller[Any]:
-        return self.client.servers.begin_delete(self.resource_group, server, continuation_token=token)
+        return cast("LROPoller[Any]", self.client.servers.begin_delete(
+            self.resource_group, server, continuation_token=token))
 
     def begin_import_new_database(self, server: str, body: dict[str, Any] | None,
                                   token: str | None = None) -> LROPoller[Any]:
         """ImportNewDatabase (POST servers/{server}/import): creates the database from a BACPAC."""
-        return self.client.servers.begin_import_database(self.resource_group, server, body,
-                                                         continuation_token=token)
+        return cast("LROPoller[Any]", self.client.servers.begin_import_database(self.resource_group, server, body,
+                                                         continuation_token=token))

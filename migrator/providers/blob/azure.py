@@ -164,7 +164,8 @@ class AzureBlobStore(BlobStore):
         """Get Blob Properties through the SDK, or None for a missing blob."""
         try:
             with azure_errors(self.describe(), f"reading properties of blob {blob_label(name)}"):
-                return self._blob(name).get_blob_properties()
+                props: BlobProperties = self._blob(name).get_blob_properties()
+                return props
         except PermanentError as exc:
             if isinstance(exc.__cause__, ResourceNotFoundError) and \
                     getattr(exc.__cause__, "error_code", None) in (None, "BlobNotFound"):
@@ -180,7 +181,7 @@ class AzureBlobStore(BlobStore):
     def open_read(self, name: str) -> BinaryIO:
         with azure_errors(self.describe(), f"reading blob {blob_label(name)}"):
             downloader = self._blob(name).download_blob(max_concurrency=1)
-        return io.BufferedReader(_DownloadStream(downloader, self.describe(), name))  # type: ignore[return-value]
+        return io.BufferedReader(_DownloadStream(downloader, self.describe(), name))
 
     # -- writing -------------------------------------------------------------------------------------------
 
@@ -191,7 +192,7 @@ class AzureBlobStore(BlobStore):
             return self.rest.put_blob(name, bytes(data), content_type=content_type, metadata=metadata, md5=md5)
         if self.rest is not None and md5 is not None and length is not None and hasattr(data, "seek"):
             return self.rest.put_blob(name, data, length=length, content_type=content_type, metadata=metadata,
-                                      md5=md5)  # type: ignore[arg-type]  # a seekable stream
+                                      md5=md5)  # a seekable stream
         settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5) if md5 else None)
         if isinstance(data, (bytes, bytearray)) and length is None:
             length = len(data)

@@ -97,7 +97,8 @@ class FolderBlobStore(BlobStore):
 
     def _read_meta(self, name: str) -> dict[str, Any]:
         try:
-            return json.loads(self._meta_path(name).read_text("utf-8"))
+            meta: dict[str, Any] = json.loads(self._meta_path(name).read_text("utf-8"))
+            return meta
         except (OSError, ValueError):
             return {}
 

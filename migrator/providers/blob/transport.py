@@ -41,7 +41,7 @@ class PlainResponse(HttpResponse):
         return self._body
 
 
-class Urllib3Transport(HttpTransport):
+class Urllib3Transport(HttpTransport):  # type: ignore[type-arg]  # azure-core leaves its request/response types open
     """Sends each request once (the pipeline's retry policy retries), on pooled keep-alive connections."""
 
     def __init__(self, url: str, *, pool_size: int, connection_timeout: float, read_timeout: float,

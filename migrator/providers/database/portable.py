@@ -91,51 +91,68 @@ def to_portable(column: Column, value: Any) -> Any:
                          f"{column.type} ({type(exc).__name__})") from None
 
 
+def _base64_unless_text(value: Any) -> Any:
+    """Bytes as base64; a string is already that portable form (binary) or the value's own text (xml)."""
+    if isinstance(value, str):
+        return value
+    return base64.b64encode(bytes(value)).decode("ascii")
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
+    return bool(value)
+
+
+def _date(value: Any) -> str:
+    if isinstance(value, dt.datetime):
+        value = value.date()
+    return (value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value).strip())).isoformat()
+
+
+def _time(value: Any) -> str:
+    moment = value if isinstance(value, dt.time) else dt.time.fromisoformat(str(value).strip())
+    return moment.replace(tzinfo=None).isoformat(_MICRO)
+
+
+def _timestamptz(value: Any) -> str:
+    stamp = _datetime(value)
+    # A driver that returns naive values for timestamptz does so in the session time zone, which every
+    # adapter sets to UTC.
+    stamp = stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
+    return stamp.isoformat(timespec=_MICRO)
+
+
+#: Per logical type, the portable value of a driver value (decimal and fine temporal types need the column).
+_PORTABLE: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(INTEGER_TYPES, int),
+    "float": float,
+    "real": float,
+    "text": lambda value: value if isinstance(value, str) else str(value),
+    "binary": _base64_unless_text,
+    "boolean": _boolean,
+    "uuid": lambda value: str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))),
+    # SQL Server's own types: xml as its text, the others as their binary form (base64)
+    "native": _base64_unless_text,
+    "date": _date,
+    "time": _time,
+    "timestamp": lambda value: _datetime(value).replace(tzinfo=None).isoformat(timespec=_MICRO),
+    "timestamptz": _timestamptz,
+}
+
+
 def _to_portable(column: Column, value: Any) -> Any:
     if value is None:
         return None
     kind = column.type
-    if kind in INTEGER_TYPES:
-        return int(value)
     if kind in TEMPORAL_TYPES and column.fraction_digits != DEFAULT_FRACTION_DIGITS:
         return _fine_temporal(kind, value, column.fraction_digits)
     if kind == "decimal":
         return _decimal_text(value, column.scale)
-    if kind in ("float", "real"):
-        return float(value)
-    if kind == "text":
-        return value if isinstance(value, str) else str(value)
-    if kind == "binary":
-        if isinstance(value, str):  # already portable (base64)
-            return value
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if kind == "boolean":
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "t", "true", "y", "yes", "on")
-        return bool(value)
-    if kind == "uuid":
-        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
-    if kind == "native":  # SQL Server's own types: xml as its text, the others as their binary form (base64)
-        if isinstance(value, str):
-            return value
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if kind == "date":
-        if isinstance(value, dt.datetime):
-            value = value.date()
-        return (value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value).strip())).isoformat()
-    if kind == "time":
-        if not isinstance(value, dt.time):
-            value = dt.time.fromisoformat(str(value).strip())
-        return value.replace(tzinfo=None).isoformat(_MICRO)
-    if kind == "timestamp":
-        return _datetime(value).replace(tzinfo=None).isoformat(timespec=_MICRO)
-    if kind == "timestamptz":
-        stamp = _datetime(value)
-        # A driver that returns naive values for timestamptz does so in the session time zone, which every
-        # adapter sets to UTC.
-        stamp = stamp.replace(tzinfo=dt.UTC) if stamp.tzinfo is None else stamp.astimezone(dt.UTC)
-        return stamp.isoformat(timespec=_MICRO)
-    raise ValueError(f"unknown logical type {kind!r}")
+    convert = _PORTABLE.get(kind)
+    if convert is None:
+        raise ValueError(f"unknown logical type {kind!r}")
+    return convert(value)
 
 
 def portable_row(columns: Sequence[Column], row: Sequence[Any]) -> list[Any]:
@@ -272,7 +289,8 @@ def _float_json(value: float | None) -> str:
 def join_line(row: Sequence[Any]) -> bytes:
     """The encoded line of a row read with ``lines=True`` (:meth:`Database.line_select`)."""
     if len(row) == 1:
-        return row[0].encode("utf-8")
+        whole: str = row[0]
+        return whole.encode("utf-8")
     parts = [row[0]]
     for i in range(1, len(row), 2):
         parts.append(_float_json(row[i]))

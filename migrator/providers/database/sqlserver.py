@@ -478,20 +478,23 @@ def sqlserver_type(column: Column) -> sqltypes.TypeEngine[Any]:
     if kind in ("time", "timestamp", "timestamptz"):
         digits = min(column.fraction_digits, 7)
         if kind == "time":
-            return mssql.TIME(precision=digits)
-        return mssql.DATETIME2(precision=digits) if kind == "timestamp" else mssql.DATETIMEOFFSET(precision=digits)
+            return mssql.TIME(precision=digits)  # type: ignore[no-untyped-call]
+        if kind == "timestamp":
+            return mssql.DATETIME2(precision=digits)  # type: ignore[no-untyped-call]
+        return mssql.DATETIMEOFFSET(precision=digits)  # type: ignore[no-untyped-call]
     if kind == "native":
         return mssql.XML() if column.native.lower() == "xml" else _NativeType(column.native.upper())
     simple: dict[str, sqltypes.TypeEngine[Any]] = {
         "smallint": sqltypes.SMALLINT(), "integer": sqltypes.INTEGER(), "bigint": sqltypes.BIGINT(),
-        "real": mssql.REAL(), "float": sqltypes.FLOAT(), "binary": mssql.VARBINARY("max"), "date": sqltypes.DATE(),
+        "real": mssql.REAL(), "float": sqltypes.FLOAT(),  # type: ignore[no-untyped-call]
+        "binary": mssql.VARBINARY("max"), "date": sqltypes.DATE(),  # type: ignore[no-untyped-call]
         "boolean": mssql.BIT(), "uuid": mssql.UNIQUEIDENTIFIER(),
     }
     return simple[kind]
 
 
 #: SQLAlchemy's SQL Server dialect (pyodbc flavour): compiles DDL and types, never connects.
-_MSSQL = mssql_pyodbc.dialect()
+_MSSQL = mssql_pyodbc.dialect()  # type: ignore[no-untyped-call]
 
 
 def sqlserver_column_ddl(column: Column) -> str:
@@ -519,7 +522,8 @@ def create_table_sql(schema: str, table: Table) -> str:
                                  primary_key=c.name in table.primary_key, quote=True, **counted))
     for g in table.generated:
         if g.kind == "rowversion":
-            columns.append(sa.Column(g.name, mssql.ROWVERSION(), nullable=False, autoincrement=False, quote=True))
+            rowversion = mssql.ROWVERSION()  # type: ignore[no-untyped-call]
+            columns.append(sa.Column(g.name, rowversion, nullable=False, autoincrement=False, quote=True))
         else:
             columns.append(sa.Column(g.name, sqltypes.NullType(), sa.Computed(sa.text(str(g.definition)),
                                                                              persisted=g.persisted or None),

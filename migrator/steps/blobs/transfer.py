@@ -126,169 +126,208 @@ def transfer(ctx: StepContext, params: TransferParams, *, label: str,
     Either way ``attempt`` ends up holding the source inventory, the destination's, and what was written and
     deleted, for verify.
     """
-    attempt = attempt if attempt is not None else Attempt()
-    seen = attempt.survey
-    attempt.survey = None
-    src, dst = open_pair(ctx, params, confirm=seen is None)
-    check_names_fit(ctx, src, dst, iter(seen.source) if seen is not None else None)
-    done_before = {r.key: r for r in ctx.items.iter("done")}
-    diff = Diff()
-    progress = Progress(ctx, label)
-    copier = BlobCopier(params, src, dst, raise_if_cancelled=ctx.raise_if_cancelled, sleep=ctx.clock.sleep)
-    slots = threading.BoundedSemaphore(params.concurrency * 2)
-    errors: list[BaseException] = []
-    skipped_by_checkpoint = 0
-    pool = ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-copy")
-    source: dict[str, Compact] = {}
-    written: dict[str, CopyResult] = {}
-    vanished: list[str] = []
-    attempt.written, attempt.deleted, attempt.also_deleted = written, [], []
-    from_cache = attempt.reuse().source_inventory() is not None
-    also = also_store(ctx, params)
+    run = _Transfer(ctx, params, label, extra, attempt if attempt is not None else Attempt())
+    try:
+        run.copy_what_differs()
+        run.delete_what_the_source_lost()
+    finally:
+        run.close()
+    return run.outputs()
 
-    def listed() -> Iterator[tuple[BlobInfo, Compact | None]]:
+
+class _Transfer:
+    """One attempt of a transfer: the blobs it reads, the copies and deletions it submits to its worker pool, and
+    what they did. The pool's workers record each finished blob; the first error stops further submissions."""
+
+    def __init__(self, ctx: StepContext, params: TransferParams, label: str, extra: Literal["delete", "keep"],
+                 attempt: Attempt) -> None:
+        self.ctx, self.params, self.extra, self.attempt = ctx, params, extra, attempt
+        self.seen = attempt.survey
+        attempt.survey = None
+        self.src, self.dst = open_pair(ctx, params, confirm=self.seen is None)
+        check_names_fit(ctx, self.src, self.dst, iter(self.seen.source) if self.seen is not None else None)
+        self.done_before = {r.key: r for r in ctx.items.iter("done")}
+        self.diff = Diff()
+        self.progress = Progress(ctx, label)
+        self.copier = BlobCopier(params, self.src, self.dst, raise_if_cancelled=ctx.raise_if_cancelled,
+                                 sleep=ctx.clock.sleep)
+        self.slots = threading.BoundedSemaphore(params.concurrency * 2)
+        self.errors: list[BaseException] = []
+        self.skipped_by_checkpoint = 0
+        self.pool = ThreadPoolExecutor(params.concurrency, thread_name_prefix="blob-copy")
+        self.source: dict[str, Compact] = {}
+        self.written: dict[str, CopyResult] = {}
+        self.vanished: list[str] = []
+        attempt.written, attempt.deleted, attempt.also_deleted = self.written, [], []
+        self.from_cache = attempt.reuse().source_inventory() is not None
+        self.also = also_store(ctx, params)
+        self.deleting = False
+
+    # -- read and diff ------------------------------------------------------------------------------------------
+
+    def listed(self) -> Iterator[tuple[BlobInfo, Compact | None]]:
         """Source blobs not already in place, each with what the destination has of it."""
-        if seen is not None:
-            diff.unchanged = seen.unchanged
-            attempt.dst_listed = seen.dst_listed
-            attempt.destination = seen.destination
-            source.update(seen.source)
-            yield from seen.pending
+        if self.seen is not None:
+            yield from self._surveyed(self.seen)
             return
+        attempt = self.attempt
         reuse = attempt.reuse()
-        listings = diff_listings(src, dst, reuse)
+        listings = diff_listings(self.src, self.dst, reuse)
         inventory = attempt.destination = listings.destination()
         attempt.dst_listed = len(inventory)
-        attempt.dst_metadata = reuse.destination_metadata(src)
+        attempt.dst_metadata = reuse.destination_metadata(self.src)
         for info in listings.source:
             have = inventory.get(info.name)
-            source[info.name] = compact(info)
+            self.source[info.name] = compact(info)
             if have is not None and same_content(info, have):
-                diff.unchanged += 1
+                self.diff.unchanged += 1
                 continue
             yield info, have
 
-    def work(info: BlobInfo, have: Compact | None) -> None:
+    def _surveyed(self, seen: Survey) -> Iterator[tuple[BlobInfo, Compact | None]]:
+        """What this attempt's check read: taken over as it is."""
+        self.diff.unchanged = seen.unchanged
+        self.attempt.dst_listed = seen.dst_listed
+        self.attempt.destination = seen.destination
+        self.source.update(seen.source)
+        yield from seen.pending
+
+    # -- act ----------------------------------------------------------------------------------------------------
+
+    def copy_what_differs(self) -> None:
+        """Submits a copy of each listed blob an earlier attempt did not already finish; then knows the totals."""
+        for info, have in self.listed():
+            self.ctx.raise_if_cancelled()
+            if self.errors:
+                break
+            if _finished_earlier(self.src, self.done_before.get(info.name), info, have):
+                self.skipped_by_checkpoint += 1
+                continue
+            self.diff.to_copy += 1
+            self.diff.to_copy_bytes += info.size
+            self.slots.acquire()
+            self.pool.submit(self._copy, info, have)
+        self.progress.total_blobs = self.diff.to_copy
+        self.progress.total_bytes = self.diff.to_copy_bytes
+        self.ctx.items.set_total(items=self.diff.to_copy, bytes=self.diff.to_copy_bytes)
+
+    def delete_what_the_source_lost(self) -> None:
+        """With ``extra == "delete"``, submits the deletion of each destination blob without a source; then, with
+        ``also_delete_from``, of what the source lost that the live container still holds."""
+        attempt = self.attempt
+        self.diff.extra = self.seen.extra if self.seen is not None \
+            else sorted((attempt.destination or {}).keys() - self.source.keys())
+        self.deleting = bool(self.diff.extra) and self.extra == "delete" and not self.errors
+        if self.deleting:
+            self._submit_removals(self.diff.extra, everywhere=True)
+        if self.also is not None and not self.errors:
+            if attempt.also_left is None:
+                attempt.also_left = left_in_also(self.ctx, self.params, self.also, attempt,
+                                                 {*self.diff.extra, *attempt.also_deleted})
+            self._submit_removals(attempt.also_left, everywhere=False)
+
+    def _submit_removals(self, names: list[str], *, everywhere: bool) -> None:
+        for name in names:
+            self.ctx.raise_if_cancelled()
+            if self.errors:
+                break
+            self.slots.acquire()
+            self.pool.submit(self._remove, name, everywhere)
+
+    def _copy(self, info: BlobInfo, have: Compact | None) -> None:
         try:
-            if errors:
+            if self.errors:
                 return
             try:
-                result = copier.copy(info)
+                result = self.copier.copy(info)
             except Exception as exc:
-                if from_cache or not _gone_from(src, info.name, exc):
+                if self.from_cache or not _gone_from(self.src, info.name, exc):
                     raise
-                gone(info.name, have)
+                self._gone(info.name, have)
                 return
-            written[info.name] = result
-            ctx.items.record(info.name, "done", bytes=info.size, checksum=b64(result.md5),
-                             detail={"created": have is None, "server_side": result.server_side,
-                                     "resumed_blocks": result.resumed_blocks})
-            progress.add(blobs=1, bytes=info.size, sent=result.sent, server_side=int(result.server_side))
+            self.written[info.name] = result
+            self.ctx.items.record(info.name, "done", bytes=info.size, checksum=b64(result.md5),
+                                  detail={"created": have is None, "server_side": result.server_side,
+                                          "resumed_blocks": result.resumed_blocks})
+            self.progress.add(blobs=1, bytes=info.size, sent=result.sent, server_side=int(result.server_side))
         except BaseException as exc:
-            errors.append(_stale_source(ctx, src, info, exc) if from_cache else exc)
+            self.errors.append(_stale_source(self.ctx, self.src, info, exc) if self.from_cache else exc)
         finally:
-            slots.release()
+            self.slots.release()
 
-    def gone(name: str, have: Compact | None) -> None:
+    def _gone(self, name: str, have: Compact | None) -> None:
         """A source blob listed a moment ago and gone when read (deleted or renamed meanwhile): a deletion, not an
         error. A step that removes what the source lost removes its copy; any other records it and goes on (the
         next delta sync removes the copy, if there is one)."""
-        vanished.append(name)
-        if extra == "delete" and have is not None:
-            delete_everywhere(name)
+        self.vanished.append(name)
+        if self.extra == "delete" and have is not None:
+            self._delete_everywhere(name)
             return
-        earlier = done_before.get(name)
+        earlier = self.done_before.get(name)
         created = earlier is not None and isinstance(earlier.detail, Mapping) and bool(earlier.detail.get("created"))
-        ctx.items.record(name, "vanished", detail={"created": True} if created else None)
+        self.ctx.items.record(name, "vanished", detail={"created": True} if created else None)
 
-    def delete_everywhere(name: str) -> None:
+    def _delete_everywhere(self, name: str) -> None:
         """Deletes a blob the source lost: first where it was copied on from the destination (``also``), so that
         a stop between the two leaves the destination's copy for the next attempt's diff to find again."""
-        if also is not None:
-            also.delete(name)
-            attempt.also_deleted.append(name)
-        dst.delete(name)
-        attempt.deleted.append(name)
-        ctx.items.record(name, "deleted")
+        if self.also is not None:
+            self.also.delete(name)
+            self.attempt.also_deleted.append(name)
+        self.dst.delete(name)
+        self.attempt.deleted.append(name)
+        self.ctx.items.record(name, "deleted")
 
-    def remove(name: str, everywhere: bool = True) -> None:
+    def _remove(self, name: str, everywhere: bool = True) -> None:
         try:
-            if errors:
+            if self.errors:
                 return
             if everywhere:
-                delete_everywhere(name)
-            elif also is not None:
-                also.delete(name)
-                attempt.also_deleted.append(name)
+                self._delete_everywhere(name)
+            elif self.also is not None:
+                self.also.delete(name)
+                self.attempt.also_deleted.append(name)
         except BaseException as exc:
-            errors.append(exc)
+            self.errors.append(exc)
         finally:
-            slots.release()
+            self.slots.release()
 
-    deleting = False
-    try:
-        for info, have in listed():
-            ctx.raise_if_cancelled()
-            if errors:
-                break
-            if _finished_earlier(src, done_before.get(info.name), info, have):
-                skipped_by_checkpoint += 1
-                continue
-            diff.to_copy += 1
-            diff.to_copy_bytes += info.size
-            slots.acquire()
-            pool.submit(work, info, have)
-        progress.total_blobs = diff.to_copy
-        progress.total_bytes = diff.to_copy_bytes
-        ctx.items.set_total(items=diff.to_copy, bytes=diff.to_copy_bytes)
-        diff.extra = seen.extra if seen is not None else sorted((attempt.destination or {}).keys() - source.keys())
-        deleting = bool(diff.extra) and extra == "delete" and not errors
-        if deleting:
-            for name in diff.extra:
-                ctx.raise_if_cancelled()
-                if errors:
-                    break
-                slots.acquire()
-                pool.submit(remove, name)
-        if also is not None and not errors:
-            if attempt.also_left is None:
-                attempt.also_left = left_in_also(ctx, params, also, attempt,
-                                                  {*diff.extra, *attempt.also_deleted})
-            for name in attempt.also_left:
-                ctx.raise_if_cancelled()
-                if errors:
-                    break
-                slots.acquire()
-                pool.submit(remove, name, False)
-    finally:
-        pool.shutdown(wait=True)
-        copier.close()
-        ctx.items.flush()
-    if errors:
-        raise _first_error(errors)
-    ctx.raise_if_cancelled()
-    for name in vanished:
-        source.pop(name, None)
-    attempt.source = source
-    if vanished:
-        ctx.event("blobs.vanished", f"{len(vanished)} source blob(s) were gone when read (deleted or renamed since "
-                                    "they were listed): taken as deleted", count=len(vanished))
-    if diff.extra and not deleting:
-        ctx.event("blobs.extra", f"{len(diff.extra)} blob(s) in {dst.describe()} have no source; kept",
-                  count=len(diff.extra))
-    progress.report()
-    return {
-        "count": diff.unchanged + diff.to_copy + skipped_by_checkpoint - len(vanished),
-        "copied": progress.blobs,
-        "bytes_copied": progress.bytes,
-        "bytes_sent": progress.bytes_sent,
-        "server_side": progress.server_side,
-        "unchanged": diff.unchanged + skipped_by_checkpoint,
-        "deleted": len(attempt.deleted),
-        "also_deleted": len(attempt.also_deleted),
-        "vanished": len(vanished),
-        "kept_without_source": len(diff.extra) if extra == "keep" else 0,
-    }
+    # -- finish -------------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Waits for the submitted work, and writes the last item records."""
+        self.pool.shutdown(wait=True)
+        self.copier.close()
+        self.ctx.items.flush()
+
+    def outputs(self) -> dict[str, Any]:
+        """After :meth:`close`: the first error, if any; else the attempt's source inventory, the events of what
+        was not copied, and the step outputs."""
+        ctx, diff, progress, vanished = self.ctx, self.diff, self.progress, self.vanished
+        if self.errors:
+            raise _first_error(self.errors)
+        ctx.raise_if_cancelled()
+        for name in vanished:
+            self.source.pop(name, None)
+        self.attempt.source = self.source
+        if vanished:
+            ctx.event("blobs.vanished", f"{len(vanished)} source blob(s) were gone when read (deleted or renamed "
+                                        "since they were listed): taken as deleted", count=len(vanished))
+        if diff.extra and not self.deleting:
+            ctx.event("blobs.extra", f"{len(diff.extra)} blob(s) in {self.dst.describe()} have no source; kept",
+                      count=len(diff.extra))
+        progress.report()
+        return {
+            "count": diff.unchanged + diff.to_copy + self.skipped_by_checkpoint - len(vanished),
+            "copied": progress.blobs,
+            "bytes_copied": progress.bytes,
+            "bytes_sent": progress.bytes_sent,
+            "server_side": progress.server_side,
+            "unchanged": diff.unchanged + self.skipped_by_checkpoint,
+            "deleted": len(self.attempt.deleted),
+            "also_deleted": len(self.attempt.also_deleted),
+            "vanished": len(vanished),
+            "kept_without_source": len(diff.extra) if self.extra == "keep" else 0,
+        }
 
 
 def _gone_from(src: BlobStore, name: str, exc: Exception) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-from migrator.providers.blob import BlobInfo, open_blob_store
+from migrator.providers.blob import BlobInfo, BlobStore, open_blob_store
 from migrator.providers.blob.copy import SOURCE_VERSION_KEY, CopyResult, source_token
 from migrator.step import ItemRecord, StepContext
 from migrator.steps.blobs.attempt import Attempt
@@ -167,15 +167,22 @@ def compare_inventories(ctx: StepContext, params: VerifyParams | TransferParams,
                 (info.content_type or "application/octet-stream") != (other.content_type or "application/octet-stream")
                 or _own_metadata(info) != _own_metadata(other)):
             props.append(info.name)
-    if to_hash:
-        with ThreadPoolExecutor(getattr(params, "concurrency", 8)) as pool:
-            def differs(pair: tuple[BlobInfo, BlobInfo | Compact]) -> bool:
-                a, b = pair
-                return (a.md5 or src.compute_md5(a.name)) != (b.md5 or dst.compute_md5(a.name))
-            for pair, bad in zip(to_hash, pool.map(differs, to_hash), strict=True):
-                if bad:
-                    content.append(pair[0].name)
+    content.extend(_rehashed_differences(src, dst, to_hash, getattr(params, "concurrency", 8)))
     return _problems(ctx, missing, sorted(full if properties else compacts), size, content, props)
+
+
+def _rehashed_differences(src: BlobStore, dst: BlobStore, pairs: list[tuple[BlobInfo, BlobInfo | Compact]],
+                          concurrency: int) -> list[str]:
+    """The names, in order, of the pairs whose content differs once the side without an MD5 is read and hashed."""
+    if not pairs:
+        return []
+
+    def differs(pair: tuple[BlobInfo, BlobInfo | Compact]) -> bool:
+        a, b = pair
+        return (a.md5 or src.compute_md5(a.name)) != (b.md5 or dst.compute_md5(a.name))
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return [pair[0].name for pair, bad in zip(pairs, pool.map(differs, pairs), strict=True) if bad]
 
 
 def _own_metadata(info: BlobInfo) -> dict[str, str]:

@@ -11,6 +11,7 @@ No row value is ever logged or written to an output: only table names, counts an
 
 from __future__ import annotations
 
+from migrator.providers.database.schema import same_portable_form
 from migrator.steps.database.backup import Backup, BackupParams, backup_seconds
 from migrator.steps.database.bacpac import ImportBacpac, ImportBacpacParams
 from migrator.steps.database.common import (
@@ -25,7 +26,6 @@ from migrator.steps.database.common import (
     probe_fetch_rate,
     probe_read_rate,
     read_chunk_rows,
-    same_portable_form,
     source_profile,
     timed,
 )

@@ -31,7 +31,8 @@ from migrator.providers.database import (
     open_database,
 )
 from migrator.providers.database.backup import ChunkWriter, Manifest, read_manifest
-from migrator.providers.database.base import join_line, row_converter, same_portable_form
+from migrator.providers.database.base import join_line, row_converter
+from migrator.providers.database.schema import same_portable_form
 from migrator.resources import ResourceKey
 from migrator.step import StepContext
 

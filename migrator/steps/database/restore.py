@@ -205,76 +205,103 @@ class Restore(Step[RestoreParams]):
         store = open_blob_store(self.params.backup, ctx)
         tables = self._tables(manifest)
         with connected(self.params.database, ctx, must_exist=False) as db:
-            # What this run created, as the catalog has it: a table is memoed only once its CREATE committed,
-            # and the one being created when a run was killed counts if its CREATE committed.
-            created = {name for name in ctx.memo.get("created", []) if db.table_exists(name)}
-            creating = ctx.memo.get("creating")
-            if creating and db.table_exists(creating):
-                created.add(creating)
+            created = self._created_earlier(ctx, db)
             creates, problems = self._schema_changes(db, store, tables, created)
             if problems:
                 # Before anything is changed: bad input, not a half-done restore.
                 raise InputError(f"{db.describe()}: " + "; ".join(problems),
                                  hint="fix the target schema, or choose another schema_mode")
-            committed = db.marker_chunks()
-            loaded_tables = {c.split("/")[1] for c in committed}
-            emptied = set(ctx.memo.get("filled", []))
-            for backed in tables:
-                name = backed.table.name
-                if name in created or any(t.table.name == name for t in creates):
-                    continue
-                folder = backed.chunks[0].name.split("/")[1] if backed.chunks else None
-                if folder in loaded_tables or name in emptied:
-                    continue
-                rows = db.count(name)
-                if rows:
-                    raise PreconditionFailed(f"table {name} in {db.describe()} already holds {rows} rows that "
-                                             "this restore did not load", step_id=self.step_id,
-                                             hint="empty it, or restore into an empty database")
-                emptied.add(name)
-            ctx.memo.set("filled", sorted(emptied))
+            self._require_empty(ctx, db, tables, created, creates)
             # The first write: from here on only this lock generation's chunks can commit.
             fence_label = f"migrator-restore:{hashlib.sha256(ctx.run_id.encode()).hexdigest()[:12]}"
             db.fence_sessions(fence_label, ctx.lock_generation)
             db.ensure_marker_table()
             db.claim_marker_fence(ctx.lock_generation)
-            for backed in creates:
-                ctx.raise_if_cancelled()
-                ctx.memo.set("creating", backed.table.name)
-                db.create_table(db.load_shape(backed.table))
-                created.add(backed.table.name)
-                ctx.memo.set("created", sorted(created))
-            ctx.memo.delete("creating")
-            committed = db.marker_chunks()
-            ctx.items.set_total(items=sum(len(t.chunks) for t in tables),
-                                bytes=sum(c.bytes for t in tables for c in t.chunks))
-            loaded = 0
-            with ExitStack() as sessions:
-                loaders = [db]
-                for table in fk_order([t.table for t in tables]):
-                    table_backup = next(t for t in tables if t.table.name == table.name)
-                    todo = [c for c in table_backup.chunks if c.name not in committed
-                            and ((r := ctx.items.get(c.name)) is None or r.status != "done")]
-                    while len(todo) > len(loaders) < db.load_workers:
-                        loader = sessions.enter_context(connected(self.params.database, ctx, must_exist=False))
-                        loader.fence_sessions(fence_label, ctx.lock_generation)
-                        loaders.append(loader)
-                    for chunk in self._load_chunks(ctx, loaders, store, table, todo):
-                        ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256)
-                        loaded += chunk.rows
-                        ctx.progress(f"{table.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
+            self._create_tables(ctx, db, creates, created)
+            loaded = self._load_tables(ctx, db, store, tables, fence_label)
             ctx.raise_if_cancelled()
-            for table in fk_order([t.table for t in tables]):
-                db.finish_load(table)
-            if db.keys_after_load:
-                order = [t for t in fk_order([t.table for t in tables]) if t.name in created]
-                for table in order:
-                    self._add_primary_key(db, table)
-                for table in order:
-                    self._add_foreign_keys(db, table)
+            self._finish_tables(db, tables, created)
             db.drop_table(MARKER_TABLE)
             return {"database": db.describe(), "tables": len(tables), "created": sorted(created),
                     "rows": sum(t.row_count for t in tables), "rows_loaded_now": loaded}
+
+    @staticmethod
+    def _created_earlier(ctx: StepContext, db: Database) -> set[str]:
+        """What this run created, as the catalog has it: a table is memoed only once its CREATE committed, and
+        the one being created when a run was killed counts if its CREATE committed."""
+        created = {name for name in ctx.memo.get("created", []) if db.table_exists(name)}
+        creating = ctx.memo.get("creating")
+        if creating and db.table_exists(creating):
+            created.add(creating)
+        return created
+
+    def _require_empty(self, ctx: StepContext, db: Database, tables: Sequence[TableBackup], created: set[str],
+                       creates: Sequence[TableBackup]) -> None:
+        """Refuses an existing table that holds rows this restore did not load; memoes the ones found empty."""
+        committed = db.marker_chunks()
+        loaded_tables = {c.split("/")[1] for c in committed}
+        emptied = set(ctx.memo.get("filled", []))
+        for backed in tables:
+            name = backed.table.name
+            if name in created or any(t.table.name == name for t in creates):
+                continue
+            folder = backed.chunks[0].name.split("/")[1] if backed.chunks else None
+            if folder in loaded_tables or name in emptied:
+                continue
+            rows = db.count(name)
+            if rows:
+                raise PreconditionFailed(f"table {name} in {db.describe()} already holds {rows} rows that "
+                                         "this restore did not load", step_id=self.step_id,
+                                         hint="empty it, or restore into an empty database")
+            emptied.add(name)
+        ctx.memo.set("filled", sorted(emptied))
+
+    @staticmethod
+    def _create_tables(ctx: StepContext, db: Database, creates: Sequence[TableBackup], created: set[str]) -> None:
+        """Creates the missing tables (in their load shape), memoing each once its CREATE committed."""
+        for backed in creates:
+            ctx.raise_if_cancelled()
+            ctx.memo.set("creating", backed.table.name)
+            db.create_table(db.load_shape(backed.table))
+            created.add(backed.table.name)
+            ctx.memo.set("created", sorted(created))
+        ctx.memo.delete("creating")
+
+    def _load_tables(self, ctx: StepContext, db: Database, store: BlobStore, tables: Sequence[TableBackup],
+                     fence_label: str) -> int:
+        """Loads every chunk not committed yet, in foreign-key order, through up to ``db.load_workers`` fenced
+        sessions; records each chunk as it commits. Returns the rows loaded."""
+        committed = db.marker_chunks()
+        ctx.items.set_total(items=sum(len(t.chunks) for t in tables),
+                            bytes=sum(c.bytes for t in tables for c in t.chunks))
+        loaded = 0
+        with ExitStack() as sessions:
+            loaders = [db]
+            for table in fk_order([t.table for t in tables]):
+                table_backup = next(t for t in tables if t.table.name == table.name)
+                todo = [c for c in table_backup.chunks if c.name not in committed
+                        and ((r := ctx.items.get(c.name)) is None or r.status != "done")]
+                while len(todo) > len(loaders) < db.load_workers:
+                    loader = sessions.enter_context(connected(self.params.database, ctx, must_exist=False))
+                    loader.fence_sessions(fence_label, ctx.lock_generation)
+                    loaders.append(loader)
+                for chunk in self._load_chunks(ctx, loaders, store, table, todo):
+                    ctx.items.record(chunk.name, "done", bytes=chunk.bytes, checksum=chunk.sha256)
+                    loaded += chunk.rows
+                    ctx.progress(f"{table.name}: {chunk.name.rsplit('/', 1)[1]} loaded")
+        return loaded
+
+    def _finish_tables(self, db: Database, tables: Sequence[TableBackup], created: set[str]) -> None:
+        """Moves identity counters past the loaded keys; adds the keys of the tables this run created, where the
+        dialect adds them after the load."""
+        for table in fk_order([t.table for t in tables]):
+            db.finish_load(table)
+        if db.keys_after_load:
+            order = [t for t in fk_order([t.table for t in tables]) if t.name in created]
+            for table in order:
+                self._add_primary_key(db, table)
+            for table in order:
+                self._add_foreign_keys(db, table)
 
     def _load_chunks(self, ctx: StepContext, loaders: Sequence[Database], store: BlobStore, table: Table,
                      chunks: Sequence[ChunkInfo]) -> Iterator[ChunkInfo]:

@@ -286,12 +286,7 @@ class Sync(Step[SyncParams]):
         with connected(self.params.source, ctx) as src, connected(self.params.database, ctx) as dst:
             # The target's tables as it has them, read once: the sync changes rows, never the schema.
             self._there: dict[str, Table] = {t.name: t for t in dst.tables()}
-            present = {t.name: t for t in src.tables()}
-            for table in tables:
-                if present.get(table.name) != table:
-                    raise PreconditionFailed(
-                        f"table {table.name} of {src.describe()} changed its schema (or is gone) since the presync "
-                        "backup", step_id=self.step_id, hint="roll back, then run the presync again")
+            self._require_same_schema(src, tables)
             ordered = fk_order(tables)
             with src.snapshot():
                 # Pass 1, parents first: changed and new rows.
@@ -321,16 +316,7 @@ class Sync(Step[SyncParams]):
             compared: dict[str, dict[str, Any]] = {}
             for table in tables:
                 ctx.raise_if_cancelled()
-                there = self._there.get(table.name)
-                if there is None:
-                    actual: dict[str, Any] = {"rows": None, "checksum": None}
-                elif self.params.verify == "full":
-                    actual = fingerprint(dst, table, there).as_dict()
-                else:
-                    actual = targets[table.name].as_dict()
-                    rows = dst.count(table.name)
-                    if rows != targets[table.name].rows:  # a row no range accounts for
-                        actual = {"rows": rows, "checksum": None}
+                actual = self._target_fingerprint(dst, table, targets)
                 compared[table.name] = {"expected": fingerprints[table.name].as_dict(), "actual": actual}
             mismatches = sorted(n for n, c in compared.items() if c["expected"] != c["actual"])
             ctx.memo.set("mismatches", mismatches)
@@ -347,6 +333,30 @@ class Sync(Step[SyncParams]):
                   f"presync; {totals['rows_updated']} rows updated, {totals['rows_inserted']} inserted, "
                   f"{totals['rows_deleted']} deleted", **{k: v for k, v in totals.items()})
         return outputs
+
+    def _require_same_schema(self, src: Database, tables: Sequence[Table]) -> None:
+        """Refuses a table whose schema at the source is not the presync backup's (or that is gone)."""
+        present = {t.name: t for t in src.tables()}
+        for table in tables:
+            if present.get(table.name) != table:
+                raise PreconditionFailed(
+                    f"table {table.name} of {src.describe()} changed its schema (or is gone) since the presync "
+                    "backup", step_id=self.step_id, hint="roll back, then run the presync again")
+
+    def _target_fingerprint(self, dst: Database, table: Table, targets: Mapping[str, Fingerprint]) -> dict[str, Any]:
+        """The target's side of the proof for ``table`` (see ``SyncParams.verify``): its fingerprint in
+        ``targets``, as this sync wrote and read it back, unless its row count says otherwise; or, with ``verify:
+        full``, every target row read again."""
+        there = self._there.get(table.name)
+        if there is None:
+            return {"rows": None, "checksum": None}
+        if self.params.verify == "full":
+            return fingerprint(dst, table, there).as_dict()
+        actual = targets[table.name].as_dict()
+        rows = dst.count(table.name)
+        if rows != targets[table.name].rows:  # a row no range accounts for
+            actual = {"rows": rows, "checksum": None}
+        return actual
 
     @staticmethod
     def _delta_chunks(ctx: StepContext, table: str) -> list[dict[str, Any]]:
