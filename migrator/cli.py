@@ -7,7 +7,6 @@ are their own module (:mod:`migrator.fleet.cli`).
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -19,10 +18,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from migrator.console import err, out
+from migrator.console import guard as _guard
 from migrator.errors import ExitCode, InputError, MigratorError
 from migrator.fleet.cli import app as fleet_app
 from migrator.playbook import LoadedPlaybook, load, schemas
@@ -32,10 +32,6 @@ from migrator.state import DEFAULT_STATE_DIR, RunRecord, StateStore, open_store
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Move one tenant from a self-hosted install to the cloud: resumable, with dry-run and "
                        "rollback.")
-# Markup off by default: names, commands and errors carry square brackets ("[/x]", "s/[abc]/x/") that rich would
-# take for tags (and crash on, or drop). A print that colours something says markup=True and escapes the rest.
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 app.add_typer(fleet_app, name="fleet", help="Campaigns of many tenants on Temporal: waves, windows, caps, failover.")
 
 T = TypeVar("T")
@@ -46,7 +42,6 @@ StateOpt = typer.Option(None, "--state", envvar="MIGRATOR_STATE",
 EnvOpt = typer.Option(None, "--env", "-e", help="the tenant's environment file (YAML)")
 
 
-_BAD_PATH_ERRNOS = {errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTDIR, errno.EISDIR}
 
 
 def _check_output_file(path: Path | None, option: str) -> None:
@@ -63,27 +58,6 @@ def _check_output_file(path: Path | None, option: str) -> None:
                 break
     except OSError as exc:
         raise InputError(f"{option} {str(path)[:200]}: {exc.strerror or exc}") from None
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    """Runs a command body; a MigratorError becomes one line on stderr and its exit code."""
-    try:
-        return fn()
-    except MigratorError as exc:
-        err.print(f"[red]error:[/red] {escape(exc.one_line())}", markup=True)
-        raise typer.Exit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(int(ExitCode.FAILED)) from None
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        if exc.errno in _BAD_PATH_ERRNOS:  # the path given cannot name a file: bad input
-            err.print(f"[red]error:[/red] {escape(exc.strerror or str(exc))}{escape(str(where))}", markup=True)
-            raise typer.Exit(int(ExitCode.INVALID_INPUT)) from None
-        # the machine, not the input: a full disk, a permission, a read-only file system
-        err.print(f"[red]error:[/red] {escape(exc.strerror or str(exc))}{escape(str(where))} — check the path, its "
-                  "permissions and the free space, then run again", markup=True)
-        raise typer.Exit(int(ExitCode.FAILED)) from None
 
 
 def _state_spec(state: str | None) -> str:

@@ -6,22 +6,21 @@ import asyncio
 import json
 import os
 import socket
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
-from migrator.errors import ExitCode, InputError, MigratorError
+from migrator.console import err, out
+from migrator.console import guard as _guard
+from migrator.errors import ExitCode, InputError
 from migrator.fleet.client import DEFAULT_ADDRESS, Connection
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Campaigns of many tenants on Temporal: waves, windows, caps, host failover.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 T = TypeVar("T")
 #: Tenants ``fleet plan`` plans at once.
 PLAN_THREADS = 8
@@ -33,23 +32,6 @@ NamespaceOpt = typer.Option("default", "--namespace", envvar="MIGRATOR_TEMPORAL_
 TlsOpt = typer.Option(False, "--tls", help="connect with TLS (implied by --api-key)")
 ApiKeyOpt = typer.Option(None, "--api-key", envvar="MIGRATOR_TEMPORAL_API_KEY",
                          help="Temporal Cloud API key as a reference: '${env:NAME}' (never the key itself)")
-
-
-def _guard(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except MigratorError as exc:
-        err.print(f"[red]error:[/red] {exc.one_line()}", markup=True)
-        raise typer.Exit(int(exc.exit_code)) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        raise typer.Exit(int(ExitCode.FAILED)) from None
-    except (typer.Exit, typer.Abort):
-        raise
-    except Exception as exc:  # never a traceback: the Temporal SDK's own errors, a database gone away
-        detail = str(exc).splitlines()[0] if str(exc) else ""
-        err.print(f"error: {type(exc).__name__}: {detail}", markup=False)
-        raise typer.Exit(int(ExitCode.FAILED)) from None
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
