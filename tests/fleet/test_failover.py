@@ -73,6 +73,12 @@ def test_a_worker_stopped_past_its_heartbeat_timeout_is_replaced_and_once_contin
     assert [e.type for e in evs if e.type.startswith("run.")].count("run.succeeded") == 1
     assert not [e for e in evs if e.type == "run.interrupted" and e.ts > taken_at], "the stopped runner wrote on"
     assert len([e for e in evs if e.type == "read_only.start"]) == 1
-    assert _acted_after(stack.directory / "logs" / stopped / f"{run_id}.log", taken_at) == []
+    # Nothing the stopped worker logged after the take-over is an act of its own: a line may only be the late log
+    # of a state write it made before it was stopped (written, then stopped before the log call), which the state
+    # store holds with a time before the take-over.
+    written_before = {e.message for e in evs if e.ts < taken_at}
+    late = [line for line in _acted_after(stack.directory / "logs" / stopped / f"{run_id}.log", taken_at)
+            if line.split("] ", 1)[-1] not in written_before]
+    assert late == []
     assert tenant.target_fingerprint() == tenant.source_fingerprint()
     assert tenant.dns_target() == {tenant.new_target()}
