@@ -585,6 +585,22 @@ def _click_exceptions() -> Any:
 
 def main() -> None:
     """The ``migrator`` command. A usage error (unknown option, missing argument) is one line, exit 2."""
+    code = _main()
+    from migrator.fleet.cli import temporal_used
+
+    if temporal_used():
+        # The Temporal SDK's native runtime threads can abort the interpreter's shutdown (SIGABRT after the command
+        # succeeded): everything is said and written by now, so leave without the shutdown.
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code)
+
+
+def _main() -> int:
     exceptions = _click_exceptions()
     try:
         code = app(standalone_mode=False)
@@ -592,18 +608,18 @@ def main() -> None:
         message = exc.format_message()
         if message:  # with rich help, typer has printed it already
             err.print(message, markup=False, highlight=False)
-        raise SystemExit(int(ExitCode.INVALID_INPUT)) from None
+        return int(ExitCode.INVALID_INPUT)
     except exceptions.UsageError as exc:
         where = exc.ctx.command_path if exc.ctx is not None else "migrator"
         err.print(f"error: {where}: {exc.format_message()} — see: {where} --help", markup=False, highlight=False)
-        raise SystemExit(int(ExitCode.INVALID_INPUT)) from None
+        return int(ExitCode.INVALID_INPUT)
     except exceptions.ClickException as exc:
         err.print(f"error: {exc.format_message()}", markup=False, highlight=False)
-        raise SystemExit(exc.exit_code) from None
+        return int(exc.exit_code)
     except typer.Abort:
         err.print("interrupted")
-        raise SystemExit(int(ExitCode.FAILED)) from None
-    raise SystemExit(code if isinstance(code, int) else int(ExitCode.OK))
+        return int(ExitCode.FAILED)
+    return code if isinstance(code, int) else int(ExitCode.OK)
 
 
 if __name__ == "__main__":

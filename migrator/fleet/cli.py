@@ -34,7 +34,17 @@ ApiKeyOpt = typer.Option(None, "--api-key", envvar="MIGRATOR_TEMPORAL_API_KEY",
                          help="Temporal Cloud API key as a reference: '${env:NAME}' (never the key itself)")
 
 
+_temporal_used = False
+
+
+def temporal_used() -> bool:
+    """Whether this process talked to Temporal (its SDK's runtime threads then outlive the command)."""
+    return _temporal_used
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
+    global _temporal_used
+    _temporal_used = True
     return asyncio.run(coro)
 
 
