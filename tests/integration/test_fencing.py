@@ -45,6 +45,20 @@ def dump(store: StateStore, run_id: str) -> tuple[object, ...]:
             {sid: (r.status, r.attempts, r.error, r.outputs) for sid, r in steps.items()}, events, items)
 
 
+def wait_for_lock_expiry(state: str, run_id: str = "r1") -> None:
+    """Waits until the run's lock no longer protects its (paused) holder; each look closes its store."""
+
+    def expired() -> bool:
+        store = open_store(state)
+        try:
+            lock = store.get_lock(run_id)
+            return lock is not None and lock.stale_reason() is not None
+        finally:
+            store.close()
+
+    wait_for(expired, "the paused runner's lock to expire")
+
+
 def test_a_store_fenced_on_a_lock_that_was_taken_over_writes_nothing(state_spec: str) -> None:
     first = open_store(state_spec)
     lock, _ = first.acquire_lock("r1", ttl=0.5)
@@ -98,16 +112,7 @@ def test_a_runner_paused_past_its_lock_and_taken_over_does_nothing_when_it_conti
         assert first.poll() is None, first.communicate()
         wait_for(lambda: os.waitid(os.P_PID, first.pid, os.WEXITED | os.WSTOPPED | os.WNOHANG | os.WNOWAIT)
                  is not None, "the first runner to be stopped")
-
-        def expired() -> bool:
-            store = open_store(cli.state)
-            try:
-                lock = store.get_lock("r1")
-                return lock is not None and lock.stale_reason() is not None
-            finally:
-                store.close()
-
-        wait_for(expired, "the paused runner's lock to expire")
+        wait_for_lock_expiry(cli.state)
         successor = cli("resume", "r1")
         assert successor.returncode == 0, successor.stderr
         assert "stale lock" in successor.stderr
@@ -208,8 +213,7 @@ def test_a_restore_paused_mid_chunk_and_taken_over_commits_nothing_when_it_conti
         wait_for(lambda: loading() or first.poll() is not None, "ten chunks loaded")
         assert first.poll() is None, first.communicate()
         first.send_signal(signal.SIGSTOP)
-        wait_for(lambda: (lock := open_store(state).get_lock("r1")) is not None and lock.stale_reason() is not None,
-                 "the paused runner's lock to expire")
+        wait_for_lock_expiry(state)
         successor = subprocess.run([*argv, "resume", "r1", "--state", state], cwd=tmp_path, env=env,
                                    capture_output=True, text=True, timeout=600)
         assert successor.returncode == 0, successor.stderr
@@ -255,8 +259,7 @@ def test_a_blob_presync_paused_and_taken_over_writes_no_state_and_at_most_its_in
         wait_for(lambda: copied() >= 200 or first.poll() is not None, "200 blobs copied")
         assert first.poll() is None, first.communicate()
         first.send_signal(signal.SIGSTOP)
-        wait_for(lambda: (lock := open_store(cli.state).get_lock("r1")) is not None
-                 and lock.stale_reason() is not None, "the paused runner's lock to expire")
+        wait_for_lock_expiry(cli.state)
         successor = cli("resume", "r1")
         assert successor.returncode == 0, successor.stderr
         store = open_store(cli.state)
