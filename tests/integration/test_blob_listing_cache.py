@@ -88,9 +88,9 @@ class World:
         return PutLive("blobs_live", PutLive.Params(source=self.backup, destination=self.live, delete_extra=True,
                                                     attempts_per_blob=1))
 
-    def verify(self) -> Verify:
+    def verify(self, *, reuse_listing: bool = False) -> Verify:
         return Verify("blobs_verify", Verify.Params(source=self.folder, destination=self.live,
-                                                    compare_properties=False))
+                                                    compare_properties=False, reuse_listing=reuse_listing))
 
 
 def run(step: Step[Any], world: World, *, attempts: int = 3,
@@ -134,7 +134,7 @@ def test_in_one_run_sync_and_put_live_after_the_presyncs_list_no_azure_container
     assert (synced["copied"], synced["deleted"]) == (3, 1)
     assert (live["copied"], live["deleted"]) == (3, 1)
     assert world.lists() == 0, "inside the window neither container is listed again"
-    assert run(world.verify(), world)[0] == {"identical": True}
+    assert run(world.verify(), world)[0] == {"identical": True, "destination": "listed"}
     assert world.lists() == 1, "blobs.verify lists the live container, kept or not"
 
 
@@ -174,7 +174,7 @@ def test_a_failed_attempt_drops_what_was_kept_and_its_retry_lists_both_sides(wor
     assert world.lists() == 1, "the retry lists the backup (the failed attempt dropped it)"
     run(world.put_live(), world)
     assert world.lists() == 0, "the retry's verify passed, so it kept the backup again; live was never dropped"
-    assert run(world.verify(), world)[0] == {"identical": True}
+    assert run(world.verify(), world)[0] == {"identical": True, "destination": "listed"}
 
 
 def test_an_outside_deletion_of_a_blob_put_live_must_copy_fails_the_copy_and_the_retry_lists(
@@ -209,3 +209,42 @@ def test_an_outside_deletion_from_backup_and_live_of_an_unchanged_blob_is_named_
     missing = re.escape(f"1 missing at the destination: {blob_label('docs/050.txt')}")
     with pytest.raises(VerificationFailed, match=missing):
         run(world.verify(), world)
+
+
+def test_verify_with_reuse_listing_proves_live_by_the_kept_inventory_and_still_names_what_differs(
+        world: World) -> None:
+    world.presync()
+    change(world, NAMES[:3])
+    run(world.sync(), world)
+    run(world.put_live(), world)
+    world.lists()
+
+    assert run(world.verify(reuse_listing=True), world)[0] == {"identical": True, "destination": "kept"}
+    assert world.lists() == 0, "the live container is not listed again: the run kept what it wrote and read back"
+
+    # The source is always listed: a change there after the sync (outside a read-only window) is named.
+    change(world, NAMES[7:8], seed="v3")
+    content = re.escape(f"1 MD5 differs: {blob_label('docs/007.txt')}")
+    with pytest.raises(VerificationFailed, match=content):
+        run(world.verify(reuse_listing=True), world)
+
+
+def test_verify_with_reuse_listing_lists_live_when_nothing_is_kept(world: World) -> None:
+    world.presync()
+    change(world, NAMES[:3])
+    run(world.sync(), world)
+    run(world.put_live(), world)
+    world.resources.discard(INVENTORY_CACHE_KEY)  # a resumed run, a new process: nothing kept
+    container(world.azurite, CLOUD_ACCOUNT, world.live_name).delete_blob(NAMES[50])
+    world.lists()
+
+    missing = re.escape(f"1 missing at the destination: {blob_label('docs/050.txt')}")
+    with pytest.raises(VerificationFailed, match=missing):
+        run(world.verify(reuse_listing=True), world)
+    assert world.lists() == 1
+
+
+def test_verify_reuse_listing_with_properties_is_refused_as_bad_input() -> None:
+    with pytest.raises(ValueError, match="reuse_listing needs compare_properties: false"):
+        Verify.Params(source={"kind": "folder", "path": "/x"}, destination={"kind": "folder", "path": "/y"},
+                      reuse_listing=True)

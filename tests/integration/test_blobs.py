@@ -163,7 +163,7 @@ def test_presync_then_changes_sync_put_live_and_verify_reports_identical_invento
     assert live_out["copied"] == live_out["server_side"] == 2003
 
     _, verified = run_step(Verify("verify", Verify.Params(source=source, destination=live)), MemoryContext())
-    assert verified == {"identical": True}
+    assert verified == {"identical": True, "destination": "listed"}
     live_data = container(azurite, CLOUD_ACCOUNT, containers["live"]).download_blob(names[0]).readall()
     assert live_data == src.download_blob(names[0]).readall()
 
@@ -596,7 +596,7 @@ def test_verify_reads_only_source_files_whose_version_changed_and_names_one_rewr
     reads = ReadLog(monkeypatch)
     verify = Verify("verify", Verify.Params(source=source, destination=backup))
 
-    assert run_step(verify, MemoryContext())[1] == {"identical": True}
+    assert run_step(verify, MemoryContext())[1] == {"identical": True, "destination": "listed"}
     assert reads.names == [], "no source file is read while its version is the one its copy recorded"
 
     rewrite_keeping_size_and_mtime(tmp_path / "src" / names[3])
@@ -612,7 +612,7 @@ def test_verify_reads_only_source_files_whose_version_changed_and_names_one_rewr
     _, out = run_step(Sync("sync", Sync.Params(source=source, destination=backup)), MemoryContext())
     assert out["copied"] == 1, "the delta sync sees the change by the version, although size and mtime are the same"
     reads.names.clear()
-    assert run_step(verify, MemoryContext())[1] == {"identical": True}
+    assert run_step(verify, MemoryContext())[1] == {"identical": True, "destination": "listed"}
     assert reads.names == []
 
 

@@ -172,7 +172,7 @@ def test_a_file_deleted_and_one_renamed_after_the_presync_leave_the_live_contain
     assert blobs.pop(FOREIGN) == hashlib.md5(b"not the tenant's", usedforsecurity=False).digest()
     assert blobs == tenant.source()
     live.delete_blob(FOREIGN)
-    assert run(tenant.verify(), tenant)[0] == {"identical": True}
+    assert run(tenant.verify(), tenant)[0] == {"identical": True, "destination": "listed"}
 
 
 def test_a_stop_between_the_deletion_in_live_and_in_the_backup_is_finished_by_the_retry(tenant: Tenant) -> None:
@@ -185,7 +185,7 @@ def test_a_stop_between_the_deletion_in_live_and_in_the_backup_is_finished_by_th
 
     assert attempts == 2 and synced["deleted"] >= 1  # the retry's diff found the backup copy left behind
     assert tenant.live_blobs() == tenant.source()
-    assert run(tenant.verify(), tenant)[0] == {"identical": True}
+    assert run(tenant.verify(), tenant)[0] == {"identical": True, "destination": "listed"}
 
 
 def test_a_sync_that_deleted_only_in_the_backup_taken_up_again_with_also_delete_from_finishes_in_live(
@@ -205,7 +205,7 @@ def test_a_sync_that_deleted_only_in_the_backup_taken_up_again_with_also_delete_
 
     assert (again["deleted"], again["also_deleted"]) == (0, 2)
     assert tenant.live_blobs() == tenant.source()
-    assert run(tenant.verify(), tenant)[0] == {"identical": True}
+    assert run(tenant.verify(), tenant)[0] == {"identical": True, "destination": "listed"}
 
 
 def unlink_once_opened(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
@@ -268,7 +268,7 @@ def test_a_source_file_gone_between_listing_and_reading_is_a_deletion_and_the_st
 
     assert name not in tenant.live_blobs()
     assert tenant.live_blobs() == tenant.source()
-    assert run(tenant.verify(), tenant)[0] == {"identical": True}
+    assert run(tenant.verify(), tenant)[0] == {"identical": True, "destination": "listed"}
 
 
 def test_compensation_of_a_presync_still_removes_a_copy_it_created_whose_source_vanished_later(

@@ -186,7 +186,9 @@ def diff_listings(src: BlobStore, dst: BlobStore, reuse: Reuse | None = None) ->
             return cached_dst
     else:
         def list_destination() -> dict[str, Compact]:
-            return destination_inventory(dst, metadata=src.reports_versions, keep=reuse.keep)
+            # Kept with metadata: ``blobs.verify`` with ``reuse_listing`` proves a copy by the source version it
+            # recorded, also where this step's source (a backup container) has no versions of its own.
+            return destination_inventory(dst, metadata=src.reports_versions or reuse.keep, keep=reuse.keep)
     cached_src = reuse.source_inventory()
     if cached_src is None:
         return list_both(src, list_destination)
@@ -237,7 +239,7 @@ class Reuse:
         was listed, a fresh listing when the source has versions)."""
         if self.destination is not None and self.destination_for(src) is not None:
             return self.destination.metadata
-        return src.reports_versions
+        return src.reports_versions or self.keep
 
     def used(self, src: BlobStore) -> bool:
         return self.source_inventory() is not None or self.destination_for(src) is not None

@@ -6,11 +6,13 @@ import time
 from typing import Any, ClassVar, Literal, TypeVar
 
 from migrator.errors import VerificationFailed
+from migrator.providers.blob import BlobStore
 from migrator.step import CheckResult, PlanResult, Step, StepContext
 from migrator.steps.blobs.attempt import attempts, check_transfer
 from migrator.steps.blobs.estimates import verify_estimate
-from migrator.steps.blobs.inventory import destination_inventory, open_pair
+from migrator.steps.blobs.inventory import Compact, destination_inventory, open_pair
 from migrator.steps.blobs.params import PresyncParams, PutLiveParams, SyncParams, TransferParams, VerifyParams
+from migrator.steps.blobs.reuse import kept_destination
 from migrator.steps.blobs.transfer import compensate_transfer, plan_transfer, transfer
 from migrator.steps.blobs.verify import compare_inventories, verify_attempt
 
@@ -166,12 +168,21 @@ class Verify(Step[VerifyParams]):
         return result
 
     def apply(self, ctx: StepContext) -> dict[str, Any]:
+        kept: list[bool] = []
+
+        def destination(src: BlobStore, dst: BlobStore) -> dict[str, Compact] | None:
+            found = kept_destination(ctx, self.params, src, dst)
+            kept.append(found is not None)
+            return found
+
         problems = compare_inventories(ctx, self.params, md5=self.params.compare_md5,
-                                       properties=self.params.compare_properties, rehash=self.params.rehash)
+                                       properties=self.params.compare_properties, rehash=self.params.rehash,
+                                       destination=destination)
         if problems:
             raise VerificationFailed(f"{self.step_id}: inventories differ: " + "; ".join(problems),
                                      step_id=self.step_id)
-        return {"identical": True}
+        # How the destination was proven: listed now, or by the inventory the steps before kept (reuse_listing).
+        return {"identical": True, "destination": "kept" if any(kept) else "listed"}
 
     def verify(self, ctx: StepContext) -> None:
         return None

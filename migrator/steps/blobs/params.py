@@ -80,3 +80,17 @@ class VerifyParams(Params):
     #: write gives it a new ctime, which user space cannot set back. ``all``: every one of them, for file
     #: systems whose ctime or inode numbers cannot be trusted (some network shares, FAT).
     rehash: Literal["changed", "all"] = "changed"
+    #: Work from the destination's inventory this run process kept (what the transfer steps before listed, wrote
+    #: and read back: see ``migrator.steps.blobs.reuse``) instead of listing the destination again; the source is
+    #: always listed. Off (the default): both sides listed afresh, so the proof reads the whole world. On: the
+    #: proof of the destination is the run's own, and an outside write to it since the step that kept it is not
+    #: seen; for a read-only window whose destination only the run writes. Needs ``compare_properties: false``
+    #: (a kept inventory holds no content types); without a kept inventory (a resumed run) it lists.
+    reuse_listing: bool = False
+
+    @model_validator(mode="after")
+    def _kept_inventory_without_properties(self) -> VerifyParams:
+        if self.reuse_listing and self.compare_properties:
+            raise ValueError("reuse_listing needs compare_properties: false (a kept inventory holds no content "
+                             "types or metadata to compare)")
+        return self

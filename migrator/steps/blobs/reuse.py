@@ -18,8 +18,11 @@ source folder and ``blobs.put_live`` lists nothing. The rules that keep this saf
   with a retryable error, and the retry lists;
 * two steps writing one container at the same time (any prefixes) keep neither's inventory, and a step that writes
   a container without keeping its inventory (``reuse_listing: false``, a rollback) drops what the cache held of it;
-* ``blobs.verify`` never uses it: it always lists the destination and the source, so the end-to-end proof reads
-  the world. A kept inventory can therefore at most leave out work that ``blobs.verify`` then names.
+* ``blobs.verify`` uses it only with ``reuse_listing: true`` (default off), and only for the destination, left in
+  place (:func:`kept_destination`): by default it lists the destination and the source, so the end-to-end proof
+  reads the world, and a kept inventory can at most leave out work that ``blobs.verify`` then names. Inside a
+  read-only window whose destination only the run writes, the kept inventory is what the steps before listed,
+  wrote and read back, and listing it again would prove nothing new.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from dataclasses import dataclass
 from migrator.providers.blob import BlobStore, run_resources
 from migrator.resources import ResourceKey
 from migrator.step import StepContext
-from migrator.steps.blobs.inventory import CachedInventory, Reuse
-from migrator.steps.blobs.params import TransferParams
+from migrator.steps.blobs.inventory import CachedInventory, Compact, Reuse
+from migrator.steps.blobs.params import TransferParams, VerifyParams
 
 Identity = tuple[str, str]  # a container's address (never a credential), and the prefix inside it
 
@@ -162,3 +165,18 @@ def peek(ctx: StepContext, params: TransferParams, src: BlobStore, dst: BlobStor
         return Reuse()
     src_id, dst_id = src.inventory_identity(), dst.inventory_identity()
     return Reuse(cache.peek(src_id) if src_id != dst_id else None, cache.peek(dst_id))
+
+
+def kept_destination(ctx: StepContext, params: VerifyParams, src: BlobStore, dst: BlobStore
+                     ) -> dict[str, Compact] | None:
+    """For ``blobs.verify`` with ``reuse_listing``: a copy of the destination's kept inventory, left in the cache,
+    when it holds what the comparison with ``src`` needs (the recorded source versions: listed with metadata);
+    None when nothing is kept (a new process, a failed attempt, a step writing it now)."""
+    if not params.reuse_listing:
+        return None
+    cache = run_resources(ctx.resources).find(INVENTORY_CACHE_KEY)
+    dst_id = dst.inventory_identity()
+    entry = cache.peek(dst_id) if cache is not None and dst_id != src.inventory_identity() else None
+    if entry is None or (src.reports_versions and not entry.metadata):
+        return None
+    return dict(entry.blobs)

@@ -8,7 +8,7 @@ listed afresh (:func:`compare_inventories`), hashing only source files whose ver
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -126,20 +126,28 @@ def _problems(ctx: StepContext, missing: list[str], extra: list[str], size: list
 
 
 def compare_inventories(ctx: StepContext, params: VerifyParams | TransferParams, *, md5: bool = True,
-                        properties: bool = False, rehash: Literal["changed", "all"] = "changed") -> list[str]:
+                        properties: bool = False, rehash: Literal["changed", "all"] = "changed",
+                        destination: Callable[[BlobStore, BlobStore], dict[str, Compact] | None] | None = None
+                        ) -> list[str]:
     """Differences between source and destination: missing, extra, size, MD5 (and properties) mismatches.
 
-    Both sides are listed once, side by side. A source blob without an MD5 is read and hashed, except, with
-    ``rehash="changed"``, when the destination copy recorded the source version it was read from and the source
-    still has that version: then the MD5 recorded with it is the source's (see ``VerifyParams.rehash``).
+    Both sides are listed once, side by side; or, where ``destination`` gives the destination's inventory (a kept
+    one: ``VerifyParams.reuse_listing``), only the source. A source blob without an MD5 is read and hashed,
+    except, with ``rehash="changed"``, when the destination copy recorded the source version it was read from and
+    the source still has that version: then the MD5 recorded with it is the source's (see
+    ``VerifyParams.rehash``).
     """
     src, dst = open_pair(ctx, params)
     tokens = md5 and rehash == "changed" and src.reports_versions
     full: dict[str, BlobInfo] = {}
     compacts: dict[str, Compact] = {}
+    given = destination(src, dst) if destination is not None and not properties else None
     if properties:
         listings: Listings[Any] = list_both(src, lambda: {b.name: b for b in dst.list(metadata=True)})
         full = listings.destination()
+    elif given is not None:
+        listings = list_both(src, lambda: given, src_metadata=False)
+        compacts = listings.destination()
     else:
         listings = list_both(src, lambda: destination_inventory(dst, metadata=tokens), src_metadata=False)
         compacts = listings.destination()
