@@ -133,8 +133,12 @@ class Database(ABC):
     def column_ddl(self, column: Column) -> str:
         """The native type of a logical column, with NOT NULL when it applies."""
 
+    def column_definition(self, column: Column) -> str:
+        """A column of ``CREATE TABLE``: its name and :meth:`column_ddl` (and whatever else the dialect adds)."""
+        return f"{self.quote(column.name)} {self.column_ddl(column)}"
+
     def create_table_sql(self, table: Table) -> str:
-        cols = [f"{self.quote(c.name)} {self.column_ddl(c)}" for c in table.columns]
+        cols = [self.column_definition(c) for c in table.columns]
         if table.primary_key:
             cols.append(f"PRIMARY KEY ({self.column_list(table.primary_key)})")
         return f"CREATE TABLE {self.table_ref(table.name)} (" + ", ".join(cols) + ")"
