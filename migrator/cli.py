@@ -8,7 +8,6 @@ are their own module (:mod:`migrator.fleet.cli`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -27,6 +26,7 @@ from migrator.errors import ExitCode, InputError, MigratorError
 from migrator.fleet.cli import app as fleet_app
 from migrator.playbook import LoadedPlaybook, load, schemas
 from migrator.registry import load_registry
+from migrator.reports.jsontext import strict_dumps
 from migrator.state import DEFAULT_STATE_DIR, RunRecord, StateStore, open_store
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -141,21 +141,6 @@ def _stored_copy_note(run: RunRecord, playbook: Path | None) -> None:
     if current != run.playbook_text:
         err.print("the playbook file changed since the run started; using the stored copy — pass --playbook FILE "
                   "to use the file", markup=False)
-
-
-def _strict_json(data: Any) -> str:
-    """JSON any parser reads: NaN and infinities (which JSON lacks) become null."""
-
-    def finite(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: finite(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [finite(v) for v in value]
-        return value
-
-    return json.dumps(finite(data), indent=2, allow_nan=False, default=str)
 
 
 def _load(playbook: Path | str, environment: Path | str | None, *, playbook_text: str | None = None,
@@ -407,7 +392,7 @@ def status(run_id: str | None = typer.Argument(None, help="default: the newest r
             store, _ = _open_run(state, rid)
         summary = run_summary(store, rid)
         if as_json:
-            out.print(_strict_json(summary), markup=False)
+            out.print(strict_dumps(summary), markup=False)
             return
         table = Table(title=f"run {rid} — {summary['status']}", title_justify="left")
         for col in ("step", "kind", "status", "tries", "items", "seconds", "note / error"):
@@ -479,7 +464,7 @@ def runs(state: str | None = StateOpt, as_json: bool = typer.Option(False, "--js
                  "created": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r.created_at))}
                 for r in (store.list_runs() if store is not None else [])]
         if as_json:
-            out.print(_strict_json(rows), markup=False)
+            out.print(strict_dumps(rows), markup=False)
             return
         table = Table()
         for col in ("run", "playbook", "tenant", "status", "created (UTC)"):

@@ -25,6 +25,7 @@ import yaml
 
 from migrator.errors import StateError
 from migrator.playbook import Environment
+from migrator.reports.jsontext import strict_dumps
 from migrator.reports.run import report_data
 from migrator.reports.status import run_summary
 from migrator.secrets import Redactor, redacted_environment
@@ -99,8 +100,8 @@ def build_bundle(store: StateStore, run_id: str, out: Path, *, log_dir: Path | N
     ]
     files: dict[str, str] = {
         "README.md": "\n".join(lines) + "\n",
-        "status.json": json.dumps(summary, indent=2, default=str),
-        "report.json": json.dumps(report_data(store, run_id), indent=2, default=str),
+        "status.json": strict_dumps(summary),
+        "report.json": strict_dumps(report_data(store, run_id)),
         "events.jsonl": "".join(json.dumps({"id": e.id, "ts": _iso(e.ts), "step": e.step_id, "type": e.type,
                                             "message": e.message, "data": e.data}, default=str) + "\n"
                                 for e in events),

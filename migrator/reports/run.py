@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from migrator.reports.jsontext import strict_dumps
 from migrator.reports.plan import _fmt_s as _fmt_long
 from migrator.reports.status import run_summary
 from migrator.state import StateStore
@@ -86,11 +86,11 @@ def render_report(store: StateStore, run_id: str, kind: str, out_dir: Path | Non
     data = report_data(store, run_id)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "report.json").write_text(json.dumps(data, indent=2))
+        (out_dir / "report.json").write_text(strict_dumps(data))
         (out_dir / "report.md").write_text(_markdown(data))
         (out_dir / "report.html").write_text(_html(data))
     if kind == "json":
-        return json.dumps(data, indent=2)
+        return strict_dumps(data)
     if kind in ("markdown", "md", "table"):
         return _markdown(data)
     if kind == "html":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import zipfile
 from pathlib import Path
 
@@ -66,3 +67,31 @@ def test_report_shows_forecast_against_actual_for_every_step(tmp_path: Path, plu
     assert steps["copy"]["forecast_seconds"] == 5 and steps["copy"]["status"] == "failed"
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"report.json", "report.md", "report.html"}
     assert "forecast" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_report_json_is_strict_json_when_a_forecast_is_not_finite(tmp_path: Path, plugin_path: Path) -> None:
+    cli = Cli(tmp_path, str(tmp_path / "state"), plugin_path, {"MIGRATOR_TEST_BUNDLE_TOKEN": SECRET})
+    (tmp_path / "pb.yaml").write_text(PLAYBOOK.format(journal=tmp_path / "journal"))
+    (tmp_path / "env.yaml").write_text(ENV)
+    cli("run", "pb.yaml", "-e", "env.yaml", "--run-id", "r1")
+    # A forecast no finite number can say (a rate of zero): Python's json writes it as NaN, which JSON lacks.
+    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
+        db.execute("""UPDATE steps SET estimate = '{"seconds": NaN, "basis": "x"}' WHERE step_id = 'prepare'""")
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"{constant} is not JSON")
+
+    for args in (("report", "r1", "--format", "json", "--out", "out"), ("status", "r1", "--json")):
+        result = cli(*args)
+        assert result.returncode == 0, result.stderr
+        json.loads(result.stdout, parse_constant=refuse)
+    steps = {s["id"]: s for s in json.loads((tmp_path / "out" / "report.json").read_text(),
+                                            parse_constant=refuse)["steps"]}
+    assert steps["prepare"]["forecast_seconds"] is None
+    result = cli("support-bundle", "r1", "-o", "bundle.zip")
+    assert result.returncode == 0, result.stderr
+    with zipfile.ZipFile(tmp_path / "bundle.zip") as zf:
+        for name in zf.namelist():
+            if name.endswith((".json", ".jsonl")):
+                for line in zf.read(name).decode().splitlines() if name.endswith(".jsonl") else [zf.read(name)]:
+                    json.loads(line, parse_constant=refuse)
