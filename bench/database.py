@@ -1,8 +1,12 @@
-"""Benchmark: database.backup + database.restore (PostgreSQL → PostgreSQL) against pg_dump -Fc + pg_restore.
+"""Benchmark: database.backup + database.restore (PostgreSQL → PostgreSQL) against its peers.
 
-Both move the same table of mixed types (default 1,000,000 rows, about 240 MB in PostgreSQL) in the same run;
-the script prints both times, their ratio (target: at most 2.0) and this process's peak RSS, which must not grow
-with the table (backup and restore stream). Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres).
+Every tool moves the same table of mixed types (default 1,000,000 rows, about 240 MB in PostgreSQL) in the same
+run: ``pg_dump -Fc`` + ``pg_restore``; ``pg_dump | psql``; and the COPY pipe, ``COPY … TO STDOUT | COPY … FROM
+STDIN`` into a table without its key, the primary key added after (the ceiling of a logical copy). The script
+prints each time, migrator's (backup + restore, each with its verify) and the ratios (targets: at most 1.5 x
+``pg_dump -Fc`` + ``pg_restore`` and at most 2.5 x the COPY pipe), and this process's peak RSS, which must not
+grow with the table (backup and restore stream). Needs PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres)
+and its client programs.
 
     .venv/bin/python bench/database.py --rows 1000000
 
@@ -44,12 +48,17 @@ def odbc(name: str) -> str:
     return f"Driver={{PostgreSQL Unicode}};Server={HOST};Port={PORT};Database={name};Uid={USER}"
 
 
+#: The bench table, without its primary key (the COPY pipe adds it after the load).
+PEOPLE = """CREATE TABLE people (
+    id bigint NOT NULL, first_name text, surname text, email text, job_title text,
+    amount numeric(18,4), score double precision, active boolean, born date,
+    updated timestamptz, ref uuid, note text, avatar bytea)"""
+
+
 def make_source(name: str, rows: int) -> str:
     with psycopg.connect(host=HOST, port=PORT, user=USER, dbname=name, autocommit=True) as conn:
-        conn.execute("""CREATE TABLE people (
-            id bigint PRIMARY KEY, first_name text, surname text, email text, job_title text,
-            amount numeric(18,4), score double precision, active boolean, born date,
-            updated timestamptz, ref uuid, note text, avatar bytea)""")
+        conn.execute(PEOPLE)
+        conn.execute("ALTER TABLE people ADD PRIMARY KEY (id)")
         conn.execute(f"""INSERT INTO people SELECT g, 'first ' || g, 'surname ' || (g % 5000),
             'user' || g || '@example.test', 'job title number ' || (g % 300), g * 1.2345, g / 7.0, g % 3 = 0,
             DATE '1950-01-01' + (g % 20000), TIMESTAMPTZ '2024-01-01 00:00:00+00' + g * INTERVAL '1 second',
@@ -58,6 +67,38 @@ def make_source(name: str, rows: int) -> str:
         conn.execute("VACUUM ANALYZE people")
         size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('people'))").fetchone()
     return str(size[0] if size else "?")
+
+
+def dump_to_psql(source: str, target: str) -> float:
+    """Seconds of ``pg_dump -t people <source> | psql <target>`` (plain SQL: COPY, then the key)."""
+    start = time.perf_counter()
+    dump = subprocess.Popen(["pg_dump", "-h", HOST, "-U", USER, "-t", "people", source], stdout=subprocess.PIPE)
+    subprocess.run(["psql", "-h", HOST, "-U", USER, "-q", "-v", "ON_ERROR_STOP=1", "-d", target],
+                   stdin=dump.stdout, stdout=subprocess.DEVNULL, check=True)
+    assert dump.stdout is not None
+    dump.stdout.close()
+    if dump.wait() != 0:
+        raise SystemExit("pg_dump failed")
+    return time.perf_counter() - start
+
+
+def copy_pipe(source: str, target: str) -> float:
+    """Seconds of ``COPY people TO STDOUT | COPY people FROM STDIN`` (psql on both ends) into the table without
+    its key, and the primary key added after: the ceiling of a logical copy."""
+    with psycopg.connect(host=HOST, port=PORT, user=USER, dbname=target, autocommit=True) as conn:
+        conn.execute(PEOPLE)
+    psql = ["psql", "-h", HOST, "-U", USER, "-q", "-v", "ON_ERROR_STOP=1", "-d"]
+    start = time.perf_counter()
+    out = subprocess.Popen([*psql, source, "-c", "COPY people TO STDOUT"], stdout=subprocess.PIPE)
+    subprocess.run([*psql, target, "-c", "COPY people FROM STDIN"], stdin=out.stdout, check=True,
+                   stdout=subprocess.DEVNULL)
+    assert out.stdout is not None
+    out.stdout.close()
+    if out.wait() != 0:
+        raise SystemExit("COPY TO STDOUT failed")
+    subprocess.run([*psql, target, "-c", "ALTER TABLE people ADD PRIMARY KEY (id)"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
 
 
 def window_delta(rows: int, chunk_rows: int, churn: float) -> None:
@@ -125,7 +166,7 @@ def main() -> None:
         return
 
     tag = uuid.uuid4().hex[:8]
-    names = {k: f"bench_{k}_{tag}" for k in ("src", "dump", "mig")}
+    names = {k: f"bench_{k}_{tag}" for k in ("src", "dump", "psql", "pipe", "mig")}
     for name in names.values():
         admin(f'CREATE DATABASE "{name}"')
     try:
@@ -142,6 +183,10 @@ def main() -> None:
             baseline = t2 - t0
             print(f"pg_dump -Fc: {t1 - t0:.1f} s, pg_restore: {t2 - t1:.1f} s, total {baseline:.1f} s "
                   f"({dump.stat().st_size / 1e6:.0f} MB)")
+            plain = dump_to_psql(names["src"], names["psql"])
+            print(f"pg_dump | psql: {plain:.1f} s")
+            pipe = copy_pipe(names["src"], names["pipe"])
+            print(f"COPY TO STDOUT | COPY FROM STDIN, primary key after: {pipe:.1f} s")
 
             backup = {"kind": "folder", "path": str(Path(tmp) / "backup")}
             source = {"dialect": "postgresql", "connection": odbc(names["src"])}
@@ -156,7 +201,9 @@ def main() -> None:
             ours = t5 - t3
             print(f"database.backup: {t4 - t3:.1f} s ({out['bytes'] / 1e6:.0f} MB in {out['chunks']} chunks), "
                   f"database.restore: {t5 - t4:.1f} s, total {ours:.1f} s")
-            print(f"ratio (migrator / pg_dump+pg_restore): {ours / baseline:.2f}x (target <= 2.0x)")
+            print(f"ratio (migrator / pg_dump+pg_restore): {ours / baseline:.2f}x (target <= 1.5x)")
+            print(f"ratio (migrator / pg_dump | psql): {ours / plain:.2f}x")
+            print(f"ratio (migrator / COPY pipe): {ours / pipe:.2f}x (target <= 2.5x)")
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             print(f"peak RSS of this process: {peak:.0f} MB")
     finally:

@@ -7,6 +7,10 @@ ratio per size, and each window step's planned span beside what it took. The for
 window; the rates behind it are this machine's, so the ratio is what to watch (it was 0.80-1.01 on 2 cores at
 30,000 rows and 1,000 blobs), not the seconds.
 
+The plans of all sizes share one state directory for their rates (``rates.json``, :mod:`migrator.estimator`): the
+first size plans with the samples its own probes take, the later ones with the median of those and the earlier
+sizes' too, as repeated plans on one machine do. Printed at the end: the rates measured, and how many samples each.
+
     .venv/bin/python bench/forecast.py                  # the three sizes below
     .venv/bin/python bench/forecast.py --sizes demo     # one of them
 """
@@ -35,8 +39,11 @@ SIZES = {
 }
 
 
-def migrator(stack: DemoStack, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT, env=stack.child_environ(),
+def migrator(stack: DemoStack, *args: str, state: Path | None = None) -> str:
+    environ = stack.child_environ()
+    if state is not None:  # where the plan keeps the rates it measures
+        environ["MIGRATOR_STATE"] = str(state)
+    result = subprocess.run([sys.executable, "-m", "migrator", *args], cwd=ROOT, env=environ,
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SystemExit(f"migrator {args[0]} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
@@ -49,7 +56,7 @@ def measure(name: str, size: DemoSize, workdir: Path) -> dict[str, Any]:
     with stack:
         env_file = stack.write_environment(planned_change=0.0)
         plan = json.loads(migrator(stack, "plan", str(PLAYBOOK), "-e", str(env_file), "--json",
-                                   "--out", str(workdir / f"{name}-plan")))
+                                   "--out", str(workdir / f"{name}-plan"), state=workdir / "rates"))
         migrator(stack, "run", str(PLAYBOOK), "-e", str(env_file), "--state", str(stack.state_dir),
                  "--run-id", "forecast")
         report = json.loads(migrator(stack, "report", "forecast", "--state", str(stack.state_dir),
@@ -69,12 +76,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-forecast-") as tmp:
+        (Path(tmp) / "rates").mkdir()
         for name in args.sizes:
             size = SIZES[name]
             print(f"{name}: {size.rows} rows, {size.blobs} blobs, {size.blob_bytes / 1e6:.0f} MB", flush=True)
             results[name] = found = measure(name, size, Path(tmp))
             for step, start, planned, took in found["steps"]:
                 print(f"  {step:16s} planned {start:7.2f} + {planned:6.2f}s, took {took:6.2f}s")
+        kept = Path(tmp) / "rates" / "rates.json"
+        samples = json.loads(kept.read_text())["samples"] if kept.is_file() else {}
+    print("rates measured by the plans (samples): "
+          + (", ".join(f"{rate} ({len(rows)})" for rate, rows in sorted(samples.items())) or "none"))
     print("read-only window: forecast / actual")
     for name, found in results.items():
         print(f"  {name:8s} forecast {found['forecast']:7.2f}s  actual {found['actual']:7.2f}s  "

@@ -250,6 +250,8 @@ def plan(playbook: Path = typer.Argument(..., help="playbook YAML"), env: Path |
         from migrator.runner import Runner
 
         options: dict[str, Any] = {"window": window} if window else {}
+        if state is not None:
+            options["state"] = state  # where the rates this machine measured are kept (the store is not opened)
         views = Runner(_NoStore(), options=options).plan(loaded)  # type: ignore[arg-type]
         text = render_plan(loaded, views, kind, out_dir=out_dir)
         out.print(text, markup=False) if kind != "table" else out.print(text)

@@ -32,6 +32,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 from pydantic import BaseModel, ConfigDict
 
 from migrator.clock import Clock
+from migrator.estimator import Work
 from migrator.resources import RunResources
 from migrator.secrets import Redactor, Secret
 
@@ -53,12 +54,19 @@ class CheckResult:
 
 @dataclass
 class Estimate:
-    """How much work a step expects: used for progress, the plan report and the read-only window forecast."""
+    """How much work a step expects: used for progress, the plan report and the read-only window forecast.
+
+    A step counts its work (``work``: units per named rate, :mod:`migrator.estimator`); the estimator turns the
+    counts into ``seconds`` and says in ``basis`` which rates it used. The engine prices every estimate that
+    carries its work again with the rates of the command (measured on this machine, cached in the state
+    directory), so ``seconds`` is the estimator's, not the step's.
+    """
 
     seconds: float | None = None
     items: int | None = None
     bytes: int | None = None
     basis: str = ""  # how the figure was reached ("probe: 48 MB/s over 3 s", "no measurement")
+    work: Work | None = None
 
 
 @dataclass

@@ -5,7 +5,9 @@ first attempt), saved as running together with the ``step.apply`` event, its ite
 done together with the ``step.done`` event — each its own SQLite transaction in WAL mode with
 ``synchronous=FULL``, so each waits for an fsync. On a busy disk those commits, not the step, are most of a
 small step's time. The probe makes a handful of such transactions in a temporary directory (deleted afterwards:
-the dry-run changes nothing) and multiplies the median by the transactions a step makes.
+the dry-run changes nothing) and reports their median as a sample of the ``state.transaction`` rate
+(:mod:`migrator.estimator`); a step's engine cost is that rate, the median of the recent samples on this machine,
+times the transactions a step makes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from migrator.estimator import Rates, Sample
 
 #: State-store transactions the runner makes for a step it applies (migrator/runner/attempt.py ``run_step``: saved when
 #: started, saved as running with the ``step.apply`` event, the item flush, saved as done with the ``step.done``
@@ -33,14 +37,17 @@ class EngineCost:
 
     transaction_seconds: float
     transactions_per_step: int = TRANSACTIONS_PER_STEP
+    #: Where the transaction's figure came from (the estimator's account of the ``state.transaction`` rate).
+    source: str = "measured now"
 
     @property
     def step_seconds(self) -> float:
         return self.transaction_seconds * self.transactions_per_step
 
     def basis(self) -> str:
-        return (f"measured: {self.transactions_per_step} state-store transactions a step at "
-                f"{self.transaction_seconds * 1000:.1f} ms each (fsync'd SQLite, WAL, synchronous=FULL)")
+        return (f"{self.transactions_per_step} state-store transactions a step at "
+                f"{self.transaction_seconds * 1000:.1f} ms each (fsync'd SQLite, WAL, synchronous=FULL; "
+                f"{self.source})")
 
     def as_dict(self) -> dict[str, object]:
         return {"seconds_per_step": self.step_seconds, "transaction_seconds": self.transaction_seconds,
@@ -75,12 +82,24 @@ def measure_transaction(transactions: int = PROBE_TRANSACTIONS, directory: Path 
     return statistics.median(took)
 
 
-_measured: EngineCost | None = None
+#: The probe's sample, taken once per process; and the engine cost the command's rates last made of it.
+_probed: Sample | None = None
+_priced: EngineCost | None = None
 
 
-def engine_cost() -> EngineCost:
-    """The engine's cost per step, measured once per process."""
-    global _measured
-    if _measured is None:
-        _measured = EngineCost(measure_transaction())
-    return _measured
+def engine_cost(rates: Rates | None = None) -> EngineCost:
+    """The engine's cost per step: the probe runs once per process, its median a sample of ``state.transaction``
+    in ``rates`` (the command's, which hold the samples kept on this machine). Without ``rates``: the cost the
+    command's rates last gave, else the probe alone."""
+    global _probed, _priced
+    if rates is None and _priced is not None:
+        return _priced
+    if _probed is None:
+        _probed = Sample("state.transaction", 1, measure_transaction(), time.time())
+    book = rates if rates is not None else Rates()
+    book.absorb([_probed])
+    value = book.value("state.transaction")
+    cost = EngineCost(value.seconds, source=value.source)
+    if rates is not None:
+        _priced = cost
+    return cost

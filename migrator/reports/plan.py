@@ -8,7 +8,6 @@ read-only to the end of the last step.
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.table import Table
 
 from migrator.playbook import LoadedPlaybook
 from migrator.reports.calibrate import EngineCost, engine_cost
+from migrator.reports.jsontext import strict_dumps
 from migrator.runner import StepPlanView
 
 
@@ -188,11 +188,11 @@ def _html(loaded: LoadedPlaybook, views: list[StepPlanView]) -> str:
 def render_plan(loaded: LoadedPlaybook, views: list[StepPlanView], kind: str, *, out_dir: Path | None = None) -> str:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "plan.json").write_text(json.dumps(_as_json(loaded, views), indent=2, default=str))
+        (out_dir / "plan.json").write_text(strict_dumps(_as_json(loaded, views)))
         (out_dir / "plan.md").write_text(_markdown(loaded, views))
         (out_dir / "plan.html").write_text(_html(loaded, views))
     if kind == "json":
-        return json.dumps(_as_json(loaded, views), indent=2, default=str)
+        return strict_dumps(_as_json(loaded, views))
     if kind in ("markdown", "md"):
         return _markdown(loaded, views)
     if kind == "table":

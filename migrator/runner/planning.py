@@ -1,19 +1,27 @@
-"""Planning: the dry-run (``check`` and ``plan`` of every step, writing nothing), the forecast of steps (each
-estimate kept beside its step, for forecast against actual) and the critical path through the estimates."""
+"""Planning: the dry-run (``check`` and ``plan`` of every step, writing nothing in the tenant), the forecast of
+steps (each estimate kept beside its step, for forecast against actual) and the critical path through the
+estimates.
+
+Every estimate a step returns with its work counted is priced here by the command's :class:`~migrator.estimator.
+Rates`: the samples measured on this machine and kept in the state directory, with this command's own (the only
+file a dry-run writes, and only where the state directory exists).
+"""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
 from migrator.errors import ExitCode, InputError, MigratorError
+from migrator.estimator import RATES_KEY, Rates, priced, rates_file
 from migrator.playbook import LoadedPlaybook, PlannedStep
 from migrator.runner.core import RunCore
 from migrator.runner.memory import MemoryItems, MemoryMemo
 from migrator.runner.outcome import StepPlanView
-from migrator.state import StepRecord, StepStatus
-from migrator.step import PlanResult, Step
+from migrator.state import StateStore, StepRecord, StepStatus
+from migrator.step import Estimate, PlanResult, Step
 
 log = logging.getLogger("migrator")
 
@@ -24,6 +32,23 @@ class Planner:
     def __init__(self, core: RunCore) -> None:
         self.core = core
 
+    def rates(self) -> Rates:
+        """The command's rates: the cache of the state directory (a run's store, else ``--state`` as the options
+        name it, ``MIGRATOR_STATE`` or the default), written back when the command closes its resources."""
+        def load() -> Rates:
+            store = self.core.store
+            path = getattr(store.backend, "path", None) if isinstance(store, StateStore) else None
+            spec = str(path) if path is not None else self.core.options.get("state")
+            if isinstance(store, StateStore) and path is None:
+                return Rates(now=self.core.clock.timestamp)  # a store in PostgreSQL: no cache on this machine
+            return Rates.load(rates_file(spec), now=self.core.clock.timestamp)
+
+        return self.core.resources.obtain(RATES_KEY, load)
+
+    def price(self, estimate: Estimate) -> Estimate:
+        """``estimate`` priced by the command's rates (as the step gave it when it counted no work)."""
+        return priced(estimate, self.rates())
+
     def plan(self, loaded: LoadedPlaybook) -> list[StepPlanView]:
         """The dry-run: ``check`` and ``plan`` of every step, in dependency order. Writes nothing."""
         self.core.seed_redactor(loaded)
@@ -32,6 +57,7 @@ class Planner:
         by_id_view: dict[str, StepPlanView] = {}
         env = loaded.environment_values()
         try:
+            self.calibrate_engine()
             for step in topological(loaded):
                 view = StepPlanView(step.id, step.spec.uses, step.needs, "change", "")
                 try:
@@ -44,13 +70,14 @@ class Planner:
                                       "known only when the run gets there"
                         rough = step.kind.estimate_deferred(step.raw_params)
                         if rough is not None:
+                            rough = self.price(rough)
                             view.estimate_seconds, view.basis = rough.seconds, rough.basis
                     else:
                         instance = step.kind(step.id, params)
                         ctx = self.core.context("plan", step.id, env, outputs, MemoryItems(), MemoryMemo(),
                                             dry_run=True)
                         state = instance.check(ctx)
-                        result = instance.plan(ctx)
+                        result = self.priced_result(instance.plan(ctx))
                         if state.done:
                             outputs[step.id] = dict(state.outputs)
                         fill_view(view, state.done, state.reason, result)
@@ -84,6 +111,7 @@ class Planner:
             params = loaded.try_resolve_params(step, outputs, run_id)
             if params is None:
                 rough = step.kind.estimate_deferred(step.raw_params)
+                rough = self.price(rough) if rough is not None else None
                 if rough is None or rough.seconds is None:
                     return None
                 return {"seconds": float(rough.seconds), "items": rough.items, "bytes": rough.bytes,
@@ -91,7 +119,7 @@ class Planner:
             instance: Step[Any] = step.kind(step.id, params)
             ctx = self.core.context(run_id, step.id, loaded.environment_values(), outputs, MemoryItems(), MemoryMemo(),
                                 dry_run=True)
-            result = instance.plan(ctx)
+            result = self.priced_result(instance.plan(ctx))
         except Exception as exc:  # a forecast is advice: a step that cannot plan now is simply not estimated
             log.info("no estimate for %s: %s", step.id, self.core.describe_error(exc))
             return None
@@ -100,6 +128,25 @@ class Planner:
         return {"seconds": float(result.estimate.seconds), "items": result.estimate.items,
                 "bytes": result.estimate.bytes, "basis": result.estimate.basis, "at": self.core.clock.timestamp(),
                 "noop": result.noop}
+
+    def priced_result(self, result: PlanResult) -> PlanResult:
+        """``result`` with its estimate priced by the command's rates; a step's ``details["run_seconds"]`` (what
+        the run spends on a step its check finds done: its estimate's seconds) follows."""
+        before = result.estimate.seconds
+        result.estimate = self.price(result.estimate)
+        if result.details.get("run_seconds") is not None and result.details["run_seconds"] == before:
+            result.details["run_seconds"] = result.estimate.seconds
+        return result
+
+    def calibrate_engine(self) -> None:
+        """Measures what a step costs the engine (state-store transactions) into the command's rates, for the
+        plan's timeline (:mod:`migrator.reports.calibrate`)."""
+        from migrator.reports.calibrate import engine_cost
+
+        try:
+            engine_cost(self.rates())
+        except (OSError, sqlite3.Error) as exc:  # advice for the timeline: the plan goes on without it
+            log.info("no engine cost measured: %s", exc)
 
     def record_forecast(self, run_id: str, loaded: LoadedPlaybook, step_ids: list[str]) -> dict[str, float | None]:
         """Estimates the given steps now and keeps each estimate beside the step, for forecast-vs-actual."""

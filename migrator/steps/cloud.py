@@ -15,10 +15,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from migrator.errors import InputError
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.azure import ArmSettings, SqlControlPlane, pending, run_lro
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.secrets import Secret
-from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.step import CheckResult, Params, PlanResult, Step, StepContext
 
 #: Tag (and container metadata key) naming the run that created a resource: compensation deletes only those.
 RUN_TAG = "migrator-run"
@@ -224,11 +225,11 @@ class Provision(Step[ProvisionParams]):
         if not changes:
             return PlanResult.nothing("all resources present and as specified")
         # Creating a server or database takes minutes in Azure; updates about one.
-        seconds = sum(300.0 if c.startswith("create SQL server") or c.startswith("create database") else 60.0
-                      for c in changes)
+        creates = sum(1 for c in changes if c.startswith("create SQL server") or c.startswith("create database"))
+        work = Work(note=f"{creates} resource(s) to create, {len(changes) - creates} other change(s)")
+        work.add("azure.create", creates).add("azure.update", len(changes) - creates)
         return PlanResult(changes=changes, reason="differences found",
-                          estimate=Estimate(seconds=seconds, items=len(changes),
-                                            basis="typical Azure provisioning times"))
+                          estimate=estimate(work, rates(ctx), items=len(changes)))
 
     def _outputs(self, ctx: StepContext) -> dict[str, Any]:
         p = self.params

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, field_validator
 
 from migrator.errors import CompensationError, InputError, PreconditionFailed, VerificationFailed
+from migrator.estimator import Sample, Work, estimate, rates
 from migrator.providers.dns import DnsEndpoint, DnsProvider, NoAnswer, open_dns_provider, resolve_host
 from migrator.providers.dns.base import (
     ADDRESS_TYPES,
@@ -199,8 +200,7 @@ class DnsLowerTtl(_NameStep[DnsLowerTtlParams]):
         return PlanResult(
             changes=[f"{self._fqdn()}: {describe_records(current)} → {describe_records(desired)}"],
             reason=state.reason,
-            estimate=Estimate(seconds=_UPDATE_IN_READS * read, items=1,
-                              basis=f"one DNS update: a read took {read * 1000:.0f} ms (measured)"),
+            estimate=estimate(_update_work(read, "one DNS update"), rates(ctx), items=1),
             details={"current": records_to_json(current)})
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -273,9 +273,8 @@ class DnsTransfer(_NameStep[DnsTransferParams]):
         if problem:
             changes.append(f"will refuse: {problem}")
         return PlanResult(changes=changes, reason=f"{self._fqdn()} is {describe_records(current)}",
-                          estimate=Estimate(seconds=_UPDATE_IN_READS * read, items=1,
-                                            basis=f"one conditional DNS update: a read took {read * 1000:.0f} ms "
-                                                  f"(measured); the step reads, updates and reads back"),
+                          estimate=estimate(_update_work(read, "one conditional DNS update: the step reads, "
+                                                                     "updates and reads back"), rates(ctx), items=1),
                           details={"current": records_to_json(current)})
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
@@ -354,6 +353,11 @@ _UPDATE_IN_READS = 3.0
 #: Rounds of asking every name server a dns.verify makes when secondaries follow the NOTIFY at once.
 _VERIFY_ROUNDS = 3.0
 
+
+def _update_work(read: float, note: str) -> Work:
+    """An update counted in reads (:data:`_UPDATE_IN_READS`), the read the plan timed as a sample."""
+    return Work(samples=[Sample("dns.read", 1, read, time.time())], note=note).add("dns.read", _UPDATE_IN_READS)
+
 @dataclass(frozen=True)
 class _Answer:
     server: str  # "ns1.example.com (192.0.2.53:53)"
@@ -394,10 +398,17 @@ class DnsVerify(_NameStep[DnsVerifyParams]):
                                    f"{self.params.dns.zone} serves {self._fqdn()}"], reason=state.reason,
                           # Secondaries follow a NOTIFY within seconds; the timeout is only the bound.
                           # the check, then the apply's rounds (the first usually enough), then the verify.
-                          estimate=Estimate(seconds=min(self.params.timeout, _VERIFY_ROUNDS * asked),
-                                            basis=f"asking every name server took {asked * 1000:.0f} ms "
-                                                  f"(measured); NOTIFY propagates within the first rounds "
-                                                  f"(at most {self.params.timeout:g} s)"))
+                          estimate=self._estimate(ctx, asked))
+
+    def _estimate(self, ctx: StepContext, asked: float) -> Estimate:
+        """The check, the apply's rounds and the verify: rounds of asking every name server (one timed now),
+        bounded by the timeout."""
+        book = rates(ctx)
+        note = f"NOTIFY propagates within the first rounds (at most {self.params.timeout:g} s)"
+        work = Work(samples=[Sample("dns.round", 1, asked, time.time())], note=note).add("dns.round", _VERIFY_ROUNDS)
+        if book.seconds_of(work) > self.params.timeout:
+            work = Work(fixed={"the timeout": self.params.timeout}, samples=work.samples, note=note)
+        return estimate(work, book)
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         started = ctx.clock.monotonic()

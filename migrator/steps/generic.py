@@ -11,9 +11,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from migrator.errors import CompensationError, InputError, PreconditionFailed, StepError, TransientError
+from migrator.estimator import Work, estimate, rates
 from migrator.playbook import Duration
 from migrator.procs import run_command
-from migrator.providers.http import REQUEST_SECONDS, HttpRequest, HttpResponse, send
+from migrator.providers.http import HttpRequest, HttpResponse, send
 from migrator.secrets import Secret
 from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
 
@@ -116,8 +117,11 @@ class Shell(Step[ShellParams]):
             return PlanResult.nothing(state.reason)
         items = self._items()
         what = f"run `{self.params.run}`" + (f" for {len(items)} items" if items is not None else "")
-        return PlanResult([what], state.reason, Estimate(seconds=self.params.estimate,
-                                                         items=len(items) if items is not None else None))
+        stated = Work(fixed={"the playbook's estimate": self.params.estimate}) \
+            if self.params.estimate is not None else None
+        return PlanResult([what], state.reason,
+                          estimate(stated, rates(ctx), items=len(items) if items is not None else None)
+                          if stated is not None else Estimate(items=len(items) if items is not None else None))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
         items = self._items()
@@ -223,7 +227,7 @@ class Http(Step[HttpParams]):
 
     def plan(self, ctx: StepContext) -> PlanResult:
         return PlanResult([f"{self.params.method} {self.params.url}"], "a request is always sent",
-                          Estimate(seconds=REQUEST_SECONDS, basis=f"one request, {REQUEST_SECONDS * 1000:.0f} ms"))
+                          estimate(Work(note="one request").add("http.request", 1), rates(ctx)))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
         response = self._request(ctx, method=self.params.method, url=self.params.url, body=self.params.body,
@@ -257,7 +261,8 @@ class Wait(Step[WaitParams]):
     summary = "wait a while"
 
     def plan(self, ctx: StepContext) -> PlanResult:
-        return PlanResult([f"wait {self.params.seconds:g}s"], "", Estimate(seconds=self.params.seconds))
+        return PlanResult([f"wait {self.params.seconds:g}s"], "",
+                          estimate(Work(fixed={"the wait": self.params.seconds}), rates(ctx)))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
         end = ctx.clock.monotonic() + self.params.seconds

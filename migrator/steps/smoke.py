@@ -14,13 +14,11 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from migrator.errors import ProviderError, VerificationFailed
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.dns import NoAnswer, answer_text, resolve
-from migrator.providers.http import REQUEST_SECONDS, HttpRequest, send
+from migrator.providers.http import HttpRequest, send
 from migrator.secrets import Secret
 from migrator.step import Estimate, Params, PlanResult, Step, StepContext
-
-#: What one DNS query to an authoritative server costs, for plan estimates.
-DNS_QUERY_SECONDS = 0.005
 
 _MAX_DETAIL = 10
 
@@ -173,10 +171,7 @@ class SmokeTest(Step[SmokeTestParams]):
                   + [f"inventory {c.name}" for c in p.inventories]
                   + [f"dns {c.name} {c.type} @{c.nameserver}:{c.port}" for c in p.dns])
         return PlanResult(changes=[f"test {c}" for c in checks], reason="read-only checks of the new instance",
-                          estimate=Estimate(seconds=self._seconds(), items=self._count(),
-                                            basis=f"{REQUEST_SECONDS * 1000:.0f} ms an HTTP check, "
-                                                  f"{DNS_QUERY_SECONDS * 1000:.0f} ms a DNS query; "
-                                                  "comparisons free"),
+                          estimate=estimate(self._work(len(p.http), len(p.dns)), rates(ctx), items=self._count()),
                           details={"checks": checks})
 
     @classmethod
@@ -186,14 +181,14 @@ class SmokeTest(Step[SmokeTestParams]):
             value = raw_params.get(key)
             return len(value) if isinstance(value, (list, dict)) else 0
 
-        seconds = count("http") * REQUEST_SECONDS + count("dns") * DNS_QUERY_SECONDS
-        return Estimate(seconds=seconds, items=sum(count(k) for k in ("http", "fingerprints", "inventories", "dns")),
-                        basis="counted from the checks as written")
+        work = cls._work(count("http"), count("dns"))
+        work.note = "counted from the checks as written; " + work.note
+        return estimate(work, items=sum(count(k) for k in ("http", "fingerprints", "inventories", "dns")))
 
-    def _seconds(self) -> float:
-        p = self.params
-        return (len(p.http) * REQUEST_SECONDS + len(p.dns) * DNS_QUERY_SECONDS
-                + (len(p.fingerprints) + len(p.inventories)) * 0.0)
+    @staticmethod
+    def _work(http: int, dns: int) -> Work:
+        """HTTP checks and DNS queries; the comparisons of fingerprints and inventories cost nothing more."""
+        return Work(note="comparisons free").add("http.request", http).add("dns.query", dns)
 
     def run_checks(self, ctx: StepContext) -> list[CheckOutcome]:
         p = self.params

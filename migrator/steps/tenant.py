@@ -10,10 +10,11 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from migrator.errors import CompensationError, PermanentError, TransientError, VerificationFailed
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.database import DatabaseEndpoint
-from migrator.providers.http import REQUEST_SECONDS, HttpRequest, HttpResponse, send
+from migrator.providers.http import HttpRequest, HttpResponse, send
 from migrator.secrets import Secret
-from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.step import CheckResult, Params, PlanResult, Step, StepContext
 
 MEMO_PREVIOUS = "previous"
 MEMO_SINCE = "read_only_since"
@@ -199,9 +200,9 @@ class TenantReadOnly(Step[TenantReadOnlyParams]):
         return PlanResult(changes=changes, reason=state.reason,
                           # apply sets what check read (the admin switch, the database) and probes; verify
                           # probes again: about twice what reading the state took, plus two requests a probe.
-                          estimate=Estimate(seconds=2 * looked + 2 * len(self.params.probes) * REQUEST_SECONDS,
-                                            basis=f"reading the state took {looked * 1000:.0f} ms (measured); "
-                                                  f"{REQUEST_SECONDS * 1000:.0f} ms a probe request"))
+                          # Reading the state is an admin request and a database check at once: no one rate.
+                          estimate=estimate(Work(fixed={"reading the state, twice": 2 * looked})
+                                            .add("http.request", 2 * len(self.params.probes)), rates(ctx)))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         if ctx.memo.get(MEMO_PREVIOUS) is None:

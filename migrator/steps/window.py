@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator
 
 from migrator.errors import InputError, PreconditionFailed, ValidationError
-from migrator.step import Estimate, Params, PlanResult, Step, StepContext
+from migrator.estimator import Work, estimate, rates
+from migrator.step import Params, PlanResult, Step, StepContext
 from migrator.window import (
     GateDecision,
     Window,
@@ -158,7 +159,7 @@ class WindowGate(Step[WindowGateParams]):
         change = (f"wait {wait:.0f} s for window {window.name}, then pass" if wait else
                   f"pass into window {window.name}") if fits else f"refuse: {decision.reason}"
         return PlanResult(changes=[change], reason=decision.reason, details=details,
-                          estimate=Estimate(seconds=wait, basis="time until the window opens"))
+                          estimate=estimate(Work(fixed={"time until the window opens": wait}), rates(ctx)))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         window = self._window(ctx)

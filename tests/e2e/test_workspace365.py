@@ -184,6 +184,11 @@ def test_plan_changes_nothing_and_writes_the_customer_plan(stack: DemoStack, tmp
     assert {p.name for p in (tmp_path / "plan").iterdir()} >= {"plan.md", "plan.html", "plan.json"}
     assert plan["timeline"]["read_only_window"]["seconds"] > 0
     assert [s["step_id"] for s in plan["steps"]][:2] == ["preflight", "provision"]
+    # blobs.verify changes nothing yet is work the run will do (not "done"); inside the window it works from the
+    # live container's inventory the presyncs keep, so its estimate lists only the source.
+    verify = next(s for s in plan["steps"] if s["step_id"] == "blobs_verify")
+    assert verify["status"] == "change" and "(reads only)" in verify["changes"][0]
+    assert "kept by the steps before: not listed" in verify["basis"], verify["basis"]
 
 
 def test_rollback_after_cutover_refuses_when_the_new_instance_took_writes_unless_accepting_data_loss(

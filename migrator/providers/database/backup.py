@@ -176,6 +176,30 @@ class ChunkWriter:
         return self.data
 
 
+def chunked_lines(lines: Iterator[bytes], table: Table, chunk_rows: int,
+                  chunk_bytes: int) -> Iterator[tuple[ChunkWriter, list[Any] | None]]:
+    """One table's stream of encoded lines (:meth:`~.base.Database.stream_lines`) cut into chunks as a page by
+    page read cuts them: up to ``chunk_rows`` lines, or fewer once ``chunk_bytes`` raw bytes are reached; each
+    with the portable primary key of its last line (None without a primary key). At least one (empty) chunk."""
+    at = [table.column_names.index(k) for k in table.primary_key]
+    writer, last = ChunkWriter(), b""
+    for line in lines:
+        writer.add(line)
+        last = line
+        if writer.rows >= chunk_rows or writer.raw_bytes >= chunk_bytes:
+            yield writer, _line_key(last, at)
+            writer = ChunkWriter()
+    if writer.rows or not last:
+        yield writer, _line_key(last, at) if writer.rows else None
+
+
+def _line_key(line: bytes, at: Sequence[int]) -> list[Any] | None:
+    if not at:
+        return None
+    row = json.loads(line)
+    return [row[i] for i in at]
+
+
 def read_chunk(store: BlobStore, chunk: ChunkInfo) -> Iterator[list[Any]]:
     """The rows of a chunk, after checking the blob's SHA-256 against the manifest."""
     for line in read_chunk_lines(store, chunk):

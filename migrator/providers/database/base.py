@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from migrator.providers.database.fingerprint import FINGERPRINT_MODULUS, Fingerprint, row_hash
 from migrator.providers.database.portable import (
@@ -99,6 +99,18 @@ class ChangedKeys:
     reason: str
     #: Rows per operation as change tracking reports them (``I``, ``U``, ``D``), for messages.
     operations: dict[str, int] = field(default_factory=dict)
+
+
+class ChunkLoad(Protocol):
+    """What a restore does inside one chunk's transaction (:meth:`Database.chunk_transaction`)."""
+
+    def describe(self) -> str: ...
+
+    def insert_lines(self, table: Table, columns: Sequence[str], lines: Sequence[bytes]) -> None: ...
+
+    def mark_chunk(self, chunk: str, sha256: str) -> None: ...
+
+    def check_marker_fence(self, generation: int) -> bool: ...
 
 
 class Database(ABC):
@@ -294,17 +306,96 @@ class Database(ABC):
                    ) -> Iterator[Sequence[Any]]:
         """The rows whose primary key is in ``(low, high]`` (None: unbounded), in key order. ``table`` gives the
         keys' types (portable values); ``present``, the table as this database has it, what is read."""
+        where, params = self.range_where(table, low, high)
+        sql = f"SELECT {self._select(present or table, columns, lines)} FROM {self.table_ref(table.name)}{where}"
+        # In key order, as the backup read it: the same engine gives the same lines in the same order.
+        return self.query(sql + " ORDER BY " + self.column_list(table.primary_key), params, batch=2000)
+
+    def range_where(self, table: Table, low: Sequence[Any] | None, high: Sequence[Any] | None
+                    ) -> tuple[str, list[Any]]:
+        """`` WHERE`` and the keyset predicates of the primary keys in ``(low, high]`` (None: unbounded; both:
+        an empty string), with their parameters."""
         conditions: list[str] = []
         params: list[Any] = []
         for bound, op in ((low, ">"), (high, "<=")):
             if bound is not None:
                 conditions.append(self.keyset_sql(table, op))
                 params.extend(self.keyset_params(table, bound, op))
-        sql = f"SELECT {self._select(present or table, columns, lines)} FROM {self.table_ref(table.name)}"
-        if conditions:
-            sql += " WHERE " + " AND ".join(f"({c})" for c in conditions)
-        # In key order, as the backup read it: the same engine gives the same lines in the same order.
-        return self.query(sql + " ORDER BY " + self.column_list(table.primary_key), params, batch=2000)
+        return (" WHERE " + " AND ".join(f"({c})" for c in conditions) if conditions else ""), params
+
+    def range_digest_sql(self, table: Table, where: str) -> str | None:
+        """A query the engine answers with one row — the row count and the MD5 (hex) of the text of the rows
+        that ``where`` (:meth:`range_where`) keeps, their encoded lines in primary-key order each ended by a
+        newline (a backup chunk's ``text_md5``) — or None where it cannot write every line in SQL.
+
+        PostgreSQL does (12 and later, every type it writes as a line, floats included); SQLite does not (it runs
+        in-process: reading the range costs no network) nor does SQL Server (T-SQL does not write the portable
+        line — a float as Python writes it, text escaped as JSON — so its digest could never equal the chunk's)."""
+        return None
+
+    def range_digest(self, table: Table, low: Sequence[Any] | None, high: Sequence[Any] | None
+                     ) -> tuple[int, str] | None:
+        """Row count and MD5 of the text of the rows with a primary key in ``(low, high]``, computed by the
+        engine (:meth:`range_digest_sql`), so that no row crosses the network; None where it cannot (the
+        caller reads the range, :meth:`read_range`, and hashes it itself)."""
+        where, params = self.range_where(table, low, high)
+        sql = self.range_digest_sql(table, where)
+        if sql is None:
+            return None
+        rows, digest = next(iter(self.query(sql, params)))
+        return int(rows), str(digest)
+
+    def range_digests_sql(self, table: Table) -> str | None:
+        """A query the engine answers with one row per range of a list given as its one parameter, a JSON array
+        of ``[low key, high key]`` pairs (portable values; each range ``(low, high]``): the range's number
+        (from 1), row count and text MD5, as :meth:`range_digest_sql` gives them; None where it cannot."""
+        return None
+
+    def range_digests(self, table: Table, low: Sequence[Any] | None, bounds: Sequence[Sequence[Any]]
+                      ) -> list[tuple[int, str]] | None:
+        """Row count and text MD5 (:meth:`range_digest`) of each of the consecutive ranges ``(low, bounds[0]]``,
+        ``(bounds[0], bounds[1]]`` ..., computed by the engine in one query (one more for a first range without
+        a lower bound); None where it cannot."""
+        sql = self.range_digests_sql(table)
+        if sql is None or not bounds:
+            return None
+        pairs = [[a, b] for a, b in zip([low, *bounds[:-1]], bounds, strict=True)]
+        found: list[tuple[int, str]] = []
+        if low is None:
+            first = self.range_digest(table, None, bounds[0])
+            if first is None:
+                return None
+            found, pairs = [first], pairs[1:]
+        if pairs:
+            rows = {int(n): (int(count), str(digest)) for n, count, digest in
+                    self.query(sql, [json.dumps(pairs, ensure_ascii=False)])}
+            found.extend(rows[i + 1] for i in range(len(pairs)))
+        return found
+
+    def range_versions(self, table: Table, low: Sequence[Any] | None, bounds: Sequence[Sequence[Any]],
+                       since: int) -> list[tuple[int, int]] | None:
+        """Per consecutive range ``(low, bounds[0]]``, ``(bounds[0], bounds[1]]`` ...: its row count and how many
+        of its rows were inserted or updated since the change version ``since`` (:meth:`change_version`, as a
+        backup recorded it), told by the engine's row versions without reading any value; None where it cannot
+        say. A range with as many rows as the backup's chunk and none written since is unchanged."""
+        return None
+
+    def read_ranges_sql(self, table: Table) -> str | None:
+        """A query the engine answers with the encoded line (one text value) of every row in the ranges of a
+        JSON list given as its one parameter (as :meth:`range_digests_sql`), range after range, each in key
+        order; None where it cannot write every line in SQL."""
+        return None
+
+    def read_ranges(self, table: Table, ranges: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[bytes] | None:
+        """The encoded lines of the rows in the ranges ``(low, high]`` (both bounds given), range after range, in
+        key order, in one query; None where the engine cannot write the lines (read each range then)."""
+        sql = self.read_ranges_sql(table)
+        if sql is None:
+            return None
+        if not ranges:
+            return []
+        pairs = [[list(low), list(high)] for low, high in ranges]
+        return [str(row[0]).encode("utf-8") for row in self.query(sql, [json.dumps(pairs, ensure_ascii=False)])]
 
     #: Primary keys per key lookup (one parameter each, per key column: well under every driver's limit).
     keys_per_query = 500
@@ -336,6 +427,13 @@ class Database(ABC):
                     limit: int, *, lines: bool = False) -> Iterator[Sequence[Any]]:
         return self.query(self.offset_sql(table, columns, offset=offset, limit=limit, lines=lines), [],
                           batch=min(limit, 1000))
+
+    def stream_lines(self, table: Table, after: Sequence[Any] | None, offset: int) -> Iterator[bytes] | None:
+        """Every row of ``table`` after the primary key ``after`` (portable values; None: from the first), in key
+        order — or, without a primary key, ordered by every column from row ``offset`` on — as its encoded line
+        (:func:`encode_row`), streamed by the engine's bulk export in one read; None where the dialect has none
+        (a backup then reads page by page)."""
+        return None
 
     def read_all(self, table: Table, columns: Sequence[str], *, lines: bool = False) -> Iterator[Sequence[Any]]:
         sql = f"SELECT {self._select(table, columns, lines)} FROM {self.table_ref(table.name)}"
@@ -377,6 +475,14 @@ class Database(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:
         """Commits on success, rolls back on error."""
+
+    @contextmanager
+    def chunk_transaction(self) -> Iterator[ChunkLoad]:
+        """One transaction of a restore's load: rows inserted, the chunk marked and the fence checked through
+        what it yields commit together (a dialect may load through its bulk path there); this connection's
+        :meth:`transaction` by default."""
+        with self.transaction():
+            yield self
 
     @abstractmethod
     def param_value(self, column: Column, value: Any) -> Any:
@@ -598,7 +704,9 @@ class Database(ABC):
 
     def change_version(self) -> int | None:
         """The engine's change-tracking version now (inside :meth:`snapshot`: the snapshot's), or None where
-        changes are not tracked. A backup records it; a sync asks :meth:`changed_keys` since then."""
+        changes are not tracked. A backup records it; a sync asks :meth:`changed_keys` since then, and
+        :meth:`range_versions` (PostgreSQL: the snapshot's transaction horizon, which row versions are compared
+        with)."""
         return None
 
     def changed_keys(self, table: Table, since: int) -> ChangedKeys:

@@ -66,6 +66,11 @@ def odbc_error(exc: pyodbc.Error, what: str, *, connecting: bool = False) -> Pro
     state = str(exc.args[0]) if exc.args else ""
     text = str(exc.args[1] if len(exc.args) > 1 else exc).strip()
     text = re.sub(r"\s*\(\d+\)\s*\(SQL\w+\)\s*$", "", text)
+    return driver_error(state, text, what, connecting=connecting)
+
+
+def driver_error(state: str, text: str, what: str, *, connecting: bool = False) -> ProviderError | InputError:
+    """A migrator error for a driver's SQLSTATE and message (pyodbc's, or psycopg's for PostgreSQL's COPY)."""
     # The engine quotes row values (personal data) in detail lines and conversion errors: never carry them on.
     text = withhold_values(text, state)
     message = f"{what}: {text}"

@@ -9,8 +9,12 @@ Result sets are read through a server-side cursor (``UseDeclareFetch=1``) so mem
 Reads let the server write the portable form of decimals, dates, timestamps, UUIDs and binaries (text in the
 exact shape :func:`~.base.to_portable` gives), so neither the driver nor Python converts those values; backups
 and fingerprints go further and have the server write each row's whole encoded line (``line_select``), floats
-excepted (its shortest digits are not always Python's). Loads send a batch of backup lines as one ``jsonb``
+excepted (its shortest digits are not always Python's). Inserts send a batch of backup lines as one ``jsonb``
 array parameter that the server unpacks and casts.
+
+Backup reads, whole-table line reads and restore loads go through ``COPY`` instead, on a psycopg session beside
+this one (:mod:`.pgcopy`): the same lines, in this session's snapshot; a restore's chunk is copied, marked and
+fenced in one transaction of that session.
 
 The read-only switch is ``ALTER DATABASE … SET default_transaction_read_only = on`` followed by ending the
 database's other sessions, so every session from then on starts read-only. It is a default, not a lock: a
@@ -20,6 +24,7 @@ probe checks what a new session gets.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +36,8 @@ import pyodbc
 from migrator.errors import PermanentError
 from migrator.providers.database.base import (
     MARKER_TABLE,
+    ChangedKeys,
+    ChunkLoad,
     Column,
     Converter,
     Table,
@@ -39,6 +46,8 @@ from migrator.providers.database.base import (
     recursive_rows_sql,
 )
 from migrator.providers.database.odbc import OdbcDatabase, odbc_error, parse_odbc
+from migrator.providers.database.pgcopy import CopySession, conninfo
+from migrator.providers.database.pgfloat import float_json_sql
 
 _TYPES = {
     "smallint": "smallint", "integer": "integer", "bigint": "bigint", "numeric": "decimal", "real": "real",
@@ -92,6 +101,11 @@ def _may_hold_non_finite(payload: bytes) -> bool:
     return b"NaN" in payload or b"Infinity" in payload or b"-0.0" in payload
 
 
+def _literal(value: str) -> str:
+    """A string literal whatever standard_conforming_strings says (an escape string: backslashes doubled too)."""
+    return "E'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def connection_options(text: str) -> str:
     """The connection string with the options this dialect relies on added when the user did not set them."""
     lowered = text.lower().replace(" ", "")
@@ -109,10 +123,18 @@ class PostgresDatabase(OdbcDatabase):
 
     def __init__(self, connection_string: str, *, label: str, schema: str = "public") -> None:
         self.schema = schema
+        # COPY's session (backup reads, restore loads), from the same connection string; None: ODBC only.
+        info = conninfo(connection_string)
+        self.copy_session = CopySession(info, label=label) if info is not None else None
+        #: Inside snapshot(): the ODBC transaction's snapshot, exported for COPY reads to share.
+        self._snapshot: str | None = None
         connection_string = connection_options(connection_string)
         #: Whether booleans come as Python bools (BoolsAsChar=0, unless the connection string says otherwise).
         self.native_booleans = parse_odbc(connection_string).get("boolsaschar") == "0"
         super().__init__(connection_string, label=label)
+
+    #: The server's version number (server_version_num), once asked.
+    _server_version: int | None = None
 
     #: Loads are bound by the server's work on each batch: two sessions use two of its cores.
     load_workers = 2
@@ -120,6 +142,11 @@ class PostgresDatabase(OdbcDatabase):
     def on_connect(self) -> None:
         self.execute("SET TIME ZONE 'UTC'")
         self.execute("SET DateStyle = 'ISO, YMD'")
+        # Shortest round-trip digits for floats (what pgfloat builds Python's text from), whatever the
+        # database's default; and no JIT: line expressions are long, and compiling them costs seconds for a
+        # query whose every row takes microseconds.
+        self.execute("SET extra_float_digits = 3")
+        self.execute("SET jit = off")
         self.database = str(self.scalar("SELECT current_database()"))
 
     # -- SQL text ----------------------------------------------------------------------------------------
@@ -159,14 +186,39 @@ class PostgresDatabase(OdbcDatabase):
         return template.format(self.quote(column.name)) if template else self.quote(column.name)
 
     def line_select(self, table: Table, columns: Sequence[str]) -> str | None:
-        # Floats are fetched as numbers between the text pieces: PostgreSQL's shortest digits are not always
-        # Python's (2.9388404737557112e+16 against 2.938840473755711e+16).
+        # Floats are fetched as numbers between the text pieces when rows are read anyway: Python writes a
+        # float's text several times faster than the server can write Python's (see whole_line).
+        return self._line_sql(table, columns, floats_in_text=False)
+
+    def whole_line(self, table: Table, columns: Sequence[str]) -> str | None:
+        """An expression the server writes each row's whole encoded line with, floats included (as Python's
+        json writes them: :func:`~.pgfloat.float_json_sql`), or None where it cannot for some column type: what
+        the fingerprint and the range digest hash without a row leaving the server."""
+        if any(table.column(n).type in ("float", "real") for n in columns) and not self._shortest_floats():
+            return None
+        return self._line_sql(table, columns, floats_in_text=True)
+
+    def _shortest_floats(self) -> bool:
+        """Whether the server writes a float's shortest round-trip digits (PostgreSQL 12 and later), which
+        pgfloat builds Python's text from."""
+        if self._server_version is None:
+            self._server_version = int(str(self.scalar("SHOW server_version_num")))
+        return self._server_version >= 120000
+
+    def _line_sql(self, table: Table, columns: Sequence[str], *, floats_in_text: bool) -> str | None:
         pieces: list[str] = []
         current = ["'['"]
         for i, name in enumerate(columns):
             column = table.column(name)
             if i:
                 current.append("','")
+            if column.type in ("float", "real") and floats_in_text:
+                # A real's portable value is what the drivers give for it: its shortest text read as a double
+                # (0.1, not the widened 0.10000000149011612).
+                value = self.quote(column.name)
+                value = value if column.type == "float" else f"CAST(CAST({value} AS text) AS float8)"
+                current.append(f"coalesce({float_json_sql(value)}, 'null')")
+                continue
             if column.type in ("float", "real"):
                 pieces.append(" || ".join(current))
                 pieces.append(self.quote(column.name))
@@ -192,13 +244,104 @@ class PostgresDatabase(OdbcDatabase):
         return f"{int(rows)}:{int(total)}:{int(newest)}"
 
     def fingerprint_sql(self, table: Table, columns: Sequence[str]) -> str | None:
-        # Only when the server writes each whole line (no float between text pieces): md5() of that text, in
-        # the database's UTF-8, is row_hash of the very bytes migrator would hash.
-        line = self.line_select(table, columns)
-        if line is None or any(table.column(n).type in ("float", "real") for n in columns):
+        # md5() of the whole line, floats included, in the database's UTF-8, is row_hash of the very bytes
+        # migrator would hash.
+        line = self.whole_line(table, columns)
+        if line is None:
             return None
-        halves = ", ".join(f"sum(('x' || substr(h, {start}, 16))::bit(64)::bigint)" for start in (1, 17))
-        return f"SELECT count(*), {halves} FROM (SELECT md5({line}) AS h FROM {self.table_ref(table.name)}) AS rows"
+        # OFFSET 0 keeps the subquery: pulled up, its MD5 (and the line) would be computed once per half.
+        halves = "sum(CAST(h AS bit(64))::bigint), sum(CAST(h << 64 AS bit(64))::bigint)"
+        return (f"SELECT count(*), {halves} FROM (SELECT CAST('x' || md5({line}) AS bit(128)) AS h "
+                f"FROM {self.table_ref(table.name)} OFFSET 0) AS rows")
+
+    def range_digest_sql(self, table: Table, where: str) -> str | None:
+        # The lines joined in key order, each ended by a newline (lines_text), hashed as UTF-8 whatever the
+        # database's encoding; the range is a presync chunk's, bounded in bytes, so the text fits in memory.
+        line = self.whole_line(table, table.column_names)
+        if line is None:
+            return None
+        text = f"coalesce(string_agg({line}, chr(10) ORDER BY {self.column_list(table.primary_key)}) || chr(10), '')"
+        return f"SELECT count(*), md5(convert_to({text}, 'UTF8')) FROM {self.table_ref(table.name)}{where}"
+
+    def range_digests_sql(self, table: Table) -> str | None:
+        # A range with no row gives count 0 and the MD5 of no text.
+        ranges = self._ranges_join(table, "LEFT JOIN")
+        if ranges is None:
+            return None
+        joined, order = ranges
+        text = f"coalesce(string_agg(r.l, chr(10) ORDER BY {order}) || chr(10), '')"
+        return f"SELECT b.n, count(r.l), md5(convert_to({text}, 'UTF8')) FROM {joined} GROUP BY b.n ORDER BY b.n"
+
+    def read_ranges_sql(self, table: Table) -> str | None:
+        ranges = self._ranges_join(table, "JOIN")
+        if ranges is None:
+            return None
+        joined, order = ranges
+        return f"SELECT r.l FROM {joined} ORDER BY b.n, {order}"
+
+    def _ranges_join(self, table: Table, join: str, value: str | None = None) -> tuple[str, str] | None:
+        """The ranges of a JSON list of ``[low key, high key]`` pairs (the query's one parameter) numbered
+        ``b.n``, each joined with its rows ``r`` (``r.l``: ``value``, by default the whole line; ``r.k0`` ...: the
+        key), an index range scan each, the keys cast as a parameter of their column is; and the rows' key order.
+        None where the server does not write the table's lines, or a key is a float (NaN and infinities are no
+        JSON)."""
+        line = value or self.whole_line(table, table.column_names)
+        keys = [table.column(n) for n in table.primary_key]
+        if line is None or not keys or any(c.type in ("float", "real") for c in keys):
+            return None
+
+        def bound(side: int) -> str:
+            return ", ".join(self.marker(c).replace("?", f"(b.v->{side}->>{i})") for i, c in enumerate(keys))
+
+        columns = self.column_list(table.primary_key)
+        named = ", ".join(f"{self.quote(c.name)} AS k{i}" for i, c in enumerate(keys))
+        rows = (f"SELECT {line} AS l, {named} FROM {self.table_ref(table.name)} "
+                f"WHERE ({columns}) > ({bound(0)}) AND ({columns}) <= ({bound(1)})")
+        ranges = "jsonb_array_elements(CAST(? AS jsonb)) WITH ORDINALITY AS b(v, n)"
+        return f"{ranges} {join} LATERAL ({rows}) AS r ON true", ", ".join(f"r.k{i}" for i in range(len(keys)))
+
+    def change_version(self) -> int | None:
+        # The snapshot's horizon: every transaction before it had ended when the snapshot was taken, so a row
+        # version written by one of them (xmin older than it) that is still visible is as the snapshot saw it.
+        return int(str(self.scalar("SELECT txid_snapshot_xmin(txid_current_snapshot())")))
+
+    def changed_keys(self, table: Table, since: int) -> ChangedKeys:
+        return ChangedKeys(None, "PostgreSQL names no deleted key; its row versions tell which key ranges changed")
+
+    def range_versions(self, table: Table, low: Sequence[Any] | None, bounds: Sequence[Sequence[Any]],
+                       since: int) -> list[tuple[int, int]] | None:
+        # A row written after the horizon (an insert or an update: either writes a new row version whose xmin is
+        # its transaction) has an xmin no older than it — the horizon itself is the first transaction the
+        # snapshot may not have seen — by age() (32-bit transaction ids compare by distance);
+        # reading xmin and the key reads no column value.
+        horizon = f"CAST('{int(since) % (1 << 32)}' AS xid)"
+        # The horizon behind the server's transaction counter (64 bits) and within a billion transactions: the
+        # same server, and ids age() still tells apart; else NULL (cannot say).
+        written = (f"CASE WHEN age({horizon}) BETWEEN 0 AND 1000000000 "
+                   f"AND txid_snapshot_xmax(txid_current_snapshot()) >= {int(since)} "
+                   f"THEN age(xmin) <= age({horizon}) END")
+        ranges = self._ranges_join(table, "LEFT JOIN", written)
+        if ranges is None or not bounds:
+            return None
+        found: list[tuple[int, int]] = []
+        pairs = [[a, b] for a, b in zip([low, *bounds[:-1]], bounds, strict=True)]
+        if low is None:  # the first range has no lower bound: on its own (an index scan from the first key)
+            where, params = self.range_where(table, None, bounds[0])
+            count, young, unknown = next(iter(self.query(
+                f"SELECT count(*), count(*) FILTER (WHERE {written}), count(*) FILTER (WHERE ({written}) IS NULL) "
+                f"FROM {self.table_ref(table.name)}{where}", params)))
+            if unknown:
+                return None
+            found, pairs = [(int(count), int(young))], pairs[1:]
+        if pairs:
+            joined, _ = ranges
+            rows = {int(n): (int(count), int(young), int(unknown)) for n, count, young, unknown in self.query(
+                f"SELECT b.n, count(r.l), count(*) FILTER (WHERE r.l), count(*) FILTER (WHERE r.l IS NULL AND "
+                f"r.k0 IS NOT NULL) FROM {joined} GROUP BY b.n ORDER BY b.n", [json.dumps(pairs, ensure_ascii=False)])}
+            if any(rows[i + 1][2] for i in range(len(pairs))):
+                return None
+            found.extend(rows[i + 1][:2] for i in range(len(pairs)))
+        return found
 
     def read_converters(self, read: Sequence[Column], portable: Sequence[Column]) -> list[Converter | None]:
         converters = super().read_converters(read, portable)
@@ -256,6 +399,8 @@ class PostgresDatabase(OdbcDatabase):
         # runner lost the run's lock (a paused process keeps its transaction, and its locks, open otherwise).
         mine = f"{label}:{generation}"[:63]
         self.execute(f"SET application_name = '{mine}'")
+        if self.copy_session is not None:
+            self.copy_session.tag(mine)
         for (name,) in self.query("SELECT application_name FROM pg_stat_activity WHERE datname = current_database() "
                                   "AND application_name LIKE ? AND pid <> pg_backend_pid()", [f"{label}:%"]):
             older = str(name).rsplit(":", 1)[-1]
@@ -345,8 +490,75 @@ class PostgresDatabase(OdbcDatabase):
     @contextmanager
     def snapshot(self) -> Iterator[None]:
         with self.transaction():
-            self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            yield
+            if self.copy_session is None:
+                self.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                yield
+                return
+            # Exported for COPY's session to read in (the same rows the counts here see), in the transaction's
+            # first statement: psqlODBC runs every later one in a subtransaction, which cannot export it.
+            self._snapshot = self._first_statement_value(
+                "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SELECT pg_export_snapshot()")
+            try:
+                yield
+            finally:
+                self._snapshot = None
+
+    def _first_statement_value(self, sql: str) -> str:
+        """The value the second statement of ``sql`` (two statements, the first giving no rows) returns."""
+        try:
+            cursor = self.conn.cursor()
+            try:
+                cursor.execute(sql)
+                cursor.nextset()
+                row = cursor.fetchone()
+            finally:
+                cursor.close()
+        except pyodbc.Error as exc:
+            raise odbc_error(exc, f"query on {self.label} failed") from None
+        return str(row[0]) if row else ""
+
+    # -- COPY (backup reads, restore loads) --------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.copy_session is not None:
+            self.copy_session.close()
+        super().close()
+
+    def stream_lines(self, table: Table, after: Sequence[Any] | None, offset: int) -> Iterator[bytes] | None:
+        select = self.line_select(table, table.column_names)
+        if select is None or self.copy_session is None:
+            return None
+        sql = f"SELECT {select} FROM {self.table_ref(table.name)}"
+        if table.primary_key:
+            if after is not None:
+                # COPY takes no parameters: the key as literals, each in its marker's cast.
+                literals = [self.marker(c).replace("?", _literal(self.param_value(c, v)))
+                            for c, v in zip([table.column(n) for n in table.primary_key], after, strict=True)]
+                sql += f" WHERE ({self.column_list(table.primary_key)}) > ({', '.join(literals)})"
+            sql += f" ORDER BY {self.column_list(table.primary_key)}"
+        else:
+            sql += " ORDER BY " + ", ".join(self.quote(c.name) for c in table.columns)
+            sql += f" OFFSET {int(offset)}" if offset else ""
+        return self.copy_session.lines(sql, snapshot=self._snapshot)
+
+    def read_all(self, table: Table, columns: Sequence[str], *, lines: bool = False) -> Iterator[Sequence[Any]]:
+        # Whole-table line reads (fingerprints the server cannot compute) through COPY too — but not inside a
+        # write transaction of this session, whose uncommitted rows COPY's session cannot see.
+        select = self.line_select(table, columns) if lines and self.copy_session is not None else None
+        if select is None or self.copy_session is None or (self._in_transaction and self._snapshot is None):
+            return super().read_all(table, columns, lines=lines)
+        stream = self.copy_session.lines(f"SELECT {select} FROM {self.table_ref(table.name)}", snapshot=self._snapshot)
+        return ((line.decode("utf-8"),) for line in stream)  # one text piece: join_line's whole line
+
+    @contextmanager
+    def chunk_transaction(self) -> Iterator[ChunkLoad]:
+        if self.copy_session is None:
+            with self.transaction():
+                yield self
+            return
+        # On COPY's session: the rows, the chunk's marker and the fence check in one transaction there.
+        with self.copy_session.load(self.schema) as load:
+            yield load
 
     # -- read-only switch --------------------------------------------------------------------------------
 

@@ -6,10 +6,11 @@ import time
 from typing import Any, ClassVar, Literal, TypeVar
 
 from migrator.errors import VerificationFailed
+from migrator.estimator import rates
 from migrator.providers.blob import BlobStore
 from migrator.step import CheckResult, PlanResult, Step, StepContext
 from migrator.steps.blobs.attempt import attempts, check_transfer
-from migrator.steps.blobs.estimates import verify_estimate
+from migrator.steps.blobs.estimates import verify_estimate, verify_reuses
 from migrator.steps.blobs.inventory import Compact, destination_inventory, open_pair
 from migrator.steps.blobs.params import PresyncParams, PutLiveParams, SyncParams, TransferParams, VerifyParams
 from migrator.steps.blobs.reuse import kept_destination
@@ -161,9 +162,12 @@ class Verify(Step[VerifyParams]):
         started = time.perf_counter()
         have = destination_inventory(dst, metadata=src.reports_versions)
         dst_seconds = time.perf_counter() - started
-        result = PlanResult(changes=[], reason=f"read-only: compares {self.params.source.describe()} with "
-                                               f"{self.params.destination.describe()}")
-        result.estimate = verify_estimate(ctx, self.params, src, listed, src_seconds, have, dst_seconds)
+        # Never a no-op, which the plan would show as "done" before anything ran: it is work the run will do.
+        compare = f"compare {self.params.source.describe()} with {self.params.destination.describe()} (reads only)"
+        result = PlanResult(changes=[compare], reason=f"read-only: compares {self.params.source.describe()} with "
+                                                      f"{self.params.destination.describe()}")
+        result.estimate = verify_estimate(ctx, self.params, src, listed, src_seconds, have, dst_seconds,
+                                          rates(ctx), kept=verify_reuses(ctx, self.params, src, dst))
         result.details = {"run_seconds": result.estimate.seconds}
         return result
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from migrator.errors import Cancelled, MigratorError, TransientError, is_retryable
+from migrator.estimator import rates
 from migrator.providers.blob import BlobInfo, BlobStore, open_blob_store
 from migrator.providers.blob.copy import BlobCopier, CopyResult
 from migrator.secrets import blob_label
@@ -389,7 +390,7 @@ def plan_transfer(ctx: StepContext, params: TransferParams, *, extra: str, what:
     will_hold = planned_holdings(ctx).get(params.source.cache_key())
     done_now = not diff.to_copy and not (diff.extra and extra == "delete")  # what check finds now
     estimate, diff, projected = transfer_estimate(params, diff, sides, source, will_hold,
-                                                  reused=reused_in_run(ctx, params, src, dst))
+                                                  reused=reused_in_run(ctx, params, src, dst), rates=rates(ctx))
     # What the destination holds once this step ran, for the steps after it that read it (a put live from the
     # backup this presync fills), and that the run keeps its inventory for them.
     planned_holdings(ctx)[params.destination.cache_key()] = projected

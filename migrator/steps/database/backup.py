@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import model_validator
 
 from migrator.errors import PreconditionFailed, VerificationFailed
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database import (
@@ -29,16 +30,19 @@ from migrator.providers.database.backup import (
     TableBackup,
     check_chunk,
     chunk_name,
+    chunked_lines,
     read_manifest,
 )
 from migrator.providers.database.base import row_converter
-from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.step import CheckResult, Params, PlanResult, Step, StepContext
 from migrator.steps.database.common import (
     SourceProfile,
     blob_request,
     chunk_count,
     connected,
+    measured_rates,
     read_chunk_rows,
+    request_samples,
     selected_tables,
     source_profile,
 )
@@ -98,14 +102,14 @@ class Backup(Step[BackupParams]):
         profile = source_profile(self.params.database, ctx, self.params.tables)
         blob = blob_request(self._store(ctx))
         tables, rows = profile.costs.tables, profile.costs.total_rows
-        seconds, chunks = backup_seconds(profile, blob, self.params.chunk_rows, self.params.chunk_bytes)
+        work, chunks = backup_work(profile, blob, self.params.chunk_rows, self.params.chunk_bytes)
+        work.note = f"{profile.basis()}; blob request {blob * 1000:.0f} ms"
         raw = round(rows * profile.bytes_per_row)
         generated = [f"note: table {t.name}, column {g.name} ({g.kind}): not copied, the target generates its own"
                      for t in tables for g in t.generated]
         return PlanResult([f"back up {len(tables)} tables ({rows} rows) of {self.params.database.describe()} "
                            f"to {self.params.to.describe()}", *generated], state.reason,
-                          Estimate(seconds=seconds, items=chunks, bytes=raw,
-                                   basis=f"{profile.basis()}; blob request {blob * 1000:.0f} ms"),
+                          estimate(work, rates(ctx), items=chunks, bytes=raw),
                           {"tables": len(tables), "rows": rows, "rows_per_table": dict(profile.costs.rows),
                            "raw_bytes": raw, "rows_per_second": round(profile.rows_per_second)})
 
@@ -192,6 +196,16 @@ class Backup(Step[BackupParams]):
     def _chunk_reads(self, ctx: StepContext, db: Database, table: Table, last_key: list[Any] | None,
                       offset: int) -> Iterator[tuple[ChunkWriter, list[Any] | None]]:
         """Chunks read one after the other in this process: each starts where the one before ended."""
+        stream = db.stream_lines(table, last_key, offset)
+        if stream is not None:  # the engine's bulk export (PostgreSQL's COPY): one read, cut into chunks here
+            try:
+                for chunk in chunked_lines(stream, table, self.params.chunk_rows, self.params.chunk_bytes):
+                    ctx.raise_if_cancelled()
+                    yield chunk
+            finally:
+                if hasattr(stream, "close"):
+                    stream.close()
+            return
         convert = row_converter(db.read_converters(table.columns, table.columns))
         while True:
             ctx.raise_if_cancelled()
@@ -232,14 +246,22 @@ class Backup(Step[BackupParams]):
 
 def backup_seconds(profile: SourceProfile, blob: float, chunk_rows: int = 50_000,
                    chunk_bytes: int = 64 << 20) -> tuple[float, int]:
-    """Seconds and chunks of a backup: the check (the manifest read), the apply (a connection, the catalog, per
+    """Seconds (at the rates measured in ``profile`` and ``blob``) and chunks of a backup (:func:`backup_work`)."""
+    work, chunks = backup_work(profile, blob, chunk_rows, chunk_bytes)
+    return measured_rates(*work.samples).seconds_of(work), chunks
+
+
+def backup_work(profile: SourceProfile, blob: float, chunk_rows: int = 50_000,
+                chunk_bytes: int = 64 << 20) -> tuple[Work, int]:
+    """The work and chunks of a backup: the check (the manifest read), the apply (a connection, the catalog, per
     table its chunks read and written and a count, the manifest written) and the verify (manifest and chunks
-    read back); rows at the probed rate."""
+    read back); rows at the source's read rate. The measurements of ``profile`` and ``blob`` are its samples."""
     c = profile.costs
     chunks = sum(chunk_count(n, profile.bytes_per_row, chunk_rows, chunk_bytes) for n in c.rows.values()) or 1
-    seconds = (blob + c.connect + c.catalog + 2 * c.count + len(c.tables) * c.count + chunks * blob
-               + profile.read_seconds(c.total_rows) + blob + blob + chunks * blob)
-    return seconds, chunks
+    work = Work(samples=[*profile.samples(), *request_samples(blob)])
+    work.add("backup.request", 1 + chunks + 2 + chunks).add("db.source.connect", 1).add("db.source.catalog", 1)
+    work.add("db.source.count", 2 + len(c.tables)).add("db.source.read", c.total_rows)
+    return work, chunks
 
 
 def _backup_outputs(manifest: Manifest, to: BlobEndpoint) -> dict[str, Any]:

@@ -3,9 +3,11 @@ reads and content fingerprints.
 
 A plan measures instead of assuming: what one connection, one catalog read and one count cost on each database
 now, what one blob request costs on the backup store, and how fast the biggest table reads through the backup's
-own read path. A step's forecast is then the operations its apply and verify make (counted from the code: the
-catalog reads, counts, chunk writes) times those costs, plus rows over the measured rate. On a small tenant the
-fixed costs are most of the time; on a big one the rows are.
+own read path. Each measurement is a sample of a named rate of the estimator (``db.source.connect``,
+``db.target.lookup``, ``db.source.read``, ``backup.request``...: :mod:`migrator.estimator`). A step's plan then
+counts the operations its apply and verify make (from the code: the catalog reads, counts, chunk writes) and
+the rows, and the estimator prices them with the rates measured on this machine. On a small tenant the fixed
+costs are most of the time; on a big one the rows are.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from migrator.errors import InputError, PreconditionFailed
+from migrator.estimator import Rates, Sample
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database import (
     MARKER_TABLE,
@@ -60,7 +63,8 @@ def selected_tables(tables: Sequence[Table], names: Sequence[str] | None, where:
 #: Seconds a throughput probe may read at most (the plan's own cost).
 PROBE_SECONDS = 0.5
 #: Rows a restore inserts per second for each row the backup reads per second: inserting and committing costs
-#: more than reading (measured on the demo: PostgreSQL through psqlODBC from SQLite, about a third).
+#: more than reading (measured on the demo: PostgreSQL through psqlODBC from SQLite, about a third). The
+#: estimator's ``db.rows.insert`` is derived from ``db.source.read`` by this factor until it is measured.
 INSERT_TO_READ = 0.35
 #: A DDL statement (CREATE TABLE, a primary or foreign key) in catalog reads: it changes the catalog it reads.
 DDL_IN_CATALOG_READS = 1.0
@@ -147,9 +151,21 @@ class SourceProfile:
     rows_per_second: float
     bytes_per_row: float
     probed_rows: int
+    #: When it was measured.
+    at: float = field(default_factory=time.time)
 
     def read_seconds(self, rows: int) -> float:
         return rows / self.rows_per_second if self.rows_per_second > 0 else 0.0
+
+    def samples(self) -> list[Sample]:
+        """What the plan measured, as samples of the source's rates (the read rate where rows were read)."""
+        c = self.costs
+        found = [Sample("db.source.connect", 1, c.connect, self.at), Sample("db.source.catalog", 1, c.catalog, self.at),
+                 Sample("db.source.count", 1, c.count, self.at)]
+        if self.rows_per_second > 0 and self.probed_rows > 0:
+            found.append(Sample("db.source.read", self.probed_rows, self.probed_rows / self.rows_per_second,
+                                self.at))
+        return found
 
     def basis(self) -> str:
         c = self.costs
@@ -176,6 +192,18 @@ def source_profile(endpoint: DatabaseEndpoint, ctx: StepContext, names: Sequence
 def blob_request(store: BlobStore) -> float:
     """Seconds of one request to the backup store (reading the manifest, present or not)."""
     return timed(lambda: read_manifest(store))[1]
+
+
+def request_samples(blob: float) -> list[Sample]:
+    """A timed request to the backup store as a sample of ``backup.request``."""
+    return [Sample("backup.request", 1, blob, time.time())] if blob >= 0 else []
+
+
+def measured_rates(*samples: Sample, rates: Rates | None = None) -> Rates:
+    """``rates`` (assumed ones when None) with ``samples`` in them: what the estimate helpers price with."""
+    book = rates if rates is not None else Rates()
+    book.absorb(samples)
+    return book
 
 
 
@@ -241,6 +269,17 @@ class TargetCosts:
     fetch_rows_per_second: float = 0.0
     #: Whether a restore adds the keys after the load (:attr:`Database.keys_after_load`): more DDL to count.
     keys_after_load: bool = True
+    #: When it was measured.
+    at: float = field(default_factory=time.time)
+
+    def samples(self) -> list[Sample]:
+        """What the plan measured, as samples of the target's rates (the fetch rate where it was probed)."""
+        found = [Sample("db.target.connect", 1, self.connect, self.at),
+                 Sample("db.target.catalog", 1, self.catalog, self.at),
+                 Sample("db.target.lookup", 1, self.lookup, self.at)]
+        if self.fetch_rows_per_second > 0:
+            found.append(Sample("db.target.fetch", 1, 1 / self.fetch_rows_per_second, self.at))
+        return found
 
     def basis(self) -> str:
         fetch = f", fetch {self.fetch_rows_per_second:,.0f} rows/s" if self.fetch_rows_per_second else ""

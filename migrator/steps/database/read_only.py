@@ -8,8 +8,9 @@ from typing import Any
 from pydantic import Field
 
 from migrator.errors import VerificationFailed
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.database import DatabaseEndpoint
-from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.step import CheckResult, Params, PlanResult, Step, StepContext
 from migrator.steps.database.common import connected
 
 
@@ -52,7 +53,8 @@ class ReadOnly(Step[ReadOnlyParams]):
         cuts = f" ({cut} other session{'s' if cut != 1 else ''} open now: their transactions are rolled back)" \
             if cut is not None else ""
         return PlanResult([f"switch {self.params.database.describe()} to read-only{cuts}"], state.reason,
-                          Estimate(seconds=2.0, basis="one ALTER and ending open sessions"))
+                          estimate(Work(note="one ALTER and ending open sessions").add("db.read_only", 1),
+                                   rates(ctx)))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         with connected(self.params.database, ctx) as db:

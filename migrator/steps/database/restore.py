@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from typing import Any, Literal
 
 from migrator.errors import InputError, LockLost, PreconditionFailed, VerificationFailed
+from migrator.estimator import Sample, Work, estimate, rates
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database import (
@@ -31,15 +32,18 @@ from migrator.providers.database.backup import (
     read_manifest,
 )
 from migrator.providers.database.targets import path_note
-from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.step import CheckResult, Params, PlanResult, Step, StepContext
 from migrator.steps.database.common import (
     DDL_IN_CATALOG_READS,
     INSERT_TO_READ,
+    SourceProfile,
     TargetCosts,
     chunk_count,
     connected,
     fingerprint,
     measure_target,
+    measured_rates,
+    request_samples,
     required_manifest,
     selected_tables,
     source_profile,
@@ -132,13 +136,13 @@ class Restore(Step[RestoreParams]):
         changes = [f"create table {t.table.name}" for t in creates] + [f"note: {n}" for n in notes]
         changes.append(f"note: {path_note(self.params.database)}")
         changes.append(f"load {rows} rows into {len(tables)} tables of {self.params.database.describe()}")
-        rate = (source_profile(self.params.size_from, ctx, self.params.tables).rows_per_second
-                if self.params.size_from is not None else 0.0)
-        seconds = restore_seconds(target, [t.table for t in tables], rows, chunks, blob, rate)
+        profile = (source_profile(self.params.size_from, ctx, self.params.tables)
+                   if self.params.size_from is not None else None)
+        work = restore_work(target, [t.table for t in tables], rows, chunks, blob, profile)
+        work.note = f"backup manifest; {target.basis()}; blob request {blob * 1000:.0f} ms"
         return PlanResult(changes, state.reason,
-                          Estimate(seconds=seconds, items=chunks,
-                                   bytes=sum(c.bytes for t in tables for c in t.chunks),
-                                   basis=f"backup manifest; {target.basis()}; blob request {blob * 1000:.0f} ms"))
+                          estimate(work, rates(ctx), items=chunks,
+                                   bytes=sum(c.bytes for t in tables for c in t.chunks)))
 
     def _plan_before_backup(self, ctx: StepContext, blob: float) -> PlanResult:
         """No backup yet: sized from the database it will be made from (``size_from``)."""
@@ -147,14 +151,14 @@ class Restore(Step[RestoreParams]):
         tables, rows = profile.costs.tables, profile.costs.total_rows
         target = measure_target(self.params.database, ctx)
         chunks = sum(chunk_count(n, profile.bytes_per_row) for n in profile.costs.rows.values())
-        seconds = restore_seconds(target, tables, rows, chunks, blob, profile.rows_per_second)
+        work = restore_work(target, tables, rows, chunks, blob, profile)
+        work.note = (f"sized from the source: {profile.basis()}; {target.basis()}; insert at {INSERT_TO_READ:g} x "
+                     "the read rate until measured")
         return PlanResult(
             [f"load about {rows} rows into {len(tables)} tables of {self.params.database.describe()}, from the "
              f"backup an earlier step makes of {self.params.size_from.describe()}"],
             f"no backup in {self.params.backup.describe()} yet: sized from {self.params.size_from.describe()}",
-            Estimate(seconds=seconds, items=chunks, bytes=round(rows * profile.bytes_per_row),
-                     basis=f"sized from the source: {profile.basis()}; {target.basis()}; insert at "
-                           f"{INSERT_TO_READ:g} x the read rate"),
+            estimate(work, rates(ctx), items=chunks, bytes=round(rows * profile.bytes_per_row)),
             {"tables": len(tables), "rows": rows})
 
     def _schema_changes(self, db: Database, store: BlobStore, tables: Sequence[TableBackup],
@@ -342,7 +346,8 @@ class Restore(Step[RestoreParams]):
     def _load_chunk(db: Database, store: BlobStore, table: Table, chunk: ChunkInfo, generation: int) -> None:
         names = table.column_names
         lines = read_chunk_lines(store, chunk)
-        with db.transaction():
+        # The dialect's load transaction (PostgreSQL: COPY on its COPY session, the marker and fence there too).
+        with db.chunk_transaction() as load:
             start = 0
             while start < len(lines):
                 # Up to INSERT_BATCH rows, and fewer when they are big: one batch is one statement parameter.
@@ -350,12 +355,12 @@ class Restore(Step[RestoreParams]):
                 while end < len(lines) and end - start < INSERT_BATCH and (size < INSERT_BATCH_BYTES or end == start):
                     size += len(lines[end])
                     end += 1
-                db.insert_lines(table, names, lines[start:end])
+                load.insert_lines(table, names, lines[start:end])
                 start = end
-            db.mark_chunk(chunk.name, chunk.sha256)
+            load.mark_chunk(chunk.name, chunk.sha256)
             # Last, so the fence row is locked only from here to the commit: a successor's claim waits for at
             # most that (and then finds the chunk marked), or this chunk finds the fence moved on and rolls back.
-            if not db.check_marker_fence(generation):
+            if not load.check_marker_fence(generation):
                 raise LockLost(f"restore into {db.describe()}: a runner with a later lock generation took over; "
                                f"chunk {chunk.name} was rolled back")
 
@@ -408,33 +413,39 @@ class Restore(Step[RestoreParams]):
 
 
 
-#: Rows per second a restore is assumed to insert when nothing was measured to size it from.
-ASSUMED_INSERT_ROWS_PER_S = 20_000.0
-
-
 def restore_seconds(target: TargetCosts, tables: Sequence[Table], rows: int, chunks: int, blob: float,
                     read_rate: float) -> float:
-    """Seconds of a restore, counted from what its check, apply and verify do on the target.
+    """Seconds of a restore (:func:`restore_work`) at the rates measured in ``target``, ``blob`` and, where
+    positive, the source's ``read_rate`` (rows a second); assumed ones for the rest."""
+    work = restore_work(target, tables, rows, chunks, blob)
+    read = [Sample("db.source.read", 1, 1 / read_rate, target.at)] if read_rate > 0 else []
+    return measured_rates(*work.samples, *read).seconds_of(work)
+
+
+def restore_work(target: TargetCosts, tables: Sequence[Table], rows: int, chunks: int, blob: float,
+                 source: SourceProfile | None = None) -> Work:
+    """The work of a restore, counted from what its check, apply and verify do on the target (the measurements of
+    ``target``, ``blob`` and the ``source`` it is sized from as samples).
 
     check: a connection, the marker and the first table looked up. apply: the manifest, a connection, the
     catalog, per table a CREATE, the marker table, per chunk a download and a transaction; then (not SQLite) per
     table its primary key and each foreign key, each after a catalog read of the table; the marker dropped.
     verify: the check again, through every table (lookup and count), then every table's content fingerprint.
-    Rows at the insert rate, and once more at the read rate for the fingerprints.
+    A DDL statement counts as :data:`DDL_IN_CATALOG_READS` lookups. Rows at the insert rate
+    (``db.rows.insert``: a share of the source's read rate until measured), and once more at the rate the target
+    hands rows over for the fingerprints (``db.target.fetch``, by the engine where it can).
     """
     n = len(tables)
-    ddl = target.lookup * DDL_IN_CATALOG_READS
-    check = target.connect + 2 * target.lookup + blob
-    apply = (blob + target.connect + target.catalog + n * ddl + 3 * target.lookup + ddl
-             + chunks * (blob + 2 * target.lookup) + ddl)
+    ddl = DDL_IN_CATALOG_READS
+    work = Work(samples=[*target.samples(), *request_samples(blob), *(source.samples() if source else [])])
+    work.add("db.target.connect", 1).add("db.target.lookup", 2).add("backup.request", 1)  # check
+    work.add("backup.request", 1 + chunks).add("db.target.connect", 1).add("db.target.catalog", 1)  # apply
+    work.add("db.target.lookup", n * ddl + 3 + ddl + chunks * 2 + ddl)
     if chunks > n and target.load_workers > 1:
-        apply += (target.load_workers - 1) * target.connect
+        work.add("db.target.connect", target.load_workers - 1)
     if target.keys_after_load:
         fks = sum(len(t.foreign_keys) for t in tables)
-        apply += 2 * n * target.catalog + (n + fks) * ddl
-    verify = blob + target.connect + target.lookup + n * 2 * target.lookup + n * target.catalog
-    insert_rate = read_rate * INSERT_TO_READ if read_rate > 0 else ASSUMED_INSERT_ROWS_PER_S
-    # verify also fingerprints every row of the target once (by the engine where it can), counted at the rate
-    # rows are read.
-    return check + apply + verify + rows / insert_rate + rows / (insert_rate / INSERT_TO_READ)
-
+        work.add("db.target.catalog", 2 * n).add("db.target.lookup", (n + fks) * ddl)
+    work.add("backup.request", 1).add("db.target.connect", 1).add("db.target.lookup", 1 + 2 * n)  # verify
+    work.add("db.target.catalog", n)
+    return work.add("db.rows.insert", rows).add("db.target.fetch", rows)

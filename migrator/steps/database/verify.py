@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import model_validator
 
 from migrator.errors import PreconditionFailed, VerificationFailed
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.database import (
     DatabaseEndpoint,
@@ -65,13 +66,15 @@ class Verify(Step[VerifyParams]):
             return PlanResult(work, reason, Estimate(seconds=0.0))
         profile = source_profile(self.params.source, ctx, self.params.tables)
         c = profile.costs
-        # Source: a connection, the catalog, every table read whole. Target: the same, rows at the source's rate
-        # (before the restore the target holds nothing to measure).
-        source_side = c.connect + c.catalog + len(c.tables) * c.count + profile.read_seconds(c.total_rows)
-        target_side = target.connect + 3 * target.catalog + len(c.tables) * target.lookup \
-            + profile.read_seconds(c.total_rows)
-        return PlanResult(work, reason, Estimate(seconds=source_side + target_side, items=len(c.tables),
-                                                 basis=f"reads both sides whole: {profile.basis()}; {target.basis()}"))
+        # Source: a connection, the catalog, every table read whole. Target: the same, rows at the rate the target
+        # hands them over (the source's read rate until measured: before the restore it holds nothing to read).
+        counted = Work(samples=[*profile.samples(), *target.samples()],
+                       note=f"reads both sides whole: {profile.basis()}; {target.basis()}")
+        counted.add("db.source.connect", 1).add("db.source.catalog", 1).add("db.source.count", len(c.tables))
+        counted.add("db.source.read", c.total_rows)
+        counted.add("db.target.connect", 1).add("db.target.catalog", 3).add("db.target.lookup", len(c.tables))
+        counted.add("db.target.fetch", c.total_rows)
+        return PlanResult(work, reason, estimate(counted, rates(ctx), items=len(c.tables)))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
         expected: dict[str, dict[str, Any]] = {}

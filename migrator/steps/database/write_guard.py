@@ -17,8 +17,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from migrator.errors import CompensationRefused
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.database import DatabaseEndpoint
-from migrator.step import CheckResult, Estimate, Params, PlanResult, Step, StepContext
+from migrator.step import CheckResult, Params, PlanResult, Step, StepContext
 from migrator.steps.database.common import connected, fingerprint, measure_target
 
 
@@ -72,8 +73,8 @@ class WriteGuard(Step[WriteGuardParams]):
         # catalog read, so the tables' reads are counted as two more catalog reads.
         target = measure_target(self.params.database, ctx)
         return PlanResult([f"fingerprint {self.params.database.describe()} at cutover"], "",
-                          Estimate(seconds=target.connect + 3 * target.catalog,
-                                   basis=f"one read of every table; {target.basis()}"))
+                          estimate(Work(samples=target.samples(), note=f"one read of every table; {target.basis()}")
+                                   .add("db.target.connect", 1).add("db.target.catalog", 3), rates(ctx)))
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any] | None:
         prints = _fingerprints(self.params, ctx)
