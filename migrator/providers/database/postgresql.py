@@ -295,8 +295,11 @@ class PostgresDatabase(OdbcDatabase):
 
         columns = self.column_list(table.primary_key)
         named = ", ".join(f"{self.quote(c.name)} AS k{i}" for i, c in enumerate(keys))
+        # OFFSET 0 keeps the subquery a subquery: pulled up, the planner joins every range with one scan of the
+        # whole table (ranges x rows comparisons, seconds for a 20,000-row table cut in 16-row pieces) instead of
+        # an index range scan per range.
         rows = (f"SELECT {line} AS l, {named} FROM {self.table_ref(table.name)} "
-                f"WHERE ({columns}) > ({bound(0)}) AND ({columns}) <= ({bound(1)})")
+                f"WHERE ({columns}) > ({bound(0)}) AND ({columns}) <= ({bound(1)}) OFFSET 0")
         ranges = "jsonb_array_elements(CAST(? AS jsonb)) WITH ORDINALITY AS b(v, n)"
         return f"{ranges} {join} LATERAL ({rows}) AS r ON true", ", ".join(f"r.k{i}" for i in range(len(keys)))
 
