@@ -340,3 +340,50 @@ def test_a_sync_of_a_table_with_floats_reads_only_the_changed_range(
         assert fingerprint(dst, READINGS).as_dict() == _expected(rows).as_dict()
     finally:
         dst.close()
+
+
+def _sqlite_people(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, team INTEGER NOT NULL, name VARCHAR(100), "
+                   "note TEXT)")
+        db.execute("CREATE TABLE tags (code VARCHAR(20) PRIMARY KEY, label TEXT)")
+        odd = ["Zoë \"quoted\" \\ back", "tab\tnew\nline\r\x01\x1f\x7f", "😀 𝄞 \u2028", None, ""]
+        db.executemany("INSERT INTO people VALUES (?, ?, ?, ?)",
+                       [(i, i % 7, f"name {i}", odd[i % len(odd)]) for i in range(1, 201)])
+        db.execute("UPDATE people SET note = 42 WHERE id = 77")  # SQLite keeps it as the text 42 (TEXT affinity)
+        db.executemany("INSERT INTO tags VALUES (?, ?)", [(f"t{i:03d}", odd[i % len(odd)]) for i in range(60)])
+
+
+def test_a_sqlite_source_digests_ranges_itself_and_the_sync_reads_only_the_changed_pieces(
+        postgres: PostgresServer, tmp_path: Path, range_reads: Reads) -> None:
+    import sqlite3
+
+    path = tmp_path / "source.sqlite"
+    _sqlite_people(path)
+    source = {"dialect": "sqlite", "connection": str(path)}
+    target = postgres.create_database()
+    backup = {"kind": "folder", "path": str(tmp_path / "backup")}
+    run_step(Backup("presync", Backup.Params.model_validate(
+        {"database": source, "to": backup, "chunk_rows": 50})), MemoryContext())
+    run_step(Restore("presync_restore", Restore.Params.model_validate({"backup": backup, "database": target.endpoint})),
+             MemoryContext())
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE people SET note = 'changed \"again\"' WHERE id = 120")  # range 3 (101..150)
+        db.execute("INSERT INTO people VALUES (201, 1, 'new', 'beyond the last key')")
+        db.execute("UPDATE tags SET label = 'relabelled' WHERE code = 't010'")
+    range_reads.ranges.clear()
+    range_reads.rows = 0
+
+    _, out = run_step(Sync("db_sync", Sync.Params.model_validate(
+        {"source": source, "database": target.endpoint, "backup": backup})), MemoryContext())
+
+    assert out["mismatches"] == []
+    # people: four ranges of 50 and the one beyond. SQLite wrote the lines of the unchanged ranges itself, so only
+    # the 16-row piece holding row 120 and the range beyond the last key were read.
+    assert range_reads.of("people") == [([116], [132]), ([200], None)]
+    # tags (text keys, ranges of 50 and 10): the first piece (t000..t015, holding t010) and the range beyond.
+    assert range_reads.of("tags") == [(None, ["t015"]), (["t059"], None)]
+    assert [r[0] for r in target.sql("SELECT note FROM people WHERE id IN (77, 120, 201) ORDER BY id")] == \
+        ["42", 'changed "again"', "beyond the last key"]

@@ -328,8 +328,9 @@ class Database(ABC):
         that ``where`` (:meth:`range_where`) keeps, their encoded lines in primary-key order each ended by a
         newline (a backup chunk's ``text_md5``) — or None where it cannot write every line in SQL.
 
-        PostgreSQL does (12 and later, every type it writes as a line, floats included); SQLite does not (it runs
-        in-process: reading the range costs no network) nor does SQL Server (T-SQL does not write the portable
+        PostgreSQL does (12 and later, every type it writes as a line, floats included); SQLite answers
+        :meth:`range_digest` in-process instead (its ``json_array`` writes the lines of integer and text
+        columns); SQL Server does not (T-SQL does not write the portable
         line — a float as Python writes it, text escaped as JSON — so its digest could never equal the chunk's)."""
         return None
 
