@@ -67,6 +67,8 @@ bench: install
 	$(BIN)/python bench/checkpoint.py
 	$(BIN)/python bench/blobs.py
 	$(BIN)/python bench/database.py
+	$(BIN)/python bench/db_sync.py
+	$(BIN)/python bench/forecast.py
 	$(BIN)/python bench/window.py
 	$(BIN)/python bench/fleet.py
 
