@@ -301,15 +301,23 @@ def test_the_sync_reads_only_the_ranges_that_changed(dialect: str, postgres: Pos
     assert out["rows_read"] == range_reads.rows + len(expected["Audit Log"])  # read whole
 
 
-def test_a_sync_of_a_table_with_floats_reads_only_the_changed_range(
-        postgres: PostgresServer, tmp_path: Path, range_reads: Reads) -> None:
-    source, rows = _readings_db(postgres)
+def presync(source: dict[str, Any], postgres: PostgresServer, tmp_path: Path
+            ) -> tuple[ScratchDatabase, dict[str, Any]]:
+    """The presync of ``source`` in chunks of 50 rows: backed up to a folder and restored into a new PostgreSQL
+    database; that database and the backup."""
     target = postgres.create_database()
     backup = {"kind": "folder", "path": str(tmp_path / "backup")}
     run_step(Backup("presync", Backup.Params.model_validate(
         {"database": source, "to": backup, "chunk_rows": 50})), MemoryContext())
     run_step(Restore("presync_restore", Restore.Params.model_validate({"backup": backup, "database": target.endpoint})),
              MemoryContext())
+    return target, backup
+
+
+def test_a_sync_of_a_table_with_floats_reads_only_the_changed_range(
+        postgres: PostgresServer, tmp_path: Path, range_reads: Reads) -> None:
+    source, rows = _readings_db(postgres)
+    target, backup = presync(source, postgres, tmp_path)
     db = open_database(source, None)
     try:
         with db.transaction():  # row 120 (range 2) gets a value whose PostgreSQL text is not Python's
@@ -363,12 +371,7 @@ def test_a_sqlite_source_digests_ranges_itself_and_the_sync_reads_only_the_chang
     path = tmp_path / "source.sqlite"
     _sqlite_people(path)
     source = {"dialect": "sqlite", "connection": str(path)}
-    target = postgres.create_database()
-    backup = {"kind": "folder", "path": str(tmp_path / "backup")}
-    run_step(Backup("presync", Backup.Params.model_validate(
-        {"database": source, "to": backup, "chunk_rows": 50})), MemoryContext())
-    run_step(Restore("presync_restore", Restore.Params.model_validate({"backup": backup, "database": target.endpoint})),
-             MemoryContext())
+    target, backup = presync(source, postgres, tmp_path)
     with sqlite3.connect(path) as db:
         db.execute("UPDATE people SET note = 'changed \"again\"' WHERE id = 120")  # range 3 (101..150)
         db.execute("INSERT INTO people VALUES (201, 1, 'new', 'beyond the last key')")
