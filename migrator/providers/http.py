@@ -31,9 +31,6 @@ import requests
 from migrator.errors import InputError, PermanentError, TransientError
 from migrator.secrets import Secret
 
-#: What one HTTP request to a tenant app costs, for plan estimates: a loopback or same-region round trip and the
-#: app's own work (measured on the demo: 10-30 ms, the writes' commits included).
-REQUEST_SECONDS = 0.02
 #: The most of a response body that is read; the rest is left unread (an answer is checked, never stored).
 MAX_BODY = 1_000_000
 #: Statuses that say "not now": throttled, or a gateway in front of a server that is not there yet.
