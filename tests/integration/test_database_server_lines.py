@@ -166,6 +166,25 @@ def test_the_server_fingerprints_a_table_with_floats_to_the_clients_value(postgr
         db.close()
 
 
+def test_the_fingerprint_query_may_run_in_parallel(postgres: PostgresServer) -> None:
+    """No subquery in the line (a correlated SubPlan makes the whole query parallel-restricted): with parallel
+    plans made free, PostgreSQL plans the fingerprint of a table with floats under a Gather."""
+    endpoint, _ = _readings_db(postgres)
+    db = open_database(endpoint, None)
+    try:
+        assert isinstance(db, PostgresDatabase)
+        query = db.fingerprint_sql(READINGS, READINGS.column_names)
+        assert query is not None
+        with db.transaction():
+            for setting in ("parallel_setup_cost", "parallel_tuple_cost", "min_parallel_table_scan_size"):
+                db.execute(f"SET LOCAL {setting} = 0")
+            plan = "\n".join(str(row[0]) for row in db.query(f"EXPLAIN {query}", []))
+    finally:
+        db.close()
+    assert "SubPlan" not in plan, plan
+    assert "Gather" in plan, plan
+
+
 def test_the_range_digest_is_the_md5_of_the_ranges_text(postgres: PostgresServer) -> None:
     endpoint, _ = _readings_db(postgres)
     db = open_database(endpoint, None)

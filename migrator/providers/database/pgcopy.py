@@ -199,6 +199,22 @@ class CopySession:
                 for data in copy:
                     yield copy_line(bytes(data[:-1]))
 
+    def one_row(self, select: str, *, snapshot: str | None = None) -> tuple[Any, ...]:
+        """The one row ``select`` gives (an aggregate: a fingerprint), in the exported ``snapshot`` where given.
+
+        Plain protocol, no cursor: psqlODBC reads every result through ``DECLARE … CURSOR``
+        (``UseDeclareFetch``), and PostgreSQL never runs a cursor's query in parallel, where this one may.
+        """
+        conn = self.conn
+        with self.errors("a query"), conn.transaction():
+            if snapshot is not None:
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            row = conn.execute(select).fetchone()
+        if row is None:
+            raise PermanentError(f"a query on {self.label} gave no row")
+        return tuple(row)
+
     @contextmanager
     def load(self, schema: str) -> Iterator[CopyLoad]:
         """One transaction of the load (a chunk): commits when the block ends without an error."""

@@ -45,8 +45,15 @@ def _python_text(sign: str, digits: str, exponent: str) -> str:
              f"WHEN {e} + 1 >= length({d}) THEN {d} || repeat('0', {e} + 1 - length({d})) || '.0' "
              f"ELSE left({d}, {e} + 1) || '.' || substr({d}, {e} + 2) END")
     scientific = (f"left({d}, 1) || CASE WHEN length({d}) > 1 THEN '.' || substr({d}, 2) ELSE '' END || 'e' || "
-                  f"CASE WHEN {e} < 0 THEN '-' ELSE '+' END || lpad(CAST(abs({e}) AS text), 2, '0')")
+                  f"{_exponent_text(e)}")
     return f"{sign} || CASE WHEN {e} BETWEEN -4 AND 15 THEN {fixed} ELSE {scientific} END"
+
+
+def _exponent_text(exponent: str) -> str:
+    """SQL: Python's exponent after the ``e`` of the integer ``exponent``: a sign and at least two digits."""
+    magnitude = f"CAST(abs({exponent}) AS text)"
+    return (f"CASE WHEN {exponent} < 0 THEN '-' ELSE '+' END || "
+            f"CASE WHEN abs({exponent}) < 10 THEN '0' || {magnitude} ELSE {magnitude} END")
 
 
 def _parses_back(decimal: str, value: str) -> str:
@@ -56,18 +63,27 @@ def _parses_back(decimal: str, value: str) -> str:
             f"ELSE CAST({decimal} AS float8) = {value} END")
 
 
-def _exponent(number: str) -> str:
-    """SQL: the power of ten of the first significant digit of a non-zero ``numeric`` (exact, from its text: a
-    logarithm may be off by one)."""
-    fraction = f"split_part(CAST(abs({number}) AS text), '.', 2)"
-    return (f"CASE WHEN abs({number}) >= 1 THEN length(CAST(trunc(abs({number})) AS text)) - 1 "
-            f"ELSE -(length({fraction}) - length(ltrim({fraction}, '0'))) - 1 END")
+def _python_from_pg(text: str, value: str) -> str:
+    """SQL: Python's text of the finite non-zero ``value`` from a text in PostgreSQL's layout of it (``text``:
+    fixed-point for exponents -4 to 14, else ``d.ddde±XX``; shortest digits): ``.0`` added to a text with no
+    point, no exponent and no letter; a text ending ``e+15`` written out (Python keeps 16 integer digits)."""
+    sign = f"CASE WHEN {value} < 0 THEN '-' ELSE '' END"
+    digits_15 = f"replace(replace(split_part({text}, 'e', 1), '-', ''), '.', '')"
+    return (f"CASE WHEN right({text}, 4) = 'e+15' THEN {_python_text(sign, digits_15, '15')} "
+            f"WHEN translate({text}, '-0123456789', '') = '' THEN {text} || '.0' ELSE {text} END")
 
 
-def _neighbours(text: str, value: str) -> tuple[str, str, str, str, str]:
+def _trim_zeros(decimal: str) -> str:
+    """SQL: a decimal's text without the zeros after its last significant fraction digit (and without a point
+    left last); a text without a point as it is."""
+    return f"CASE WHEN strpos({decimal}, '.') > 0 THEN rtrim(rtrim({decimal}, '0'), '.') ELSE {decimal} END"
+
+
+def _neighbours(text: str, value: str) -> tuple[str, str, str, str, str, str]:
     """SQL pieces about the neighbours of PostgreSQL's ``text`` of ``value`` one significant digit shorter
     (``text`` has a point): whether the truncated one parses back to ``value``, whether the one a unit away from
-    zero does, those two as ``numeric`` mantissas, and the text's power of ten (0 without an exponent)."""
+    zero does, and Python's text of each (meaningful where it parses back); the away one's text as the
+    ``numeric`` path writes it, and its exponent suffix."""
     mantissa, power = f"split_part({text}, 'e', 1)", f"split_part({text}, 'e', 2)"
     cut = f"rtrim(left({mantissa}, -1), '.')"  # one digit fewer, truncated; a point left last dropped
     suffix = f"CASE WHEN {power} = '' THEN '' ELSE 'e' || {power} END"
@@ -76,30 +92,23 @@ def _neighbours(text: str, value: str) -> tuple[str, str, str, str, str]:
     # The truncated neighbour is nearer zero than the text: it never overflows, nor falls below 1e-323.
     short_parses = f"CAST({cut} || {suffix} AS float8) = {value}"
     # The neighbour away from zero by text where its last digit is no 9 (no carry) and it cannot overflow.
+    plain_bump = f"right({cut}, 1) <> '9' AND {power} <> '+308'"
     bumped = f"left({cut}, -1) || chr(ascii(right({cut}, 1)) + 1)"
-    away_parses = (f"CASE WHEN right({cut}, 1) <> '9' AND {power} <> '+308' "
-                   f"THEN CAST({bumped} || {suffix} AS float8) = {value} "
-                   f"ELSE {_parses_back(f'CAST({away} AS text) || {suffix}', value)} END")
-    return short_parses, away_parses, short, away, f"coalesce(CAST(nullif({power}, '') AS integer), 0)"
-
-
-def _boundary(text: str, value: str) -> str:
-    """SQL: ``repr`` of ``value`` where a text shorter than PostgreSQL's ``text`` (columns of the enclosing
-    subquery) parses back to it.
-
-    A shorter text exists exactly when a neighbour of ``text`` one significant digit shorter (truncated, or one
-    unit away from zero) parses back to ``value``: any shorter decimal in the rounding interval is also a
-    decimal of that length, and the interval, which holds ``text`` too, then holds the neighbour on its side.
-    That neighbour is the boundary of the interval itself: anything strictly between it and ``text`` would be
-    an inside candidate shorter than the one PostgreSQL found. So it is the answer, trailing zeros cut.
-    """
-    short_parses, away_parses, short, away, power = _neighbours(text, value)
-    found = (f"SELECT CASE WHEN {short_parses} THEN {short} WHEN {away_parses} THEN {away} END AS c, {power} AS p "
-             "OFFSET 0")  # OFFSET 0: kept a subquery, so that its columns are not expanded into every use below
-    written = (f"SELECT trim(BOTH '0' FROM replace(CAST(abs(b.c) AS text), '.', '')) AS d, "
-               f"b.p + {_exponent('b.c')} AS e FROM ({found}) AS b OFFSET 0")
+    away_text = f"CAST({away} AS text)"
+    away_parses = (f"CASE WHEN {plain_bump} THEN CAST({bumped} || {suffix} AS float8) = {value} "
+                   f"ELSE {_parses_back(f'{away_text} || {suffix}', value)} END")
+    short_python = _python_from_pg(f"({_trim_zeros(cut)} || {suffix})", value)
+    # A carry that turns the mantissa of an exponent text into 10 moves the exponent up one (9.99e+22 -> 1e+23,
+    # 9.99e-05 -> 0.0001); otherwise the sum's text keeps the layout of PostgreSQL's.
+    carried = _trim_zeros(away_text)
+    new_power = f"(CAST({power} AS integer) + 1)"
     sign = f"CASE WHEN {value} < 0 THEN '-' ELSE '' END"
-    return f"(SELECT {_python_text(sign, 'w.d', 'w.e')} FROM ({written}) AS w)"
+    ten = (f"{sign} || CASE WHEN {new_power} = -4 THEN '0.0001' "
+           f"ELSE '1e' || {_exponent_text(new_power)} END")
+    away_python = (f"CASE WHEN {plain_bump} THEN {_python_from_pg(f'({bumped} || {suffix})', value)} "
+                   f"WHEN {power} <> '' AND ltrim({carried}, '-') = '10' THEN {ten} "
+                   f"ELSE {_python_from_pg(f'({carried} || {suffix})', value)} END")
+    return short_parses, away_parses, short_python, away_python, away_text, suffix
 
 
 def float_json_sql(value: str) -> str:
@@ -108,18 +117,19 @@ def float_json_sql(value: str) -> str:
     0 in the session (shortest round-trip digits).
 
     Most values take a few string functions on PostgreSQL's text; a text that may not be the shortest (16
-    digits or more, a subnormal) is checked by parsing its two shorter neighbours; the rare one that is not is
-    written in a subquery (its SQL is long, and kept out of the expression repeated per column).
+    digits or more, a subnormal) is checked by parsing its two shorter neighbours, and where one parses back,
+    that neighbour is the answer: it lies on the boundary of the double's rounding interval (any shorter
+    decimal in the interval is also a decimal of that length, on that side), so it is Python's text.
+
+    One expression without a subquery: a scalar subquery would make every query holding it parallel-restricted,
+    and the fingerprint of a large table is work PostgreSQL spreads over its parallel workers.
     """
     text = f"CAST({value} AS text)"
-    sign = f"CASE WHEN {value} < 0 THEN '-' ELSE '' END"
-    digits_15 = f"replace(replace(split_part({text}, 'e', 1), '-', ''), '.', '')"
-    common = (f"CASE WHEN right({text}, 4) = 'e+15' THEN {_python_text(sign, digits_15, '15')} "
-              f"WHEN translate({text}, '-0123456789', '') = '' THEN {text} || '.0' ELSE {text} END")
-    short_parses, away_parses, *_ = _neighbours(text, value)
-    rare = f"(SELECT {_boundary('f.t', 'f.v')} FROM (SELECT {text} AS t, {value} AS v OFFSET 0) AS f)"
+    short_parses, away_parses, short_python, away_python, *_ = _neighbours(text, value)
     suspect = (f"length({text}) >= 17 "
                f"OR ({value} <> 0 AND abs({value}) < {_MIN_NORMAL} AND strpos({text}, '.') > 0)")
     # Nested CASEs, not AND: the neighbours exist only for a suspect text, and CASE is what fixes the order.
-    return (f"CASE WHEN {suspect} THEN CASE WHEN {short_parses} OR {away_parses} THEN {rare} ELSE {common} END "
+    common = _python_from_pg(text, value)
+    return (f"CASE WHEN {suspect} THEN CASE WHEN {short_parses} THEN {short_python} "
+            f"WHEN {away_parses} THEN {away_python} ELSE {common} END "
             f"ELSE {common} END")

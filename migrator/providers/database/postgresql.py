@@ -40,6 +40,7 @@ from migrator.providers.database.base import (
     ChunkLoad,
     Column,
     Converter,
+    Fingerprint,
     Table,
     UnsupportedType,
     assemble_tables,
@@ -552,6 +553,16 @@ class PostgresDatabase(OdbcDatabase):
             return super().read_all(table, columns, lines=lines)
         stream = self.copy_session.lines(f"SELECT {select} FROM {self.table_ref(table.name)}", snapshot=self._snapshot)
         return ((line.decode("utf-8"),) for line in stream)  # one text piece: join_line's whole line
+
+    def server_fingerprint(self, table: Table, columns: Sequence[str]) -> Fingerprint | None:
+        # On COPY's session, where the server may spread the work over its parallel workers (a cursor's query,
+        # as psqlODBC runs every one, never is): 1.75 s against 0.85 s for 200,000 rows on two cores. Not
+        # inside a write transaction of this session, whose uncommitted rows that session cannot see.
+        query = self.fingerprint_sql(table, columns)
+        if query is None or self.copy_session is None or (self._in_transaction and self._snapshot is None):
+            return super().server_fingerprint(table, columns)
+        rows, high, low = self.copy_session.one_row(query, snapshot=self._snapshot)
+        return Fingerprint.from_half_sums(rows, high, low)
 
     @contextmanager
     def chunk_transaction(self) -> Iterator[ChunkLoad]:

@@ -158,8 +158,9 @@ class Backup(Step[BackupParams]):
             chunks.append(chunk)
             ctx.progress(f"{table.name}: chunk {len(chunks) - 1} ({chunk.rows} rows)")
 
-        # A writer thread compresses, hashes and stores chunk N while chunk N + 1 is read (zlib, hashlib and file
-        # writes release the GIL); at most one chunk waits for it, so memory stays at two chunks.
+        # A writer thread compresses, hashes and stores chunk N while chunk N + 1 is read (gzip, hashlib over the
+        # whole text and file writes release the GIL; the per-line hashes are done here, see ChunkWriter.seal); at
+        # most one chunk waits for it, so memory stays at two chunks.
         with ThreadPoolExecutor(1, thread_name_prefix="backup-writer") as writer_thread:
             pending: Future[ChunkInfo] | None = None
             for writer, key in reads:
@@ -171,6 +172,7 @@ class Backup(Step[BackupParams]):
                     last_key = key
                 chunk = ChunkInfo(chunk_name(index, table.name, number), writer.rows, 0, "", "",
                                   last_key if table.primary_key else None, None if table.primary_key else offset)
+                writer.seal()
                 if pending is not None:
                     stored(pending)
                 pending = writer_thread.submit(self._store_chunk, ctx, store, writer, chunk)
