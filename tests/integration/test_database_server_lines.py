@@ -42,9 +42,14 @@ SPECIAL = [
 ]
 
 
+#: The bit patterns of 1e-3 and 1e14 (a positive double's order is its bits'): the range pgfloat writes the short way.
+_BITS_1E_3, _BITS_1E14 = (int.from_bytes(struct.pack(">d", v), "big") for v in (1e-3, 1e14))
+
+
 def doubles(count: int, seed: int = 15) -> list[float]:
     """The special values, every power of two and of ten a double has, and ``count`` random doubles of
-    several kinds: any bit pattern, integers above 2**53, subnormals, short decimals."""
+    several kinds: any bit pattern, integers above 2**53, subnormals, short decimals, any bit pattern between
+    1e-3 and 1e14."""
     rng = random.Random(seed)
     values = list(SPECIAL)
     values += [2.0 ** e for e in range(-1074, 1024)] + [-(2.0 ** e) for e in range(-1074, 1024, 5)]
@@ -57,6 +62,7 @@ def doubles(count: int, seed: int = 15) -> list[float]:
         values.append(struct.unpack(">d", rng.getrandbits(52).to_bytes(8, "big"))[0])  # subnormal
         values.append(round(rng.uniform(-1e6, 1e6), rng.randrange(0, 7)))
         values.append(rng.random() * 10.0 ** rng.randrange(-30, 30))
+        values.append(struct.unpack(">d", rng.randrange(_BITS_1E_3, _BITS_1E14).to_bytes(8, "big"))[0])
     return values
 
 
