@@ -1,8 +1,9 @@
 """PostgreSQL's ``COPY`` through psycopg: the bulk paths of the PostgreSQL dialect, beside its ODBC session.
 
 A backup reads each table as one ``COPY (SELECT <line> …) TO STDOUT`` (text format) whose rows are the very
-lines the ODBC path writes (:meth:`~.postgresql.PostgresDatabase.line_select`: the server writes every value
-but floats; :func:`copy_line` puts the floats in as Python's ``repr`` writes them), in the snapshot of the
+lines the ODBC path writes (:meth:`~.postgresql.PostgresDatabase.whole_line`: the server writes every value,
+floats as Python's ``repr`` does; on a server before PostgreSQL 12, :meth:`~.postgresql.PostgresDatabase.line_select`
+leaves the floats to :func:`copy_line`), in the snapshot of the
 dialect's ODBC transaction (``pg_export_snapshot``), so the lines and the counts read over ODBC agree. Text
 format, not binary: the server's work on each line is the same, and a text row needs no parsing in Python
 (JSON escapes every character text ``COPY`` would, but the backslash, which it doubles).

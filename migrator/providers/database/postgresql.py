@@ -529,7 +529,9 @@ class PostgresDatabase(OdbcDatabase):
         super().close()
 
     def stream_lines(self, table: Table, after: Sequence[Any] | None, offset: int) -> Iterator[bytes] | None:
-        select = self.line_select(table, table.column_names)
+        # The server writes whole lines, floats included, where it can: a backup's reader is bound by this
+        # process, and the float text costs the server little (pgfloat's short way, for most values).
+        select = self.whole_line(table, table.column_names) or self.line_select(table, table.column_names)
         if select is None or self.copy_session is None:
             return None
         sql = f"SELECT {select} FROM {self.table_ref(table.name)}"
