@@ -187,8 +187,9 @@ class PostgresDatabase(OdbcDatabase):
         return template.format(self.quote(column.name)) if template else self.quote(column.name)
 
     def line_select(self, table: Table, columns: Sequence[str]) -> str | None:
-        # Floats are fetched as numbers between the text pieces when rows are read anyway: Python writes a
-        # float's text several times faster than the server can write Python's (see whole_line).
+        # Floats are fetched as numbers between the text pieces when rows are read through ODBC anyway: Python
+        # writes a float's text several times faster than the server writes Python's outside pgfloat's short
+        # range (see whole_line, which COPY reads use: there the server's work runs beside this process's).
         return self._line_sql(table, columns, floats_in_text=False)
 
     def whole_line(self, table: Table, columns: Sequence[str]) -> str | None:
