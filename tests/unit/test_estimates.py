@@ -9,6 +9,7 @@ from typing import Literal
 
 import pytest
 
+from migrator.estimator import RATES
 from migrator.playbook import load
 from migrator.providers.blob.folder import FolderBlobStore
 from migrator.providers.database import Table
@@ -18,10 +19,6 @@ from migrator.reports.plan import schedule, step_seconds, timeline
 from migrator.runner import StepPlanView
 from migrator.step import Params, Step, StepContext
 from migrator.steps.blobs import (
-    _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB,
-    _ASSUMED_BLOBS_PER_S,
-    _ASSUMED_BYTES_PER_S,
-    _ASSUMED_READ_BACK_SECONDS,
     Compact,
     Diff,
     ListingSides,
@@ -34,6 +31,12 @@ from migrator.steps.blobs import (
 from migrator.steps.database import DbCosts, SourceProfile, TargetCosts, chunk_count
 from migrator.steps.database_delta import sync_seconds
 from migrator.testing import MemoryContext
+
+#: The assumed rates the estimates below are priced at (seconds a unit).
+AZURE_LIST = RATES["blob.list.azure"].assumed
+READ_BACK = RATES["blob.read_back"].assumed
+PER_COPY = RATES["blob.copy"].assumed
+PER_BYTE = RATES["blob.bytes"].assumed
 
 
 def test_the_engine_probe_measures_a_transaction_and_leaves_no_file_behind(tmp_path: Path) -> None:
@@ -151,11 +154,11 @@ def test_a_sync_after_a_presync_is_planned_with_the_destination_as_the_presync_f
     sides = ListingSides("folder", 1000, 0.015, "azure", 0, 0.004)
     diff = Diff(to_copy=1000, to_copy_bytes=1_000_000)
     estimate, _, holds = transfer_estimate(params, diff, sides, source)
-    per_blob = _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB
+    per_blob = AZURE_LIST
     # check lists the folder beside the (then full) destination: the longer of the two; verify reads back the
     # 10 copies instead of listing the destination again
-    listings = max(0.015, 0.004 + 1000 * per_blob) + 10 * _ASSUMED_READ_BACK_SECONDS
-    copies = 10 / _ASSUMED_BLOBS_PER_S + 10_000 / _ASSUMED_BYTES_PER_S
+    listings = max(0.015, 0.004 + 1000 * per_blob) + 10 * READ_BACK
+    copies = 10 * PER_COPY + 10_000 * PER_BYTE
     assert estimate.seconds == pytest.approx(listings + copies)
     assert estimate.items == 10 and holds == (1000, 1_000_000)
     assert "assumed for azure" in estimate.basis and "10 of 1000" in estimate.basis
@@ -167,11 +170,11 @@ def test_a_put_live_from_a_backup_an_earlier_step_fills_lists_what_it_will_hold(
                                            "planned_change": 0.01})
     sides = ListingSides("azure", 0, 0.004, "azure", 0, 0.004)
     estimate, diff, _ = transfer_estimate(params, Diff(), sides, {}, will_hold=(1000, 1_000_000))
-    per_blob = _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB
+    per_blob = AZURE_LIST
     # two containers of one account: the listings add up (one service answers both); the copies read back
-    listings = 2 * (0.004 + 1000 * per_blob) + 10 * _ASSUMED_READ_BACK_SECONDS
+    listings = 2 * (0.004 + 1000 * per_blob) + 10 * READ_BACK
     assert diff.to_copy == 1000 and estimate.items == 10
-    assert estimate.seconds == pytest.approx(listings + 10 / _ASSUMED_BLOBS_PER_S + 10_000 / _ASSUMED_BYTES_PER_S)
+    assert estimate.seconds == pytest.approx(listings + 10 * PER_COPY + 10_000 * PER_BYTE)
     assert "will hold 1000" in estimate.basis
 
 
@@ -181,7 +184,7 @@ def test_a_full_copy_is_verified_by_listing_the_destination_once_more() -> None:
     estimate, _, _ = transfer_estimate(params, Diff(to_copy=1000, to_copy_bytes=1_000_000), sides, _source(1000))
     per_blob = 0.1 / 1000  # timed on the source, a container of the same kind
     listings = 0.1 + 0.004 + (0.004 + 1000 * per_blob)  # check: both sides; verify: the destination, now full
-    assert estimate.seconds == pytest.approx(listings + 1000 / _ASSUMED_BLOBS_PER_S + 1_000_000 / _ASSUMED_BYTES_PER_S)
+    assert estimate.seconds == pytest.approx(listings + 1000 * PER_COPY + 1_000_000 * PER_BYTE)
     assert "1000 destination blob(s) listed again" in estimate.basis
 
 
@@ -199,9 +202,9 @@ def test_listings_side_by_side_overlap_only_on_different_services(
 
 @pytest.mark.parametrize(("sides", "side", "expected", "how"), [
     (ListingSides("folder", 1000, 0.02, "azure", 0, 0.004), "src", 20e-6, "timed on the source"),
-    (ListingSides("folder", 1000, 0.02, "azure", 0, 0.004), "dst", _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB, "assumed"),
+    (ListingSides("folder", 1000, 0.02, "azure", 0, 0.004), "dst", AZURE_LIST, "assumed"),
     (ListingSides("azure", 1000, 0.1, "azure", 3, 0.004), "dst", 100e-6, "timed on the source"),
-    (ListingSides("azure", 50, 0.01, "azure", 0, 0.004), "src", _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB, "assumed"),
+    (ListingSides("azure", 50, 0.01, "azure", 0, 0.004), "src", AZURE_LIST, "assumed"),
 ])
 def test_the_listing_cost_of_a_blob_is_timed_on_a_store_of_the_same_kind_when_one_holds_enough(
         sides: ListingSides, side: Literal["src", "dst"], expected: float, how: str) -> None:

@@ -20,11 +20,6 @@ from __future__ import annotations
 from migrator.providers.blob.copy import SOURCE_VERSION_KEY, BlobCopier, CopyResult, block_ids, source_token
 from migrator.steps.blobs.attempt import Attempt, Attempts
 from migrator.steps.blobs.estimates import (
-    _ASSUMED_AZURE_LIST_SECONDS_PER_BLOB,
-    _ASSUMED_BLOBS_PER_S,
-    _ASSUMED_BYTES_PER_S,
-    _ASSUMED_FOLDER_LIST_SECONDS_PER_BLOB,
-    _ASSUMED_READ_BACK_SECONDS,
     HASH_SAMPLE,
     ListingSides,
     hash_probe,
@@ -46,11 +41,6 @@ __all__ = [
     "SOURCE_VERSION_KEY",
     "SURVEY_LIMIT",
     "VERIFY_BY_PROPERTIES_SHARE",
-    "_ASSUMED_AZURE_LIST_SECONDS_PER_BLOB",
-    "_ASSUMED_BLOBS_PER_S",
-    "_ASSUMED_BYTES_PER_S",
-    "_ASSUMED_FOLDER_LIST_SECONDS_PER_BLOB",
-    "_ASSUMED_READ_BACK_SECONDS",
     "Attempt",
     "Attempts",
     "BlobCopier",

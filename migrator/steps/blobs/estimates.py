@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
-from migrator.estimator import RATES, Rates, Sample, Work, estimate
+from migrator.estimator import Rates, Sample, Work, estimate
 from migrator.providers.blob import BlobEndpoint, BlobInfo, BlobStore, run_resources
 from migrator.providers.blob.copy import source_token
 from migrator.resources import ResourceKey
@@ -30,13 +30,6 @@ from migrator.steps.blobs.params import TransferParams, VerifyParams
 from migrator.steps.blobs.reuse import Identity, kept_destination, overlaps, peek
 from migrator.steps.blobs.verify import reads_back
 
-# The assumed rates, under the names other modules know them by (defined, with their reasons, in
-# migrator.estimator.RATES).
-_ASSUMED_BLOBS_PER_S = 1 / RATES["blob.copy"].assumed
-_ASSUMED_BYTES_PER_S = 1 / RATES["blob.bytes"].assumed
-_ASSUMED_AZURE_LIST_SECONDS_PER_BLOB = RATES["blob.list.azure"].assumed
-_ASSUMED_FOLDER_LIST_SECONDS_PER_BLOB = RATES["blob.list.folder"].assumed
-_ASSUMED_READ_BACK_SECONDS = RATES["blob.read_back"].assumed
 #: A listing of fewer blobs than this times the request more than the blobs: it is no sample of the rate.
 _MIN_LISTED_TO_MEASURE = 100
 #: Source blobs ``blobs.verify``'s plan reads and hashes, as the run does, to time hashing.

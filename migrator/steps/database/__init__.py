@@ -12,7 +12,7 @@ No row value is ever logged or written to an output: only table names, counts an
 from __future__ import annotations
 
 from migrator.providers.database.schema import same_portable_form
-from migrator.steps.database.backup import Backup, BackupParams, backup_seconds
+from migrator.steps.database.backup import Backup, BackupParams
 from migrator.steps.database.bacpac import ImportBacpac, ImportBacpacParams
 from migrator.steps.database.common import (
     DbCosts,
@@ -30,7 +30,7 @@ from migrator.steps.database.common import (
     timed,
 )
 from migrator.steps.database.read_only import ReadOnly, ReadOnlyParams
-from migrator.steps.database.restore import Restore, RestoreParams, restore_seconds
+from migrator.steps.database.restore import Restore, RestoreParams
 from migrator.steps.database.sync import KeyRange, RangeDiff, Sync, SyncParams, diff_lines, key_ranges, sync_seconds
 from migrator.steps.database.verify import Verify, VerifyParams
 from migrator.steps.database.write_guard import WriteGuard, WriteGuardParams
@@ -38,7 +38,7 @@ from migrator.steps.database.write_guard import WriteGuard, WriteGuardParams
 __all__ = [
     "Backup", "BackupParams", "DbCosts", "ImportBacpac", "ImportBacpacParams", "KeyRange", "RangeDiff", "ReadOnly",
     "ReadOnlyParams", "Restore", "RestoreParams", "SourceProfile", "Sync", "SyncParams", "TargetCosts", "Verify",
-    "VerifyParams", "WriteGuard", "WriteGuardParams", "backup_seconds", "chunk_count", "connected", "diff_lines",
+    "VerifyParams", "WriteGuard", "WriteGuardParams", "chunk_count", "connected", "diff_lines",
     "fingerprint", "key_ranges", "measure_db", "measure_target", "probe_fetch_rate", "probe_read_rate",
-    "read_chunk_rows", "restore_seconds", "same_portable_form", "source_profile", "sync_seconds", "timed",
+    "read_chunk_rows", "same_portable_form", "source_profile", "sync_seconds", "timed",
 ]

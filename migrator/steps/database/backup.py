@@ -40,7 +40,6 @@ from migrator.steps.database.common import (
     blob_request,
     chunk_count,
     connected,
-    measured_rates,
     read_chunk_rows,
     request_samples,
     selected_tables,
@@ -244,13 +243,6 @@ class Backup(Step[BackupParams]):
                 if problem:
                     raise VerificationFailed(f"table {backed.table.name}: {problem}", step_id=self.step_id)
 
-
-
-def backup_seconds(profile: SourceProfile, blob: float, chunk_rows: int = 50_000,
-                   chunk_bytes: int = 64 << 20) -> tuple[float, int]:
-    """Seconds (at the rates measured in ``profile`` and ``blob``) and chunks of a backup (:func:`backup_work`)."""
-    work, chunks = backup_work(profile, blob, chunk_rows, chunk_bytes)
-    return measured_rates(*work.samples).seconds_of(work), chunks
 
 
 def backup_work(profile: SourceProfile, blob: float, chunk_rows: int = 50_000,

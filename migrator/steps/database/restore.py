@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from typing import Any, Literal
 
 from migrator.errors import InputError, LockLost, PreconditionFailed, VerificationFailed
-from migrator.estimator import Sample, Work, estimate, rates
+from migrator.estimator import Work, estimate, rates
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.blob.base import BlobStore
 from migrator.providers.database import (
@@ -42,7 +42,6 @@ from migrator.steps.database.common import (
     connected,
     fingerprint,
     measure_target,
-    measured_rates,
     request_samples,
     required_manifest,
     selected_tables,
@@ -411,15 +410,6 @@ class Restore(Step[RestoreParams]):
             if db.table_exists(MARKER_TABLE):
                 db.drop_table(MARKER_TABLE)
 
-
-
-def restore_seconds(target: TargetCosts, tables: Sequence[Table], rows: int, chunks: int, blob: float,
-                    read_rate: float) -> float:
-    """Seconds of a restore (:func:`restore_work`) at the rates measured in ``target``, ``blob`` and, where
-    positive, the source's ``read_rate`` (rows a second); assumed ones for the rest."""
-    work = restore_work(target, tables, rows, chunks, blob)
-    read = [Sample("db.source.read", 1, 1 / read_rate, target.at)] if read_rate > 0 else []
-    return measured_rates(*work.samples, *read).seconds_of(work)
 
 
 def restore_work(target: TargetCosts, tables: Sequence[Table], rows: int, chunks: int, blob: float,
