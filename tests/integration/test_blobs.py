@@ -411,7 +411,8 @@ class RequestLog(SansIOHTTPPolicy):  # type: ignore[type-arg]
         parts = urlsplit(http.url)
         query = parse_qs(parts.query)
         segments = parts.path.split("/", 3)  # '', account, container, blob
-        what = "list" if query.get("comp") == ["list"] else "blob" if len(segments) > 3 else "container"
+        what = "list" if query.get("comp") == ["list"] else "metadata" if query.get("comp") == ["metadata"] \
+            else "blob" if len(segments) > 3 else "container"
         with self._lock:
             self.requests.append((http.method, segments[1], what))
 
@@ -491,7 +492,7 @@ class RewriteBetweenReads(SansIOHTTPPolicy):  # type: ignore[type-arg]
 
 
 @pytest.mark.parametrize("rewrite", [False, True], ids=["steady", "rewritten-between-reads"])
-def test_a_folder_blob_beyond_what_is_read_into_memory_goes_in_one_put_blob_with_its_content_md5(
+def test_a_folder_blob_beyond_what_is_read_into_memory_goes_in_one_put_blob_hashed_by_the_service(
         azurite: Azurite, containers: dict[str, str], tmp_path: Path, blob_api: str, rewrite: bool,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(copy_engine, "IN_MEMORY_PUT", 64 * KiB)  # streamed from 64 KiB instead of 8 MiB
@@ -508,13 +509,57 @@ def test_a_folder_blob_beyond_what_is_read_into_memory_goes_in_one_put_blob_with
 
     assert out["copied"] == 1 and out["bytes_sent"] == 300 * KiB
     puts = [r for r in log.requests if r[0] == "PUT"]
-    # Rewritten after it was hashed: the service refuses the body against its Content-MD5, and the copy reads the
-    # file again (its new version) and sends it once more.
-    assert puts == [("PUT", CLOUD_ACCOUNT, "blob")] * (2 if rewrite else 1), "one Put Blob a read, no blocks"
+    # On the fast path, read once, not hashed here: the service's MD5 of the body, then the version token with it
+    # (rewritten while it was sent: the version after the read differs, so the copy reads the file again and
+    # sends it once more, and only that copy gets a token). Through the SDK (which would cut a large stream into
+    # blocks), hashed in a first read and sent with its Content-MD5 in a second (rewritten after it was hashed:
+    # the service refuses the body against it, and the copy reads and sends the new version).
+    token = [("PUT", CLOUD_ACCOUNT, "metadata")] if blob_api == "rest" else []
+    assert puts == [("PUT", CLOUD_ACCOUNT, "blob")] * (2 if rewrite else 1) + token, "one Put Blob a read, no blocks"
     stored = container(azurite, CLOUD_ACCOUNT, containers["backup"]).get_blob_client("big.bin")
     props = stored.get_blob_properties()
     content = (root / "big.bin").read_bytes()
     assert stored.download_blob().readall() == content
+    assert bytes(props.content_settings.content_md5) == hashlib.md5(content).digest()
+    version = folder_store.version_token((root / "big.bin").stat())
+    assert props.metadata[SOURCE_VERSION_KEY] == source_token(version, hashlib.md5(content).digest())
+
+
+class OverwriteBeforeToken(SansIOHTTPPolicy):  # type: ignore[type-arg]
+    """Before the first Set Blob Metadata of ``name``, someone else writes that blob: its ETag moves on."""
+
+    def __init__(self, blob: Any) -> None:
+        super().__init__()
+        self.blob, self.done = blob, False
+
+    def on_request(self, request: Any) -> None:
+        http = request.http_request
+        if not self.done and http.method == "PUT" and "comp=metadata" in http.url:
+            self.done = True
+            self.blob.upload_blob(b"someone else's", overwrite=True)
+
+
+def test_a_copy_overwritten_before_its_token_is_set_is_sent_again(
+        azurite: Azurite, containers: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(copy_engine, "IN_MEMORY_PUT", 64 * KiB)
+    monkeypatch.setattr(folder_store, "SETTLE_SECONDS", 0.0)
+    root = tmp_path / "src"
+    root.mkdir()
+    content = os.urandom(200 * KiB)
+    (root / "big.bin").write_bytes(content)
+    stored = container(azurite, CLOUD_ACCOUNT, containers["backup"]).get_blob_client("big.bin")
+    params = Presync.Params(source={"kind": "folder", "path": str(root)},
+                            destination=azurite.endpoint(CLOUD_ACCOUNT, containers["backup"]))
+    log = RequestLog()
+
+    _, out = run_step(Presync("presync", params), ctx_with(log, OverwriteBeforeToken(stored)))
+
+    # the token is set only on the copy still written (If-Match): the overwritten one is sent again
+    blob, metadata = ("PUT", CLOUD_ACCOUNT, "blob"), ("PUT", CLOUD_ACCOUNT, "metadata")
+    assert [r for r in log.requests if r[0] == "PUT"] == [blob, metadata, blob, metadata]
+    assert out["copied"] == 1
+    assert stored.download_blob().readall() == content
+    props = stored.get_blob_properties()
     assert bytes(props.content_settings.content_md5) == hashlib.md5(content).digest()
     version = folder_store.version_token((root / "big.bin").stat())
     assert props.metadata[SOURCE_VERSION_KEY] == source_token(version, hashlib.md5(content).digest())

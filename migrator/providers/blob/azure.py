@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
+from azure.core import MatchConditions
 from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import (
     BlobBlock,
@@ -116,6 +117,8 @@ class AzureBlobStore(BlobStore):
         base, _, query = str(self.container.url).partition("?")
         self._split_url = (base.rstrip("/"), query)  # query: the SAS, when the credential is one
         self.rest = rest(self.container, self.prefix, self.describe()) if rest is not None else None
+        # One Put Blob for any stream on the fast path (the SDK would cut a large one into blocks, unhashed).
+        self.hashes_streamed_writes = self.rest is not None
 
     def _url(self, name: str) -> str:
         return blob_url(*self._split_url, self._full(name))
@@ -190,7 +193,7 @@ class AzureBlobStore(BlobStore):
               md5: bytes | None = None) -> BlobInfo:
         if self.rest is not None and isinstance(data, (bytes, bytearray, memoryview)):
             return self.rest.put_blob(name, bytes(data), content_type=content_type, metadata=metadata, md5=md5)
-        if self.rest is not None and md5 is not None and length is not None and hasattr(data, "seek"):
+        if self.rest is not None and length is not None and hasattr(data, "seek"):
             return self.rest.put_blob(name, data, length=length, content_type=content_type, metadata=metadata,
                                       md5=md5)  # a seekable stream
         settings = ContentSettings(content_type=content_type, content_md5=bytearray(md5) if md5 else None)
@@ -200,8 +203,18 @@ class AzureBlobStore(BlobStore):
             result = self._blob(name).upload_blob(data, length=length, overwrite=True, content_settings=settings,
                                                   metadata=dict(metadata or {}), max_concurrency=1)
         etag = str(result.get("etag") or "").strip('"') or None
-        return BlobInfo(name=name, size=length or 0, md5=md5, etag=etag,
+        # Without an MD5 of ours, the one the service computed for a single Put Blob (none for blocks).
+        computed = result.get("content_md5")
+        return BlobInfo(name=name, size=length or 0, md5=md5 or (bytes(computed) if computed else None), etag=etag,
                         content_type=content_type, metadata=dict(metadata or {}))
+
+    def set_metadata(self, name: str, metadata: Mapping[str, str], *, etag: str | None) -> None:
+        if self.rest is not None:
+            self.rest.set_metadata(name, metadata, etag=etag)
+            return
+        with azure_errors(self.describe(), f"setting the metadata of blob {blob_label(name)}"):
+            self._blob(name).set_blob_metadata(dict(metadata), etag=etag,
+                                               match_condition=MatchConditions.IfNotModified if etag else None)
 
     def delete(self, name: str) -> None:
         if self.rest is not None:

@@ -236,22 +236,35 @@ class RestCalls:
 
         ``data``: the body in memory, or a seekable stream of ``length`` bytes (sent as it is read; a retry seeks
         back). The MD5 goes both as ``Content-MD5`` (the service refuses a body that does not match it) and as the
-        blob's stored Content-MD5; it is computed here for a body in memory when the caller has none.
+        blob's stored Content-MD5; it is computed here for a body in memory when the caller has none. A stream
+        sent without one: the service computes the body's MD5, stores it as the blob's Content-MD5 and returns it,
+        and the result carries it (None where the response has none).
         """
         if isinstance(data, bytes):
             length = len(data)
             md5 = md5 or hashlib.md5(data, usedforsecurity=False).digest()
-        if md5 is None or length is None:
-            raise ValueError("a streamed Put Blob needs its length and MD5")
-        encoded = _b64(md5)
+        if length is None:
+            raise ValueError("a streamed Put Blob needs its length")
         headers = {"x-ms-version": self._version, "x-ms-blob-type": "BlockBlob",
-                   "Content-Type": "application/octet-stream", "Content-Length": str(length),
-                   "Content-MD5": encoded, "x-ms-blob-content-md5": encoded}
+                   "Content-Type": "application/octet-stream", "Content-Length": str(length)}
+        if md5 is not None:
+            headers["Content-MD5"] = headers["x-ms-blob-content-md5"] = _b64(md5)
         _with_settings(headers, content_type, metadata)
         with azure_errors(self._where, f"writing blob {blob_label(name)}"):
             response = self._send(HttpRequest("PUT", self._url(name), headers=headers, content=data), 201)
+        if md5 is None and response.headers.get("Content-MD5"):
+            md5 = base64.b64decode(response.headers["Content-MD5"])
         return BlobInfo(name=name, size=length, md5=md5, etag=_etag(response), content_type=content_type,
                         metadata=dict(metadata or {}))
+
+    def set_metadata(self, name: str, metadata: Mapping[str, str], *, etag: str | None) -> None:
+        """Replaces the blob's metadata, only while its ETag is ``etag`` (412 otherwise: written since)."""
+        headers = {"x-ms-version": self._version, "Content-Length": "0"}
+        if etag:
+            headers["If-Match"] = f'"{etag}"'
+        _with_settings(headers, None, metadata)
+        with azure_errors(self._where, f"setting the metadata of blob {blob_label(name)}"):
+            self._send(HttpRequest("PUT", self._url(name, comp="metadata"), headers=headers), 200)
 
     def delete(self, name: str) -> None:
         with azure_errors(self._where, f"deleting blob {blob_label(name)}"):

@@ -87,6 +87,15 @@ class BlobStore(ABC):
                       metadata: Mapping[str, str] | None = None, md5: bytes | None = None) -> BlobInfo:
         raise NotImplementedError(f"{self.describe()}: blocks are not supported")
 
+    #: Whether a stream written without an MD5 (``write`` with ``md5=None`` and a length) goes in one request
+    #: whose body the service hashes, the result carrying that MD5 (and ``set_metadata`` works).
+    hashes_streamed_writes: bool = False
+
+    def set_metadata(self, name: str, metadata: Mapping[str, str], *, etag: str | None) -> None:
+        """Replaces the metadata of ``name``, only while its ETag is still ``etag`` (where given); a blob written
+        since fails (a transient error: the copy is retried). Stores with blocks have it."""
+        raise NotImplementedError(f"{self.describe()}: metadata cannot be set on its own")
+
     #: Whether reading a blob a second time costs no more than a local file read (a folder): a blob too large to
     #: hold in memory may then be read once to hash it and again to send it in one request.
     rereadable: bool = False

@@ -5,14 +5,15 @@ a Content-MD5 that the copy takes along; otherwise streamed through this process
 transfer's ``large_blob_threshold`` in one Put Blob, above it in blocks (``stage_block`` + ``commit_block_list``,
 staged in parallel) whose ids derive from the source version, so after a restart the uncommitted blocks already at
 the destination are kept and only the rest are sent. A blob of up to :data:`IN_MEMORY_PUT` is read into memory;
-a larger one is sent in one Put Blob only from a source that reads it again for free (a local file,
-``rereadable``): read once to hash it, then streamed as the body with that Content-MD5, which the service checks
-against what it received (so the two reads are proved the same). From any other source it goes in blocks.
+a larger one is sent in one Put Blob only from a source whose reads can be checked for changes (a local file,
+``rereadable``): streamed once as the body, the service computing its MD5 (:meth:`BlobCopier._put_once`). From
+any other source it goes in blocks.
 
-Each byte is hashed once (MD5), by this process: the whole blob's digest is the Content-MD5 every destination blob
-gets (checked against the source's when it has one); a Put Blob carries it for the service to check, blocks do not
-carry their own (the transport, TLS on Azure, protects them on the way; a block left from an earlier attempt is
-kept only when its id, tied to the source version, and its size match). Copies keep the source's content type and
+Each byte is hashed once (MD5): by this process for a blob in memory or in blocks, by the service for a streamed
+Put Blob. The whole blob's digest is the Content-MD5 every destination blob gets (checked against the source's
+when it has one); a Put Blob from memory carries it for the service to check, blocks do not carry their own (the
+transport, TLS on Azure, protects them on the way; a block left from an earlier attempt is kept only when its
+id, tied to the source version, and its size match). Copies keep the source's content type and
 metadata. A source with version tokens (a folder: size, mtime, ctime,
 inode) also gets :data:`SOURCE_VERSION_KEY` in the copy's metadata: the version the bytes were read from and their
 MD5, recorded only when the file's token was the same before and after the read.
@@ -200,7 +201,7 @@ class BlobCopier:
 
     def _streamed(self, info: BlobInfo) -> CopyResult:
         if info.size > IN_MEMORY_PUT and self.dst.supports_blocks:
-            return self._read_twice(info)
+            return self._put_once(info) if self.dst.hashes_streamed_writes else self._read_twice(info)
         if info.size <= min(IN_MEMORY_PUT, self.params.large_blob_threshold):
             with self.src.open_read(info.name) as stream:
                 data = stream.read()
@@ -221,6 +222,31 @@ class BlobCopier:
             self._token(info, hashing.stream, md5)
         self._check_md5(info, md5)
         return CopyResult(md5=written.md5 or md5, sent=info.size, size=info.size)
+
+    def _put_once(self, info: BlobInfo) -> CopyResult:
+        """One Put Blob of a rereadable source too large to hold in memory, read once and not hashed here: the
+        service computes the MD5 of the body it received (TLS protects it on the way), stores it as the copy's
+        Content-MD5 and returns it. The version token then goes on the copy with that MD5 (Set Blob Metadata, on
+        condition that the copy is still the one written: a 412 means it was overwritten since, and the copy is
+        retried). Killed in between, the copy has no token and is sent again or hashed by verify. A destination
+        that returns no MD5 after all gets the copy again, hashed here (:meth:`_read_twice`)."""
+        with self.src.open_read(info.name) as stream:
+            written = self.dst.write(info.name, _Exactly(stream, info.size),  # type: ignore[arg-type]  # read/seek
+                                     length=info.size, content_type=info.content_type,
+                                     metadata=self._metadata(info, None), md5=None)
+            if written.md5 is None:
+                return self._read_twice(info)
+            md5 = written.md5
+            token = self._token(info, stream, md5)
+        self._check_md5(info, md5)
+        if token is not None:
+            try:
+                self.dst.set_metadata(info.name, self._metadata(info, token), etag=written.etag)
+            except PermanentError as exc:
+                if getattr(exc.__cause__, "status_code", None) == 412:
+                    raise _ChangedWhileRead(info.name) from exc  # written by someone else since: copied again
+                raise
+        return CopyResult(md5=md5, sent=info.size, token=token, size=info.size)
 
     def _read_twice(self, info: BlobInfo) -> CopyResult:
         """One Put Blob of a rereadable source too large to hold in memory: hashed in a first read, streamed as the
