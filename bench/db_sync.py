@@ -1,12 +1,14 @@
-"""database.sync from a PostgreSQL source against the full presync copy, in one run.
+"""database.sync against the full presync copy, in one run, from a PostgreSQL or a SQLite source.
 
-The demo tenant (``fixtures.tenant.generate``) in a scratch PostgreSQL database, backed up to a folder and
-restored into a second one (the presync: the baseline), then ``--changed`` (1%) of its users and tiles changed in
-place, then ``database.sync`` (what runs inside the read-only window). Prints both times, the ratio sync / presync,
-and how many source rows the sync read (``rows_read``: the rows that crossed the network, against the tenant's).
+The demo tenant (``fixtures.tenant.generate``) in a scratch PostgreSQL database (``--source sqlite``: a SQLite
+file, as the demo's self-hosted tenant has it), backed up to a folder and restored into a second PostgreSQL
+database (the presync: the baseline), then ``--changed`` (1%) of its users and tiles changed in place, then
+``database.sync`` (what runs inside the read-only window). Prints both times, the ratio sync / presync, and how
+many source rows the sync read (``rows_read``: the rows read as values, against the tenant's).
 
     .venv/bin/python bench/db_sync.py                  # 200,000 rows
     .venv/bin/python bench/db_sync.py --rows 1000000
+    .venv/bin/python bench/db_sync.py --source sqlite  # the window bench's source
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ HOST, PORT, USER = "127.0.0.1", 5432, "postgres"
 
 
 def endpoint(name: str) -> dict[str, Any]:
+    """The migrator endpoint of a scratch PostgreSQL database, or of a SQLite file (a path ending ``.db``)."""
+    if name.endswith(".db"):
+        return {"dialect": "sqlite", "connection": name}
     return {"dialect": "postgresql",
             "connection": f"Driver={{PostgreSQL Unicode}};Server={HOST};Port={PORT};Database={name};Uid={USER}"}
 
@@ -41,15 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--changed", type=float, default=0.01, help="share of users and tiles changed after presync")
+    parser.add_argument("--source", choices=("postgresql", "sqlite"), default="postgresql")
     args = parser.parse_args(argv)
     admin = psycopg.connect(host=HOST, port=PORT, user=USER, dbname="postgres", autocommit=True)
     source, target = (f"bench_sync_{uuid.uuid4().hex[:10]}" for _ in range(2))
-    for name in (source, target):
+    created = [target] if args.source == "sqlite" else [source, target]
+    for name in created:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        with connect(f"postgresql://{USER}@{HOST}:{PORT}/{source}") as db:
-            generate(db, TenantSize.for_rows(args.rows))
         with tempfile.TemporaryDirectory(prefix="bench-sync-") as tmp:
+            if args.source == "sqlite":
+                source = str(Path(tmp) / "source.db")
+            location = source if args.source == "sqlite" else f"postgresql://{USER}@{HOST}:{PORT}/{source}"
+            with connect(location) as db:
+                generate(db, TenantSize.for_rows(args.rows))
             backup = {"kind": "folder", "path": str(Path(tmp) / "backup")}
             started = time.perf_counter()
             run_step(Backup("presync", Backup.Params.model_validate({"database": endpoint(source), "to": backup})),
@@ -57,14 +67,14 @@ def main(argv: list[str] | None = None) -> int:
             run_step(Restore("presync_restore", Restore.Params.model_validate(
                 {"backup": backup, "database": endpoint(target)})), MemoryContext())
             presync = time.perf_counter() - started
-            with connect(f"postgresql://{USER}@{HOST}:{PORT}/{source}") as db:
+            with connect(location) as db:
                 changed = change_rows(db, args.changed)
             started = time.perf_counter()
             _, out = run_step(Sync("db_sync", Sync.Params.model_validate(
                 {"source": endpoint(source), "database": endpoint(target), "backup": backup})), MemoryContext())
             sync = time.perf_counter() - started
     finally:
-        for name in (source, target):
+        for name in created:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
     print(f"tenant: {args.rows} rows; {changed} changed after the presync")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from typing import Any
 
 from migrator.errors import Cancelled, CompensationRefused, ExitCode, InputError, ParamsChanged, exit_code_for
 from migrator.playbook import LoadedPlaybook, PlannedStep, params_hash
@@ -32,6 +33,10 @@ class _Board:
     failed: StepResult | None = None
     interrupted: bool = False
     tolerated: set[str] = field(default_factory=set)
+    #: The outputs of steps DONE on this board, read from the state store once: a step DONE here is not run
+    #: again while the scheduler works, so its outputs do not change (each step's start and every look of the
+    #: watchdog would read them again otherwise).
+    outputs: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 class Scheduler:
@@ -59,7 +64,8 @@ class Scheduler:
                     break
                 done, _ = wait(list(board.running), timeout=self.watchdog.interval, return_when=FIRST_COMPLETED)
                 if core.abort is None:
-                    self.watchdog.watch(run_id, loaded, board.status, set(board.running.values()))
+                    self.watchdog.watch(run_id, loaded, board.status, set(board.running.values()),
+                                        lambda step_id: self._outputs(run_id, board, step_id))
                 for fut in done:
                     self._settle(loaded, board, board.running.pop(fut), fut.result())
         return self._finish(run_id, loaded, board)
@@ -79,8 +85,17 @@ class Scheduler:
                 self._mark_skipped(run_id, step, "a step it needs failed (on_failure: continue)")
                 continue
             if all(status[d] == StepStatus.DONE for d in step.needs):
-                outputs = {sid: self.core.outputs_of(run_id, sid) for sid in loaded.ancestors(step.id)}
+                outputs = {sid: self._outputs(run_id, board, sid) for sid in loaded.ancestors(step.id)}
                 board.running[pool.submit(self.attempts.run_step, run_id, loaded, step, outputs)] = step.id
+
+    def _outputs(self, run_id: str, board: _Board, step_id: str) -> Mapping[str, Any]:
+        """The outputs of a step DONE on ``board`` (:attr:`_Board.outputs`)."""
+        found = board.outputs.get(step_id)
+        if found is None:
+            found = self.core.outputs_of(run_id, step_id)
+            if board.status.get(step_id) == StepStatus.DONE:
+                board.outputs[step_id] = found
+        return found
 
     def _settle(self, loaded: LoadedPlaybook, board: _Board, step_id: str, result: StepResult) -> None:
         """Puts a step that ended on the board."""

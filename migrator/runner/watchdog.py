@@ -8,8 +8,9 @@ the deadline's now, and how long a running step has been at it (its start is kep
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from migrator.errors import DeadlineOverrun
 from migrator.playbook import LoadedPlaybook
@@ -27,11 +28,16 @@ class Watchdog:
     def __init__(self, core: RunCore) -> None:
         self.core = core
 
-    def watch(self, run_id: str, loaded: LoadedPlaybook, status: Mapping[str, str], running: set[str]) -> None:
-        """Sets the core's ``abort`` (and cancels the run) when the work left cannot end before a deadline."""
+    def watch(self, run_id: str, loaded: LoadedPlaybook, status: Mapping[str, str], running: set[str],
+              outputs_of: Callable[[str], Mapping[str, Any]] | None = None) -> None:
+        """Sets the core's ``abort`` (and cancels the run) when the work left cannot end before a deadline.
+        ``outputs_of`` gives a done step's outputs (default: read from the state store)."""
         now = self.core.clock.now()
         for gate_id, st in status.items():
-            deadline = self._deadline(run_id, gate_id) if st == StepStatus.DONE else None
+            if st != StepStatus.DONE:
+                continue
+            done = outputs_of(gate_id) if outputs_of is not None else self.core.outputs_of(run_id, gate_id)
+            deadline = self._deadline(done)
             if deadline is None:
                 continue
             left = [sid for sid in descendants(loaded, gate_id) if status.get(sid) != StepStatus.DONE]
@@ -44,9 +50,10 @@ class Watchdog:
                             "aborting to roll back in time", now, running)
                 return
 
-    def _deadline(self, run_id: str, step_id: str) -> datetime | None:
-        """The deadline a done step set (its output ``deadline``), if it set one."""
-        text = self.core.outputs_of(run_id, step_id).get("deadline")
+    @staticmethod
+    def _deadline(outputs: Mapping[str, Any]) -> datetime | None:
+        """The deadline a done step set (its output ``deadline``, in ``outputs``), if it set one."""
+        text = outputs.get("deadline")
         if not text:
             return None
         try:

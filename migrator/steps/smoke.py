@@ -7,7 +7,8 @@ providers' resolver (:func:`migrator.providers.dns.resolve`); this module only j
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +22,8 @@ from migrator.secrets import Secret
 from migrator.step import Estimate, Params, PlanResult, Step, StepContext
 
 _MAX_DETAIL = 10
+#: Checks sent at once, at most (a smoke test lists a handful).
+_AT_ONCE = 8
 
 
 # -- params ---------------------------------------------------------------------------------------------------
@@ -190,19 +193,31 @@ class SmokeTest(Step[SmokeTestParams]):
         """HTTP checks and DNS queries; the comparisons of fingerprints and inventories cost nothing more."""
         return Work(note="comparisons free").add("http.request", http).add("dns.query", dns)
 
-    def run_checks(self, ctx: StepContext) -> list[CheckOutcome]:
+    def run_checks(self, ctx: StepContext, report: Callable[[CheckOutcome], None] | None = None
+                   ) -> list[CheckOutcome]:
+        """Every check's outcome, in the order the params list them. The requests and DNS questions are sent
+        at once (each on a thread of its own, at most :data:`_AT_ONCE`): they are independent reads, and the
+        step takes as long as the slowest instead of their sum; each request's latency is its own. ``report``
+        is given each outcome as soon as it is known (the comparisons first, while the requests are out)."""
         p = self.params
-        outcomes = [run_http_check(ctx, c) for c in p.http]
-        outcomes += [compare("fingerprint", c) for c in p.fingerprints]
-        outcomes += [compare("inventory", c) for c in p.inventories]
-        outcomes += [run_dns_check(c) for c in p.dns]
-        return outcomes
+        tell = report or (lambda outcome: None)
+        with ThreadPoolExecutor(max_workers=max(1, min(_AT_ONCE, len(p.http) + len(p.dns))),
+                                thread_name_prefix="smoke") as pool:
+            http = [pool.submit(run_http_check, ctx, c) for c in p.http]
+            dns = [pool.submit(run_dns_check, c) for c in p.dns]
+            compared = [compare("fingerprint", c) for c in p.fingerprints]
+            compared += [compare("inventory", c) for c in p.inventories]
+            for outcome in compared:
+                tell(outcome)
+            for done in as_completed([*http, *dns]):
+                tell(done.result())
+            return [f.result() for f in http] + compared + [f.result() for f in dns]
 
     def apply(self, ctx: StepContext) -> Mapping[str, Any]:
-        outcomes = self.run_checks(ctx)
-        for outcome in outcomes:
-            ctx.event("smoke.check", ctx.redactor.redact(f"{outcome.check}: {outcome.detail}"),
-                      ok=outcome.ok)
+        def event(outcome: CheckOutcome) -> None:
+            ctx.event("smoke.check", ctx.redactor.redact(f"{outcome.check}: {outcome.detail}"), ok=outcome.ok)
+
+        outcomes = self.run_checks(ctx, event)
         failed = [o for o in outcomes if not o.ok]
         if failed:
             listing = "; ".join(f"{o.check}: {o.detail}" for o in failed)

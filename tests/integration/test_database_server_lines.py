@@ -26,6 +26,7 @@ from migrator.providers.database.backup import lines_text
 from migrator.providers.database.base import LineReader
 from migrator.providers.database.pgfloat import float_json_sql
 from migrator.providers.database.postgresql import PostgresDatabase
+from migrator.providers.database.sqlite import SqliteDatabase
 from migrator.steps.database import Backup, Restore, Sync, fingerprint
 from migrator.testing import MemoryContext, run_step
 from tests.integration.test_database_delta import changed_after_presync
@@ -389,8 +390,8 @@ def _sqlite_people(path: Path) -> None:
         db.executemany("INSERT INTO tags VALUES (?, ?)", [(f"t{i:03d}", odd[i % len(odd)]) for i in range(60)])
 
 
-def test_a_sqlite_source_digests_ranges_itself_and_the_sync_reads_only_the_changed_pieces(
-        postgres: PostgresServer, tmp_path: Path, range_reads: Reads) -> None:
+def test_a_sqlite_source_writes_ranges_itself_and_the_sync_reads_only_the_changed_rows(
+        postgres: PostgresServer, tmp_path: Path, range_reads: Reads, monkeypatch: pytest.MonkeyPatch) -> None:
     import sqlite3
 
     path = tmp_path / "source.sqlite"
@@ -403,15 +404,25 @@ def test_a_sqlite_source_digests_ranges_itself_and_the_sync_reads_only_the_chang
         db.execute("UPDATE tags SET label = 'relabelled' WHERE code = 't010'")
     range_reads.ranges.clear()
     range_reads.rows = 0
+    by_key: list[tuple[str, list[Any]]] = []
+    read_keys = SqliteDatabase.read_keys
+
+    def counted(self: SqliteDatabase, table: Table, columns: Sequence[str], keys: Sequence[Sequence[Any]],
+                **kwargs: Any) -> Iterator[Sequence[Any]]:
+        by_key.extend((table.name, list(k)) for k in keys)
+        return read_keys(self, table, columns, keys, **kwargs)
+
+    monkeypatch.setattr(SqliteDatabase, "read_keys", counted)
 
     _, out = run_step(Sync("db_sync", Sync.Params.model_validate(
         {"source": source, "database": target.endpoint, "backup": backup})), MemoryContext())
 
     assert out["mismatches"] == []
-    # people: four ranges of 50 and the one beyond. SQLite wrote the lines of the unchanged ranges itself, so only
-    # the 16-row piece holding row 120 and the range beyond the last key were read.
-    assert range_reads.of("people") == [([116], [132]), ([200], None)]
-    # tags (text keys, ranges of 50 and 10): the first piece (t000..t015, holding t010) and the range beyond.
-    assert range_reads.of("tags") == [(None, ["t015"]), (["t059"], None)]
+    # people: four ranges of 50 and the one beyond; tags (text keys): ranges of 50 and 10 and the one beyond.
+    # SQLite wrote every range's lines itself: no range was read as values, only the rows whose line is not the
+    # presync's, by key (row 120, the new row 201 beyond the last key, tag t010).
+    assert range_reads.of("people") == range_reads.of("tags") == []
+    assert sorted(by_key, key=repr) == [("people", [120]), ("people", [201]), ("tags", ["t010"])]
+    assert out["rows_read"] == 3 and out["rows_updated"] == 2 and out["rows_inserted"] == 1
     assert [r[0] for r in target.sql("SELECT note FROM people WHERE id IN (77, 120, 201) ORDER BY id")] == \
         ["42", 'changed "again"', "beyond the last key"]

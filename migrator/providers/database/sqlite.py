@@ -73,6 +73,21 @@ _DDL = {
 }
 
 
+def affinity(declared: str) -> str:
+    """SQLite's affinity of a column declared ``declared`` (its rules, in their order: sqlite.org/datatype3.html,
+    "Determination Of Column Affinity")."""
+    upper = declared.upper()
+    if "INT" in upper:
+        return "INTEGER"
+    if any(k in upper for k in ("CHAR", "CLOB", "TEXT")):
+        return "TEXT"
+    if "BLOB" in upper or not upper.strip():
+        return "BLOB"
+    if any(k in upper for k in ("REAL", "FLOA", "DOUB")):
+        return "REAL"
+    return "NUMERIC"
+
+
 def logical_type(declared: str, where: str) -> Column:
     upper = declared.upper()
     for keyword, kind in _KEYWORDS:
@@ -118,6 +133,7 @@ class SqliteDatabase(Database):
         except sqlite3.Error as exc:
             raise InputError(f"cannot open SQLite database {self.path}: {exc}") from None
         self._in_transaction = False
+        self._rowids: dict[str, str] = {}  # per table: its rowid alias column, "" for none (_rowid_alias)
 
     def describe(self) -> str:
         return f"sqlite database {self.path}"
@@ -257,6 +273,33 @@ class SqliteDatabase(Database):
         finally:
             self.conn.execute("COMMIT")
 
+    def snapshot_twin(self) -> SqliteDatabase | None:
+        """A second connection to the same file, inside a read transaction that reads the very state this
+        connection's :meth:`snapshot` reads — so that two threads can read it at once — or None where that cannot
+        be told: outside a snapshot, or in WAL mode. The caller closes it.
+
+        How it is the same state: in a rollback-journal mode a reader's shared lock keeps every writer from
+        committing (a commit needs the exclusive lock). This connection takes its shared lock now (a read inside
+        its transaction) and holds it to the end of the snapshot, so nothing is committed between this read and
+        the twin's first one. In WAL mode writers commit beside readers, so no twin is made."""
+        if not self.conn.in_transaction:
+            return None
+        try:
+            mode = str(self.conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if mode == "wal":
+                return None
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # the shared lock, held from here
+            twin = SqliteDatabase(str(self.path))
+        except sqlite3.Error:
+            return None
+        try:
+            twin.conn.execute("BEGIN")
+            twin.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            twin.close()
+            return None
+        return twin
+
     def execute_many(self, sql: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> None:
         try:
             self.conn.executemany(sql, [list(params) for params in rows])
@@ -305,18 +348,48 @@ class SqliteDatabase(Database):
 
     # -- range digests (the window's database.sync) ------------------------------------------------------
 
-    def _digest_select(self, table: Table) -> str | None:
-        """``SELECT`` of each row's line as SQLite's ``json_array`` writes it, whether that is the portable line
-        (every value an integer of an integer column or text of a text column, or null), and the row's key; None
-        where a column's type has another portable form."""
+    def _rowid_alias(self, table: Table) -> str | None:
+        """The column of ``table`` that is SQLite's rowid (an ``INTEGER PRIMARY KEY`` of a rowid table, which
+        always holds an integer), or None. Any other primary key has an index of origin ``pk``."""
+        if len(table.primary_key) != 1 or table.column(table.primary_key[0]).type not in INTEGER_TYPES:
+            return None
+        cached = self._rowids.get(table.name)
+        if cached is None:
+            indexed = any(r[3] == "pk" for r in self.query("SELECT * FROM pragma_index_list(?)", [table.name]))
+            cached = self._rowids[table.name] = "" if indexed else table.primary_key[0]
+        return cached or None
+
+    def _line_sql(self, table: Table) -> tuple[str, str] | None:
+        """Each row's line as SQLite's ``json_array`` writes it, and a condition true where that is the portable
+        line: every value an integer of an integer column or text of a text column, or null. None where a
+        column's type has another portable form (or the table has no primary key).
+
+        Only the values that could be of another type are tested (``typeof`` on every value costs as much as
+        writing the line): a column of TEXT affinity holds text, null or a BLOB, and ``json_array`` refuses a
+        BLOB (the query fails and the caller reads the range); the rowid holds an integer; a NOT NULL column
+        holds no null."""
         columns = [table.column(n) for n in table.column_names]
         if not columns or not table.primary_key or any(c.type not in _JSON_AS_LINE for c in columns):
             return None
-        quoted = [self.quote(c.name) for c in columns]
-        exact = " AND ".join(f"typeof({q}) IN ('{_JSON_AS_LINE[c.type]}', 'null')" for q, c in zip(quoted, columns,
-                                                                                                 strict=True))
-        return f"SELECT json_array({', '.join(quoted)}), {exact}, {self.column_list(table.primary_key)} " \
-               f"FROM {self.table_ref(table.name)}"
+        rowid = self._rowid_alias(table)
+        checks = []
+        for column in columns:
+            want = _JSON_AS_LINE[column.type]
+            if (want == "text" and column.native and affinity(column.native) == "TEXT") or column.name == rowid:
+                continue
+            q = self.quote(column.name)
+            checks.append(f"typeof({q}) IN ('{want}', 'null')" if column.nullable else f"typeof({q}) = '{want}'")
+        quoted = ", ".join(self.quote(c.name) for c in columns)
+        return f"json_array({quoted})", " AND ".join(checks) or "1"
+
+    def _digest_select(self, table: Table) -> str | None:
+        """``SELECT`` of each row's line as SQLite's ``json_array`` writes it, whether that is the portable line
+        (:meth:`_line_sql`), and the row's key; None where a column's type has another portable form."""
+        found = self._line_sql(table)
+        if found is None:
+            return None
+        line, exact = found
+        return f"SELECT {line}, {exact}, {self.column_list(table.primary_key)} FROM {self.table_ref(table.name)}"
 
     def _digests(self, table: Table, low: Sequence[Any] | None, bounds: Sequence[Sequence[Any]],
                  cut: Callable[[Sequence[Any], int], bool]) -> list[tuple[int, str]] | None:
@@ -350,6 +423,37 @@ class SqliteDatabase(Database):
             digest, count, exact = hashlib.md5(usedforsecurity=False), 0, True
         return result
 
+    def range_text(self, table: Table, low: Sequence[Any] | None, high: Sequence[Any] | None
+                   ) -> tuple[int, bytes] | None:
+        """The row count and the text of the rows with a primary key in ``(low, high]`` (None: unbounded), each
+        row's line as SQLite's ``json_array`` writes it, ended by a newline, in key order: one value built by
+        SQLite (``group_concat``), so no row becomes a Python object. None where that is not every row's
+        portable line (:meth:`_line_sql`: a column type or a value of another type; a BLOB).
+
+        A line SQLite writes is exact JSON of the row's values, so one equal to a line of the backup is the
+        same row; one that is not may still be the same row written with other escapes (the caller then reads
+        that row, :meth:`read_keys`). Only the order of the lines is SQLite's to keep (an ordered subquery
+        feeding ``group_concat``): text in another order only fails to hash as the chunk's."""
+        found = self._line_sql(table)
+        if found is None:
+            return None
+        line, exact = found
+        where, params = self.range_where(table, low, high)
+        # As a BLOB: the UTF-8 bytes as SQLite holds them, never decoded and encoded again here. Text that is not
+        # UTF-8 (which no backup line is) then hashes as no chunk does, and its line is no presync line.
+        sql = (f"SELECT count(*), min(e), CAST(group_concat(l, char(10)) AS BLOB) FROM (SELECT {line} AS l, "
+               f"{exact} AS e FROM {self.table_ref(table.name)}{where} "
+               f"ORDER BY {self.column_list(table.primary_key)})")
+        try:
+            rows, every, text = self.conn.execute(sql, params).fetchone()
+        except sqlite3.Error:
+            return None  # a BLOB value, text too long for one value: the caller reads the range
+        if not rows:
+            return 0, b""
+        if not every:
+            return None
+        return int(rows), bytes(text) + b"\n"
+
     def range_digest(self, table: Table, low: Sequence[Any] | None, high: Sequence[Any] | None
                      ) -> tuple[int, str] | None:
         # In-process (nothing crosses a network), yet most of the cost of reading a range is building each
@@ -358,8 +462,10 @@ class SqliteDatabase(Database):
         # the range: never a wrong "unchanged", as both are exact JSON of the same values.
         if high is None:
             return None
-        found = self._digests(table, low, [high], lambda key, n: False)
-        return found[0] if found else None
+        found = self.range_text(table, low, high)
+        if found is None:
+            return None
+        return found[0], hashlib.md5(found[1], usedforsecurity=False).hexdigest()
 
     def range_digests(self, table: Table, low: Sequence[Any] | None, bounds: Sequence[Sequence[Any]]
                       ) -> list[tuple[int, str]] | None:

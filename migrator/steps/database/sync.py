@@ -61,15 +61,18 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from collections.abc import Mapping, Sequence
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from migrator.errors import PreconditionFailed, VerificationFailed
 from migrator.estimator import Work, estimate, rates
 from migrator.providers.blob import BlobEndpoint, open_blob_store
 from migrator.providers.blob.base import BlobStore
-from migrator.providers.database import Database, DatabaseEndpoint, Fingerprint, Table, fk_order
+from migrator.providers.database import Database, DatabaseEndpoint, Fingerprint, Table, fk_order, open_database
 from migrator.providers.database.backup import (
     DELTA_FORMAT,
     DELTA_PREFIX,
@@ -159,6 +162,10 @@ def key_ranges(chunks: Sequence[ChunkInfo]) -> list[KeyRange]:
 
 
 
+#: Connections that write range texts at once, each on a thread (:class:`RangeTexts`): the cores of a small
+#: migration host.
+RANGE_READERS = 2
+
 #: Rows per sub-range of a changed presync chunk that the source digests one by one (in one query): scattered
 #: changes (1% of rows) leave most sub-ranges of this size unchanged (0.99**16: 85%), and only the others are read.
 SUB_RANGE_ROWS = 16
@@ -201,6 +208,175 @@ def changed_parts(src: Database, reader: LineReader, table: Table, key_range: Ke
         together = [line for low, high in rest for line in reader.range(low, high)]
     lines.extend(together)
     return lines, [line for run in runs for n in run for line in parts[n]]
+
+
+@runtime_checkable
+class WritesRangeText(Protocol):
+    """A source that writes a key range's lines itself, in process (SQLite: ``json_array``), as one text."""
+
+    def range_text(self, table: Table, low: Sequence[Any] | None, high: Sequence[Any] | None
+                   ) -> tuple[int, bytes] | None:
+        """Row count and text (each line ended by a newline, in key order) of the rows in ``(low, high]``; None
+        where the engine does not write every row's portable line."""
+
+
+@runtime_checkable
+class SnapshotTwins(Protocol):
+    """A source that opens a second connection reading the very state of its current snapshot."""
+
+    def snapshot_twin(self) -> Database | None:
+        """That connection (the caller closes it), or None where the source cannot tell it reads the same."""
+
+
+def changed_rows(reader: LineReader, table: Table, current: bytes, presync: Sequence[bytes]
+                 ) -> tuple[list[bytes], list[bytes]] | None:
+    """The source's lines (read by key through ``reader``) of the rows of a range whose line, as the source wrote
+    it in ``current`` (:class:`WritesRangeText`), is none of the presync's, and the presync's lines that are not
+    in ``current``; None when every line of ``current`` is one of the presync's and as many (unchanged).
+
+    Exact: a line the source wrote is exact JSON of the row's values, and it holds the primary key, so a line
+    equal to a presync line is that row unchanged; any other line is a row added or changed — or one written
+    with other escapes than the backup's, which the read by key gives as the portable line again (then equal to
+    the presync's, and no upsert: :func:`diff_lines`). A presync line not in ``current`` is a row changed or
+    deleted (or escaped otherwise)."""
+    lines = current[:-1].split(b"\n") if current else []
+    before = set(presync)
+    new = [line for line in lines if line not in before]
+    if not new and len(lines) == len(presync):
+        return None
+    at = [table.column_names.index(k) for k in table.primary_key]
+    keys = [[row[i] for i in at] for row in map(json.loads, new)]
+    now = set(lines)
+    return (reader.keys(keys) if keys else []), [line for line in presync if line not in now]
+
+
+@dataclass(frozen=True)
+class Written:
+    """A key range as the source writes it (:func:`written_text`)."""
+
+    rows: int
+    text: bytes
+    md5: str
+    #: The presync chunk's lines, where they were read with it (:class:`RangeTexts`: the range differs).
+    presync: list[bytes] | None = None
+
+    def same_as(self, chunk: ChunkInfo | None) -> bool:
+        """The presync chunk's rows, as they were: the same text (``text_md5``), or no row where none was."""
+        return not self.rows if chunk is None else (self.rows, self.md5) == (chunk.rows, chunk.text_md5)
+
+
+def written_text(src: WritesRangeText, table: Table, key_range: KeyRange) -> Written | None:
+    """Row count, text and text MD5 (hex) of ``key_range`` as ``src`` writes it (:class:`WritesRangeText`), or
+    None where it does not."""
+    found = src.range_text(table, key_range.low, key_range.high)
+    if found is None:
+        return None
+    rows, text = found
+    return Written(rows, text, hashlib.md5(text, usedforsecurity=False).hexdigest())
+
+
+class RangeTexts:
+    """The texts of key ranges (:func:`written_text`), asked of the source ahead of the sync on threads of their
+    own: while the sync compares and applies one range (reads from the backup, writes to the target), the source
+    writes and hashes the next ones. Each thread has a reader of its own (``readers``: connections that read
+    the same state, :meth:`SqliteDatabase.snapshot_twin`) and takes the next range as soon as it is free. At most
+    ``ahead`` texts wait at once (each is a presync chunk's size). A range asked for out of the order given is
+    written then and there, by the caller's source; those skipped are dropped. ``owned`` readers are closed at
+    the end. Where a range's text is not its chunk's, ``presync`` reads the chunk's lines on the same thread."""
+
+    def __init__(self, readers: Sequence[WritesRangeText], wanted: Sequence[tuple[Table, KeyRange]],
+                 ahead: int = 3, owned: Sequence[Database] = (),
+                 presync: Callable[[ChunkInfo], list[bytes]] | None = None) -> None:
+        self._order = {(table.name, kr.number): n for n, (table, kr) in enumerate(wanted)}
+        self._waiting = list(enumerate(wanted))
+        self._asked: dict[tuple[str, int], Future[Written | None]] = {}
+        self._presync = presync
+        self._ahead = max(ahead, len(readers))
+        self._free: queue.SimpleQueue[WritesRangeText] = queue.SimpleQueue()
+        for reader in readers:
+            self._free.put(reader)
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(len(readers), thread_name_prefix="range-text", initializer=self._bind) \
+            if readers and wanted else None
+        self._owned = list(owned)
+        self._ask()
+
+    def _bind(self) -> None:
+        """A new thread of the pool takes a reader of its own."""
+        self._local.reader = self._free.get()
+
+    def _write(self, table: Table, key_range: KeyRange) -> Written | None:
+        """The range's text; where it is not the presync chunk's, the chunk's lines with it (``presync``: read
+        from the backup here, while the sync is busy with the ranges before)."""
+        found = written_text(self._local.reader, table, key_range)
+        chunk = key_range.chunk
+        if found is None or chunk is None or self._presync is None or found.same_as(chunk):
+            return found
+        return Written(found.rows, found.text, found.md5, self._presync(chunk))
+
+    def _ask(self) -> None:
+        while self._pool is not None and self._waiting and len(self._asked) < self._ahead:
+            _, (table, key_range) = self._waiting.pop(0)
+            self._asked[(table.name, key_range.number)] = self._pool.submit(self._write, table, key_range)
+
+    def text(self, src: WritesRangeText, table: Table, key_range: KeyRange) -> Written | None:
+        """What :func:`written_text` gives for ``key_range``: the text asked ahead, else written now."""
+        key = (table.name, key_range.number)
+        asked = self._asked.pop(key, None)
+        at = self._order.get(key)
+        if at is not None:  # the ranges before this one are not asked for any more
+            for skipped in [k for k in self._asked if self._order[k] < at]:
+                self._asked.pop(skipped).cancel()
+            self._waiting = [(n, w) for n, w in self._waiting if n > at]
+        found = asked.result() if asked is not None else written_text(src, table, key_range)
+        self._ask()
+        return found
+
+    def __enter__(self) -> RangeTexts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        """Waits for the texts being written (the source's snapshot ends after), drops the others, closes the
+        readers it owns."""
+        self._waiting.clear()
+        for asked in self._asked.values():
+            asked.cancel()
+        self._asked.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        for db in self._owned:
+            db.close()
+
+
+class TargetOpening:
+    """The target database connected and its catalog read (its tables as it has them) on a thread of its own,
+    so that the sync starts on the source meanwhile; :meth:`get` waits for both. The connection is closed at
+    the end (after the opening, whatever became of it)."""
+
+    def __init__(self, endpoint: DatabaseEndpoint, ctx: StepContext) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="target-open")
+        self._opened = self._pool.submit(self._open, endpoint, ctx)
+
+    @staticmethod
+    def _open(endpoint: DatabaseEndpoint, ctx: StepContext) -> tuple[Database, dict[str, Table]]:
+        db = open_database(endpoint, ctx)
+        try:
+            return db, {t.name: t for t in db.tables()}
+        except BaseException:
+            db.close()
+            raise
+
+    def get(self) -> tuple[Database, dict[str, Table]]:
+        """The connected target and its tables by name (raises what opening it raised)."""
+        return self._opened.result()
+
+    def __enter__(self) -> TargetOpening:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+        if self._opened.exception() is None:
+            self._opened.result()[0].close()
 
 
 def fingerprint_of(lines: Sequence[bytes]) -> Fingerprint:
@@ -282,9 +458,22 @@ class Sync(Step[SyncParams]):
     def _store(self, ctx: StepContext) -> BlobStore:
         return open_blob_store(self.params.backup, ctx)
 
-    def _manifest(self, store: BlobStore) -> Manifest:
-        return required_manifest(store, self.step_id, what="presync backup",
-                                 hint="run database.backup and database.restore first")
+    #: The presync backup's manifest as ``check`` read it (see :meth:`_manifest`).
+    _kept_manifest: Manifest | None = None
+    #: The range texts asked ahead during ``apply`` (:meth:`_ranges_ahead`); none outside it.
+    _texts: RangeTexts | None = None
+    #: The target being connected to during ``apply`` (:meth:`_target`), and its tables as it has them.
+    _opening: TargetOpening | None = None
+    _there: dict[str, Table]
+
+    def _manifest(self, store: BlobStore, *, again: bool = False) -> Manifest:
+        """The presync backup's manifest. ``check``, which begins every attempt, reads it (``again``); that
+        attempt's ``apply`` and ``verify`` take the one it read, one blob read each less inside the window: the
+        presync backup is done and nothing writes its manifest any more (the sync writes only ``delta/``)."""
+        if self._kept_manifest is None or again:
+            self._kept_manifest = required_manifest(store, self.step_id, what="presync backup",
+                                                    hint="run database.backup and database.restore first")
+        return self._kept_manifest
 
     def _tables(self, manifest: Manifest) -> list[Table]:
         tables = [t.table for t in manifest.tables]
@@ -301,8 +490,10 @@ class Sync(Step[SyncParams]):
         # A dry-run before the presync exists: not done, and the plan sizes the sync from the source.
         if ctx.dry_run and read_manifest(store) is None:
             return CheckResult(False, f"no presync backup in {store.describe()} yet")
-        manifest = self._manifest(store)
-        delta = read_delta_manifest(store)
+        with ThreadPoolExecutor(1, thread_name_prefix="delta-manifest") as pool:  # both blobs read at once
+            delta_read = pool.submit(read_delta_manifest, store)
+            manifest = self._manifest(store, again=True)
+            delta = delta_read.result()
         if delta is None or delta.get("run_id") != ctx.run_id or delta.get("base_created_at") != manifest.created_at:
             return CheckResult(False, f"no delta of this run in {store.describe()}")
         if delta.get("outputs", {}).get("mismatches") != []:
@@ -350,29 +541,32 @@ class Sync(Step[SyncParams]):
         tracked: list[str] = []  # tables whose changes change tracking gave
         fingerprints: dict[str, Fingerprint] = {}  # the source's, per table
         targets: dict[str, Fingerprint] = {}  # the target's, as verified (see SyncParams.verify)
-        with connected(self.params.source, ctx) as src, connected(self.params.database, ctx) as dst:
-            # The target's tables as it has them, read once: the sync changes rows, never the schema.
-            self._there: dict[str, Table] = {t.name: t for t in dst.tables()}
+        ordered = fk_order(tables)
+        # One snapshot of the source for every read; the texts of its ranges are asked ahead (_ranges_ahead)
+        # while the target is connected to and its catalog read.
+        with connected(self.params.source, ctx) as src, src.snapshot(), \
+                self._ranges_ahead(ctx, src, store, manifest, ordered, index_of) as self._texts, \
+                TargetOpening(self.params.database, ctx) as self._opening:
             self._require_same_schema(src, tables)
-            ordered = fk_order(tables)
-            with src.snapshot():
-                # Pass 1, parents first: changed and new rows.
-                for table in ordered:
-                    backed = manifest.tables[index_of[table.name]]
-                    changes = self._changes(ctx, src, table, manifest.change_version)
-                    if changes is not None:
-                        fingerprints[table.name], targets[table.name] = self._sync_changed(
-                            ctx, store, src, dst, index_of[table.name], table, backed.fingerprint, changes, totals)
-                        tracked.append(table.name)
-                    elif table.primary_key:
-                        fingerprints[table.name], targets[table.name] = self._sync_ranges(
-                            ctx, store, src, dst, index_of[table.name], table, backed.chunks, totals,
-                            since=manifest.change_version)
-                    else:
-                        fingerprints[table.name], targets[table.name], copied = self._sync_whole(
-                            ctx, store, src, dst, index_of[table.name], table, backed.fingerprint, totals)
-                        if copied:
-                            recopied.append(table.name)
+            # Pass 1, parents first: changed and new rows. The target is waited for where a range changed.
+            for table in ordered:
+                backed = manifest.tables[index_of[table.name]]
+                changes = self._changes(ctx, src, table, manifest.change_version)
+                if changes is not None:
+                    fingerprints[table.name], targets[table.name] = self._sync_changed(
+                        ctx, store, src, self._target(), index_of[table.name], table, backed.fingerprint, changes,
+                        totals)
+                    tracked.append(table.name)
+                elif table.primary_key:
+                    fingerprints[table.name], targets[table.name] = self._sync_ranges(
+                        ctx, store, src, index_of[table.name], table, backed.chunks, totals,
+                        since=manifest.change_version)
+                else:
+                    fingerprints[table.name], targets[table.name], copied = self._sync_whole(
+                        ctx, store, src, self._target(), index_of[table.name], table, backed.fingerprint, totals)
+                    if copied:
+                        recopied.append(table.name)
+            dst = self._target()
             # Pass 2, children first: deleted rows.
             for table in reversed(ordered):
                 if table.primary_key:
@@ -401,6 +595,43 @@ class Sync(Step[SyncParams]):
                   f"presync; {totals['rows_updated']} rows updated, {totals['rows_inserted']} inserted, "
                   f"{totals['rows_deleted']} deleted", **{k: v for k, v in totals.items()})
         return outputs
+
+    def _ranges_ahead(self, ctx: StepContext, src: Database, store: BlobStore, manifest: Manifest,
+                      ordered: Sequence[Table], index_of: Mapping[str, int]) -> RangeTexts:
+        """The texts of the key ranges pass 1 will compare, in its order, asked of a source that writes them
+        itself (:class:`WritesRangeText`) ahead of the sync: every range of a table with a primary key not done
+        yet (a resumed sync) whose chunk has a text digest. Nothing is asked of other sources, or where change
+        tracking may give the changed keys instead."""
+        if not isinstance(src, WritesRangeText) or manifest.change_version is not None:
+            return RangeTexts([], [])
+        wanted: list[tuple[Table, KeyRange]] = []
+        for table in ordered:
+            if not table.primary_key:
+                continue
+            for key_range in key_ranges(manifest.tables[index_of[table.name]].chunks):
+                record = ctx.items.get(f"{table_folder(index_of[table.name], table.name)}/{key_range.number:06d}")
+                chunk = key_range.chunk
+                if (record is None or record.status != "done") and (chunk is None or chunk.text_md5 is not None):
+                    wanted.append((table, key_range))
+        # Readers of the same snapshot of their own where the source has them (SQLite in a rollback-journal
+        # mode): the ranges are written on as many cores at once, and the source's own connection stays free for
+        # the sync's reads by key.
+        twins: list[Database] = []
+        while wanted and isinstance(src, SnapshotTwins) and len(twins) < RANGE_READERS:
+            twin = src.snapshot_twin()
+            if twin is None:
+                break
+            twins.append(twin)
+        readers = [t for t in twins if isinstance(t, WritesRangeText)]
+        return RangeTexts(readers if len(readers) == len(twins) and readers else [src], wanted, owned=twins,
+                          presync=lambda chunk: read_chunk_lines(store, chunk))
+
+    def _target(self) -> Database:
+        """The target, connected (waited for the first time: :class:`TargetOpening`); sets :attr:`_there`, its
+        tables as it has them, read once: the sync changes rows, never the schema."""
+        assert self._opening is not None
+        dst, self._there = self._opening.get()
+        return dst
 
     def _require_same_schema(self, src: Database, tables: Sequence[Table]) -> None:
         """Refuses a table whose schema at the source is not the presync backup's (or that is gone)."""
@@ -494,7 +725,7 @@ class Sync(Step[SyncParams]):
         ctx.progress(f"{table.name}: {len(current)} rows upserted, {len(deletes)} to delete")
         return found, after
 
-    def _sync_ranges(self, ctx: StepContext, store: BlobStore, src: Database, dst: Database, index: int,
+    def _sync_ranges(self, ctx: StepContext, store: BlobStore, src: Database, index: int,
                      table: Table, chunks: Sequence[ChunkInfo], totals: dict[str, int], since: int | None = None
                      ) -> tuple[Fingerprint, Fingerprint]:
         """Pass 1 for a table with a primary key. Returns the source's fingerprint and the target's, the latter
@@ -503,12 +734,14 @@ class Sync(Step[SyncParams]):
 
         A range the source proves unchanged by itself (``since``, the presync backup's change version: by its row
         versions; else by its digest of the range's text; PostgreSQL) is unchanged without a row read; of a range
-        it finds changed only the changed 16-row sub-ranges are read; any other range is read and compared here
-        (a row written again with the same values, or a digest that differs for any reason, only costs a read).
+        it finds changed only the changed 16-row sub-ranges are read. A source that writes the range's text
+        itself (SQLite) gives it whole; of a changed range only the rows whose line is not the presync's are
+        read. Any other range is read and compared here (a row written again with the same values, or a digest
+        that differs for any reason, only costs a read). The target is asked for only where a range changed.
         Every range is recorded in ``ctx.items`` as it is done, unchanged or applied, so a resumed sync starts
         after it."""
         reader = LineReader(src, table)
-        target_reader = LineReader(dst, table, self._there.get(table.name))
+        target_reader: LineReader | None = None
         total, target_total = Fingerprint(), Fingerprint()
         for key_range in key_ranges(chunks):
             ctx.raise_if_cancelled()
@@ -541,10 +774,12 @@ class Sync(Step[SyncParams]):
             blob_name = f"{DELTA_PREFIX}{key}.jsonl.gz"
             data = delta_blob(diff.upserts, diff.deletes)
             store.write(blob_name, data, content_type="application/gzip")
+            dst = self._target()
             with dst.transaction():
                 updated, inserted = dst.upsert_lines(table, diff.upserts, self._there.get(table.name))
             # What the target holds for this range now, from what it was loaded with and what was just written.
             there = Fingerprint(kept.rows, kept.total)
+            target_reader = target_reader or LineReader(dst, table, self._there.get(table.name))
             there.merge(fingerprint_of(target_reader.keys(diff.upsert_keys)))
             target_total.merge(there)
             totals["changed_ranges"] += 1
@@ -580,15 +815,32 @@ class Sync(Step[SyncParams]):
                        key_range: KeyRange, since: int | None, totals: dict[str, int]
                        ) -> tuple[list[bytes], list[bytes]] | None:
         """What may have changed in ``key_range``: the source's lines and the presync chunk's lines of the same
-        keys (the whole range's, or only its changed sub-ranges'), or None where the range is unchanged.
+        keys (the whole range's, or only its changed sub-ranges' or rows'), or None where the range is unchanged.
 
-        Where the source tells (:meth:`_source_says`) no row is read for an unchanged range, and only the
-        changed sub-ranges of a changed one (:func:`changed_parts`); otherwise the range is read and its text
-        hashed here (its fingerprint, for a backup without ``text_md5``)."""
+        A source that writes the range's text itself in process (:class:`WritesRangeText`, SQLite) gives it in
+        one value: the same text as the chunk's (``text_md5``) is the same rows; else its lines are compared
+        with the chunk's and only the rows whose line is not the chunk's are read (:func:`changed_rows`). Where
+        the source tells (:meth:`_source_says`) no row is read for an unchanged range, and only the changed
+        sub-ranges of a changed one (:func:`changed_parts`); otherwise the range is read and its text hashed
+        here (its fingerprint, for a backup without ``text_md5``)."""
+        chunk = key_range.chunk
+        if isinstance(src, WritesRangeText) and (chunk is None or chunk.text_md5 is not None):
+            written = self._texts.text(src, table, key_range) if self._texts is not None \
+                else written_text(src, table, key_range)
+            if written is not None:
+                if written.same_as(chunk):
+                    return None  # the same text as the presync chunk (or no row beyond it): none read
+                presync = written.presync if written.presync is not None \
+                    else read_chunk_lines(store, chunk) if chunk else []
+                try:
+                    diff = changed_rows(reader, table, written.text, presync)
+                except ValueError:  # a line that is not UTF-8 JSON (legacy text): read the range as values
+                    diff = (reader.range(key_range.low, key_range.high), presync)
+                totals["rows_read"] += len(diff[0]) if diff is not None else 0
+                return diff
         said = self._source_says(src, table, key_range, since)
         if said:
             return None
-        chunk = key_range.chunk
         if said is False and chunk is not None:
             presync = read_chunk_lines(store, chunk)
             parts = changed_parts(src, reader, table, key_range, presync, since)
