@@ -177,19 +177,18 @@ class ChunkWriter:
         self.rows += 1
         self.raw_bytes += len(line) + 1
 
-    def seal(self) -> None:
-        """Hashes every line for the chunk's fingerprint, in the caller's thread: a loop of small hashes, which
+    def seal(self) -> Fingerprint:
+        """The chunk's fingerprint, its lines hashed once, in the caller's thread: a loop of small hashes, which
         hold the GIL each, runs several times slower in a second thread beside a busy reader (the two hand the
         GIL back and forth at every line) than in the reader's own thread between two chunks."""
         if self._sealed is None:
             self._sealed = Fingerprint()
             self._sealed.add_lines(self._lines)
+        return self._sealed
 
     def finish(self) -> bytes:
         if self.data is None:
-            self.seal()
-            assert self._sealed is not None
-            self.fingerprint = self._sealed
+            self.fingerprint = self.seal()
             text = lines_text(self._lines)
             self.text_md5 = hashlib.md5(text, usedforsecurity=False).hexdigest()
             self._lines = []
