@@ -147,6 +147,13 @@ def row_reader(table: Table, columns: Sequence[str]) -> Callable[[bytes], Sequen
     return read
 
 
+def _share(conn: psycopg.Connection[Any], snapshot: str | None) -> None:
+    """Makes the transaction just begun on ``conn`` read the exported ``snapshot`` (nothing where None)."""
+    if snapshot is not None:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+
+
 class CopySession:
     """One psycopg connection beside a dialect's ODBC one, opened on first use; ``describe`` names it."""
 
@@ -193,9 +200,7 @@ class CopySession:
         exported ``snapshot`` where given). Closing the iterator early cancels the COPY."""
         conn = self.conn
         with self.errors("reading with COPY"), conn.transaction():
-            if snapshot is not None:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            _share(conn, snapshot)
             with conn.cursor() as cursor, cursor.copy(f"COPY ({select}) TO STDOUT") as copy:
                 for data in copy:
                     yield copy_line(bytes(data[:-1]))
@@ -208,9 +213,7 @@ class CopySession:
         """
         conn = self.conn
         with self.errors("a query"), conn.transaction():
-            if snapshot is not None:
-                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            _share(conn, snapshot)
             row = conn.execute(select).fetchone()
         if row is None:
             raise PermanentError(f"a query on {self.label} gave no row")

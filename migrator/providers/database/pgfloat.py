@@ -79,11 +79,10 @@ def _trim_zeros(decimal: str) -> str:
     return f"CASE WHEN strpos({decimal}, '.') > 0 THEN rtrim(rtrim({decimal}, '0'), '.') ELSE {decimal} END"
 
 
-def _neighbours(text: str, value: str) -> tuple[str, str, str, str, str, str]:
+def _neighbours(text: str, value: str) -> tuple[str, str, str, str]:
     """SQL pieces about the neighbours of PostgreSQL's ``text`` of ``value`` one significant digit shorter
     (``text`` has a point): whether the truncated one parses back to ``value``, whether the one a unit away from
-    zero does, and Python's text of each (meaningful where it parses back); the away one's text as the
-    ``numeric`` path writes it, and its exponent suffix."""
+    zero does, and Python's text of each (meaningful where it parses back)."""
     mantissa, power = f"split_part({text}, 'e', 1)", f"split_part({text}, 'e', 2)"
     cut = f"rtrim(left({mantissa}, -1), '.')"  # one digit fewer, truncated; a point left last dropped
     suffix = f"CASE WHEN {power} = '' THEN '' ELSE 'e' || {power} END"
@@ -108,7 +107,7 @@ def _neighbours(text: str, value: str) -> tuple[str, str, str, str, str, str]:
     away_python = (f"CASE WHEN {plain_bump} THEN {_python_from_pg(f'({bumped} || {suffix})', value)} "
                    f"WHEN {power} <> '' AND ltrim({carried}, '-') = '10' THEN {ten} "
                    f"ELSE {_python_from_pg(f'({carried} || {suffix})', value)} END")
-    return short_parses, away_parses, short_python, away_python, away_text, suffix
+    return short_parses, away_parses, short_python, away_python
 
 
 def _fixed_range(value: str, general: str) -> str:
@@ -145,7 +144,7 @@ def float_json_sql(value: str) -> str:
     and the fingerprint of a large table is work PostgreSQL spreads over its parallel workers.
     """
     text = f"CAST({value} AS text)"
-    short_parses, away_parses, short_python, away_python, *_ = _neighbours(text, value)
+    short_parses, away_parses, short_python, away_python = _neighbours(text, value)
     suspect = (f"length({text}) >= 17 "
                f"OR ({value} <> 0 AND abs({value}) < {_MIN_NORMAL} AND strpos({text}, '.') > 0)")
     # Nested CASEs, not AND: the neighbours exist only for a suspect text, and CASE is what fixes the order.

@@ -562,9 +562,12 @@ class PostgresDatabase(OdbcDatabase):
         # as psqlODBC runs every one, never is): 1.75 s against 0.85 s for 200,000 rows on two cores. Not
         # inside a write transaction of this session, whose uncommitted rows that session cannot see.
         query = self.fingerprint_sql(table, columns)
-        if query is None or self.copy_session is None or (self._in_transaction and self._snapshot is None):
-            return super().server_fingerprint(table, columns)
-        rows, high, low = self.copy_session.one_row(query, snapshot=self._snapshot)
+        if query is None:
+            return None
+        if self.copy_session is None or (self._in_transaction and self._snapshot is None):
+            rows, high, low = next(iter(self.query(query, [])))
+        else:
+            rows, high, low = self.copy_session.one_row(query, snapshot=self._snapshot)
         return Fingerprint.from_half_sums(rows, high, low)
 
     @contextmanager
