@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from typer.testing import CliRunner
 
 from migrator.cli import app
 from migrator.state import RunRecord, StepRecord, open_store
+from tests.support import loopback
 
 ENV = "tenant:\n  name: contoso\n  timezone: Europe/Amsterdam\n"
 
@@ -103,14 +103,8 @@ def http_server() -> Iterator[tuple[str, list[str]]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/tenant", seen
-    finally:
-        server.shutdown()
-        server.server_close()
+    with loopback.http_server(Handler) as url:
+        yield f"{url}/tenant", seen
 
 
 @pytest.mark.parametrize(("method", "clean"), [("PUT", False), ("POST", False), ("GET", True)])

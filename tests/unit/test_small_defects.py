@@ -18,6 +18,7 @@ from migrator.registry import load_registry
 from migrator.steps.blobs import MiB, Progress
 from migrator.steps.generic import Http
 from migrator.testing import MemoryContext
+from tests.support import loopback
 
 # ---------------------------------------------------------------------------------------------- http undo
 
@@ -31,7 +32,6 @@ def test_http_step_that_changes_the_server_is_irreversible(method: str, irrevers
 
 def test_http_step_with_an_undo_request_is_reversible_and_rollback_sends_it() -> None:
     import http.server
-    import threading
 
     seen: list[tuple[str, str, bytes]] = []
 
@@ -44,18 +44,14 @@ def test_http_step_with_an_undo_request_is_reversible_and_rollback_sends_it() ->
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/admin/read-only"
+    with loopback.http_server(Handler) as base:
+        url = f"{base}/admin/read-only"
         step = Http("writable", Http.Params.model_validate({
             "url": url, "method": "PUT", "body": '{"read_only": false}',
             "undo": {"method": "PUT", "body": '{"read_only": true}'}}))
         assert step.irreversible is False
         step.apply(MemoryContext())
         step.compensate(MemoryContext())
-    finally:
-        server.shutdown()
     assert seen == [("PUT", "/admin/read-only", b'{"read_only": false}'),
                     ("PUT", "/admin/read-only", b'{"read_only": true}')]
 

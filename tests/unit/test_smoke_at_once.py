@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from migrator.errors import VerificationFailed
 from migrator.steps.smoke import SmokeTest, SmokeTestParams
 from migrator.testing import MemoryContext, run_step
+from tests.support import loopback
 
 
 class _Gate:
@@ -57,14 +58,8 @@ def server() -> Iterator[tuple[str, _Gate]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", gate
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with loopback.http_server(Handler) as url:
+        yield url, gate
 
 
 def _step(url: str, paths: list[str]) -> SmokeTest:
